@@ -1,0 +1,73 @@
+"""customevent-bridge: vRO-style custom events (sendCustomEvent / waitCustomEventUntil) on
+RabbitMQ, MQTT and an in-process bus."""
+
+from ._bus import Bus, MemoryBus, Subscription
+from ._client import Client, Expectation
+from ._event import Event, SendResult
+from ._exceptions import (
+    AdapterError,
+    BrokerAuthenticationError,
+    BusError,
+    BusUnavailable,
+    ClientStateError,
+    ConfigurationError,
+    InvalidDeadline,
+    InvalidEventName,
+    InvalidInput,
+    InvalidKind,
+    InvalidProperties,
+    PropertiesTooLarge,
+    PublishRejected,
+)
+from ._names import (
+    KINDS,
+    Kind,
+    name_from_topic,
+    pattern_matches,
+    routing_key,
+    topic_for,
+    validate_name,
+    validate_pattern,
+)
+from ._properties import parse_properties, serialize_properties
+from ._settings import Settings, load_settings
+from ._sync import SyncClient
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "KINDS",
+    "AdapterError",
+    "BrokerAuthenticationError",
+    "Bus",
+    "BusError",
+    "BusUnavailable",
+    "Client",
+    "ClientStateError",
+    "ConfigurationError",
+    "Event",
+    "Expectation",
+    "InvalidDeadline",
+    "InvalidEventName",
+    "InvalidInput",
+    "InvalidKind",
+    "InvalidProperties",
+    "Kind",
+    "MemoryBus",
+    "PropertiesTooLarge",
+    "PublishRejected",
+    "SendResult",
+    "Settings",
+    "Subscription",
+    "SyncClient",
+    "__version__",
+    "load_settings",
+    "name_from_topic",
+    "parse_properties",
+    "pattern_matches",
+    "routing_key",
+    "serialize_properties",
+    "topic_for",
+    "validate_name",
+    "validate_pattern",
+]

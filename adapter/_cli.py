@@ -1,0 +1,335 @@
+"""The ``customevent`` command: serve, send, wait, hash-secret.
+
+Exit codes: 0 done; 2 ``wait`` reached its deadline with nothing received; 64 bad usage or input;
+69 the bus or daemon is unavailable; 77 the broker or daemon refused the credentials; 78 bad
+configuration; 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import json
+import logging
+import os
+import re
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import NoReturn, TextIO
+
+from ._bus import Bus
+from ._client import Client, resolve_deadline
+from ._exceptions import (
+    AdapterError,
+    BrokerAuthenticationError,
+    BusUnavailable,
+    ConfigurationError,
+    InvalidInput,
+)
+from ._properties import parse_properties
+from ._secrets import hash_secret
+from ._settings import Settings, load_settings
+
+__all__ = ["main", "parse_until"]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_DEADLINE = 2
+EXIT_USAGE = 64
+EXIT_UNAVAILABLE = 69
+EXIT_NOPERM = 77
+EXIT_CONFIG = 78
+
+_DURATION = re.compile(r"(?P<value>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_until(text: str) -> datetime:
+    """A deadline from a duration (``30s``, ``5m``, ``1h30m``, ``250ms``) or an RFC 3339 time."""
+    text = text.strip()
+    if text and _DURATION.sub("", text) == "" and _DURATION.match(text):
+        seconds = sum(float(m["value"]) * _UNITS[m["unit"]] for m in _DURATION.finditer(text))
+        return datetime.now(UTC) + timedelta(seconds=seconds)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(
+            f"--until {text!r} is neither a duration (30s, 5m, 1h) nor an RFC 3339 time "
+            "(2026-01-02T15:04:05Z)"
+        ) from None
+    if moment.tzinfo is None:
+        raise InvalidInput(f"--until {text!r} has no time zone offset (add Z or +01:00)")
+    return resolve_deadline(moment)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="customevent",
+        description="vRO-style custom events on RabbitMQ and MQTT: serve the bridge, "
+        "send events, wait for them.",
+    )
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML settings file (default: $CUSTOMEVENT_CONFIG)"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the bridge daemon (HTTP, SOAP, MQTT -> bus)",
+        description="Run the bridge daemon. Without amqp.url it runs on an in-process bus.",
+    )
+    serve.add_argument("--config", metavar="FILE", dest="sub_config", help="TOML settings file")
+
+    def bus_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument(
+            "--config", metavar="FILE", dest="sub_config", help="TOML settings file"
+        )
+        command.add_argument(
+            "--url",
+            help="amqp(s)://user:pass@host/ for RabbitMQ, or http(s)://[user:pass@]host:port "
+            "for a bridge daemon (default: amqp.url from the settings, else the local daemon "
+            "at http.host:http.port; a bearer token comes from $CUSTOMEVENT_TOKEN)",
+        )
+        command.add_argument(
+            "--kind",
+            choices=("internal", "external"),
+            help="event kind (default: internal over AMQP; over HTTP always external)",
+        )
+        command.add_argument("--json", action="store_true", help="print JSON only")
+
+    send = commands.add_parser(
+        "send",
+        help="send a custom event",
+        description="Send a custom event; exit 0 once the bus confirmed it.",
+    )
+    send.add_argument("name", help="event name, e.g. vm.created")
+    send.add_argument(
+        "-p",
+        "--property",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a property (repeatable)",
+    )
+    send.add_argument(
+        "--properties-file",
+        metavar="FILE",
+        help="serializedProperties text (name=value lines); '-' reads stdin",
+    )
+    send.add_argument("--event-id", help="your own event id (for de-duplication)")
+    bus_options(send)
+
+    wait = commands.add_parser(
+        "wait",
+        help="wait for a custom event until a deadline",
+        description="Wait for an event; print its properties as key=value lines and exit 0, "
+        "or exit 2 at the deadline.",
+    )
+    wait.add_argument("name", help="event name, or a pattern with * and # words")
+    wait.add_argument(
+        "--until", required=True, help="deadline: a duration (30s, 5m, 1h) or RFC 3339 time"
+    )
+    wait.add_argument(
+        "--wait-id", help="resumable wait: a restarted waiter with the same id gets what it missed"
+    )
+    bus_options(wait)
+
+    commands.add_parser(
+        "hash-secret",
+        help="hash a password or token read on stdin, for the config",
+        description="Read a password or token on stdin and print its hash for auth.principals.",
+    )
+    return parser
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"customevent: error: {message}", file=sys.stderr)
+    return code
+
+
+def _exit_code(exc: AdapterError) -> int:
+    if isinstance(exc, BrokerAuthenticationError):
+        return EXIT_NOPERM
+    if isinstance(exc, BusUnavailable):
+        return EXIT_UNAVAILABLE
+    if isinstance(exc, ConfigurationError):
+        return EXIT_CONFIG
+    if isinstance(exc, InvalidInput):
+        return EXIT_USAGE
+    return EXIT_ERROR
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(getattr(args, "sub_config", None) or args.config)
+
+
+def _bus_for(args: argparse.Namespace, settings: Settings) -> tuple[Bus | None, Settings, str]:
+    """The bus to use and the default kind for it."""
+    url = args.url or settings.amqp.url
+    if url is None:
+        host = settings.http.host
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        scheme = "https" if settings.http.tls_cert_file else "http"
+        url = f"{scheme}://{host}:{settings.http.port}"
+    if url.startswith(("amqp://", "amqps://")):
+        if url != settings.amqp.url:
+            settings = settings.model_copy(
+                update={"amqp": settings.amqp.model_copy(update={"url": url})}
+            )
+        return None, settings, "internal"
+    if url.startswith(("http://", "https://")):
+        from ._remote import HttpBus
+
+        return HttpBus(url, token=os.environ.get("CUSTOMEVENT_TOKEN")), settings, "external"
+    raise ConfigurationError(f"--url must be amqp://, amqps://, http:// or https://, not {url!r}")
+
+
+def _collect_properties(args: argparse.Namespace, settings: Settings) -> dict[str, str]:
+    properties: dict[str, str] = {}
+    if args.properties_file:
+        if args.properties_file == "-":
+            text = sys.stdin.read()
+        else:
+            try:
+                with open(args.properties_file, encoding="utf-8") as handle:
+                    text = handle.read()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise InvalidInput(f"cannot read --properties-file: {exc}") from None
+        properties = parse_properties(
+            text,
+            max_bytes=settings.limits.max_bytes,
+            max_properties=settings.limits.max_properties,
+        )
+    for item in args.property:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise InvalidInput(f"-p {item!r}: expected KEY=VALUE")
+        if name in properties:
+            raise InvalidInput(f"-p {item!r}: property {name!r} is given twice")
+        properties[name] = value
+    return properties
+
+
+async def _send(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    bus, settings, default_kind = _bus_for(args, settings)
+    properties = _collect_properties(args, settings)
+    kind = args.kind or default_kind
+    async with Client(settings, bus=bus) as client:
+        result = await client.send_custom_event(
+            args.name, properties, kind=kind, event_id=args.event_id, source="cli"
+        )
+    if args.json:
+        print(json.dumps(result.to_json()))
+    elif result.routed:
+        print(f"sent {kind} event {args.name!r} ({result.event_id}): a waiter was bound")
+    else:
+        print(
+            f"sent {kind} event {args.name!r} ({result.event_id}): confirmed, but no waiter "
+            "was bound, so nobody received it"
+        )
+    return EXIT_OK
+
+
+async def _countdown(name: str, deadline: datetime, stream: TextIO) -> None:
+    try:
+        while True:
+            left = max(0, int((deadline - datetime.now(UTC)).total_seconds() + 0.999))
+            stream.write(f"\rwaiting for {name!r}: {left}s left ")
+            stream.flush()
+            await asyncio.sleep(1)
+    finally:
+        stream.write("\r\033[K")
+        stream.flush()
+
+
+async def _wait(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    bus, settings, default_kind = _bus_for(args, settings)
+    kind = args.kind or default_kind
+    deadline = parse_until(args.until)
+    show_countdown = not args.json and sys.stdout.isatty() and sys.stderr.isatty()
+    async with (
+        Client(settings, bus=bus) as client,
+        client.expect(kind, args.name, until=deadline, wait_id=args.wait_id) as waiter,
+    ):
+        ticker = (
+            asyncio.create_task(_countdown(args.name, deadline, sys.stderr), name="countdown")
+            if show_countdown
+            else None
+        )
+        try:
+            event = await waiter
+        finally:
+            if ticker is not None:
+                ticker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ticker
+    if event is None:
+        if not args.json:
+            print(
+                f"customevent: no {kind} event {args.name!r} before the deadline", file=sys.stderr
+            )
+        return EXIT_DEADLINE
+    if args.json:
+        print(json.dumps(event.to_json(), ensure_ascii=False))
+    else:
+        for key, value in event.properties.items():
+            print(f"{key}={value}")
+    return EXIT_OK
+
+
+def _hash_secret() -> int:
+    if sys.stdin.isatty():
+        secret = getpass.getpass("password or token: ")
+        if getpass.getpass("again: ") != secret:
+            return _fail("the two entries differ", EXIT_USAGE)
+    else:
+        secret = sys.stdin.read()
+        secret = secret.removesuffix("\n").removesuffix("\r")
+    if not secret:
+        return _fail("nothing to hash: give the password or token on stdin", EXIT_USAGE)
+    print(hash_secret(secret))
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ._daemon import serve
+
+    code: int = serve(_settings(args))
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``customevent`` command."""
+    args = _build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="customevent: %(message)s")
+    # aio-pika logs each failed connection attempt again; our retry loop already says it once.
+    for noisy in ("aio_pika", "aiormq"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    try:
+        if args.command == "hash-secret":
+            return _hash_secret()
+        if args.command == "serve":
+            return _serve(args)
+        runner = _send if args.command == "send" else _wait
+        return asyncio.run(runner(args))
+    except AdapterError as exc:
+        return _fail(str(exc), _exit_code(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

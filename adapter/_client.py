@@ -1,0 +1,222 @@
+"""``Client``: send custom events and wait for them, on whichever bus the settings name."""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Mapping
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any, Self
+
+from ._bus import Bus, MemoryBus, Subscription
+from ._event import Event, SendResult, check_event_id
+from ._exceptions import ClientStateError, ConfigurationError, InvalidDeadline, InvalidInput
+from ._names import Kind, validate_kind, validate_name, validate_pattern
+from ._properties import check_limits, parse_properties
+from ._settings import Settings, load_settings
+
+__all__ = ["Client", "Expectation", "make_bus", "resolve_deadline"]
+
+
+def resolve_deadline(until: datetime | timedelta) -> datetime:
+    """An aware UTC deadline from an aware datetime or a timedelta from now."""
+    if isinstance(until, timedelta):
+        return datetime.now(UTC) + until
+    if isinstance(until, datetime):
+        if until.tzinfo is None or until.utcoffset() is None:
+            raise InvalidDeadline(
+                f"{until.isoformat()} has no time zone; give an aware datetime or a timedelta"
+            )
+        return until.astimezone(UTC)
+    raise InvalidDeadline(f"until must be a datetime or a timedelta, not {type(until).__name__}")
+
+
+def make_bus(settings: Settings) -> Bus:
+    """The bus the settings ask for: RabbitMQ when ``amqp.url`` is set, else in-process."""
+    if settings.amqp.url:
+        from ._bus._amqp import AmqpBus
+
+        return AmqpBus(settings.amqp)
+    return MemoryBus(wait_grace=settings.amqp.wait_grace)
+
+
+class Expectation:
+    """A wait bound before the event can be triggered: ``async with client.expect(...) as w``,
+    trigger, then ``event = await w`` (None at the deadline)."""
+
+    def __init__(self, client: Client, subscription: Subscription | None) -> None:
+        self._client = client
+        self._subscription = subscription
+        self._result: Event | None = None
+        self._done = False
+
+    async def __aenter__(self) -> Self:
+        if self._subscription is not None:
+            await self._subscription.__aenter__()
+            self._client._active_waits += 1
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._subscription is not None:
+            self._client._active_waits -= 1
+            await self._subscription.__aexit__(exc_type, exc, tb)
+
+    async def get(self) -> Event | None:
+        """The event, or None at the deadline; the same answer on every call."""
+        if not self._done:
+            if self._subscription is not None:
+                self._result = await self._subscription.get()
+            self._done = True
+        return self._result
+
+    def __await__(self) -> Generator[Any, None, Event | None]:
+        return self.get().__await__()
+
+
+class Client:
+    """Sends custom events and waits for them.
+
+    ``Client()`` reads the settings (environment, ``CUSTOMEVENT_CONFIG``); ``Client(url)`` takes an
+    ``amqp://`` URL or ``memory://`` for the in-process bus; ``Client(settings)`` takes settings.
+    Use it as ``async with Client(...) as client``; a client is opened once.
+    """
+
+    def __init__(self, settings: Settings | str | None = None, *, bus: Bus | None = None) -> None:
+        if isinstance(settings, str):
+            url = settings
+            if url.startswith("memory:"):
+                settings = load_settings(amqp={"url": None})
+            elif url.startswith(("amqp://", "amqps://")):
+                settings = load_settings(amqp={"url": url})
+            else:
+                raise ConfigurationError(
+                    f"Client takes an amqp://, amqps:// or memory:// URL, not {url.split(':')[0]!r}"
+                )
+        self.settings = settings if settings is not None else load_settings()
+        self.bus = bus if bus is not None else make_bus(self.settings)
+        self._state = "unopened"
+        self._active_waits = 0
+
+    async def __aenter__(self) -> Self:
+        if self._state != "unopened":
+            raise ClientStateError(f"this client is already {self._state}; make a new Client")
+        await self.bus.__aenter__()
+        self._state = "opened"
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._state == "opened":
+            self._state = "closed"
+            await self.bus.__aexit__(exc_type, exc, tb)
+
+    def _check_open(self) -> None:
+        if self._state != "opened":
+            raise ClientStateError(
+                f"the client is {self._state}; use it inside 'async with Client(...) as client'"
+            )
+
+    @property
+    def active_waits(self) -> int:
+        return self._active_waits
+
+    def prepare_event(
+        self,
+        name: str,
+        properties: Mapping[str, str] | str | None = None,
+        *,
+        kind: str = "internal",
+        event_id: str | None = None,
+        source: str = "amqp",
+        principal: str | None = None,
+    ) -> Event:
+        """Validate a send and build its event, without sending it."""
+        limits = self.settings.limits
+        if isinstance(properties, str) or properties is None:
+            props = parse_properties(
+                properties, max_bytes=limits.max_bytes, max_properties=limits.max_properties
+            )
+        elif isinstance(properties, Mapping):
+            props = dict(properties)
+            for key, value in props.items():
+                if not isinstance(key, str) or not isinstance(value, str):
+                    raise InvalidInput(f"property {key!r}: names and values must be strings")
+            check_limits(props, max_bytes=limits.max_bytes, max_properties=limits.max_properties)
+        else:
+            raise InvalidInput("properties must be a mapping of strings or serializedProperties")
+        return Event(
+            name=validate_name(name),
+            kind=validate_kind(kind),
+            properties=props,
+            event_id=check_event_id(event_id),
+            source=source,
+            principal=principal,
+        )
+
+    async def send_custom_event(
+        self,
+        name: str,
+        properties: Mapping[str, str] | str | None = None,
+        *,
+        kind: str = "internal",
+        event_id: str | None = None,
+        source: str = "amqp",
+        principal: str | None = None,
+    ) -> SendResult:
+        """Send an event; returns once the bus confirmed it.
+
+        ``properties`` is a mapping of strings or serializedProperties text. Raises
+        ``InvalidInput`` for a bad name or properties, ``BusUnavailable`` when the broker did not
+        confirm.
+        """
+        self._check_open()
+        event = self.prepare_event(
+            name, properties, kind=kind, event_id=event_id, source=source, principal=principal
+        )
+        return await self.send_event(event)
+
+    async def send_event(self, event: Event) -> SendResult:
+        """Send an event built by ``prepare_event``."""
+        self._check_open()
+        routed = await self.bus.publish(event)
+        return SendResult(event_id=event.event_id, routed=routed)
+
+    def expect(
+        self,
+        kind: str,
+        name: str,
+        *,
+        until: datetime | timedelta,
+        wait_id: str | None = None,
+    ) -> Expectation:
+        """A wait that binds on ``async with`` entry, before the caller triggers the event.
+
+        ``name`` may be a pattern whose words are ``*`` (one word) or ``#`` (any number).
+        """
+        self._check_open()
+        checked_kind: Kind = validate_kind(kind)
+        validate_pattern(name)
+        deadline = resolve_deadline(until)
+        if deadline <= datetime.now(UTC):
+            return Expectation(self, None)
+        return Expectation(self, self.bus.subscribe(checked_kind, name, deadline, wait_id=wait_id))
+
+    async def wait_custom_event_until(
+        self,
+        kind: str,
+        name: str,
+        until: datetime | timedelta,
+        *,
+        wait_id: str | None = None,
+    ) -> Event | None:
+        """Wait for an event until a deadline; None at the deadline (as vRO returns null)."""
+        async with self.expect(kind, name, until=until, wait_id=wait_id) as waiter:
+            return await waiter

@@ -1,0 +1,127 @@
+"""Events, send results, and the message format on the bus (DESIGN.md, "Message on the bus")."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from ._exceptions import InvalidInput, InvalidProperties
+from ._names import Kind, parse_routing_key, validate_kind, validate_name
+
+__all__ = ["APP_ID", "SOURCES", "Event", "SendResult", "Source", "decode_body", "encode_body"]
+
+APP_ID = "customevent-bridge"
+Source = Literal["http", "soap", "mqtt", "amqp", "cli"]
+SOURCES: tuple[str, ...] = ("http", "soap", "mqtt", "amqp", "cli")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A custom event as a waiter receives it."""
+
+    name: str
+    kind: Kind
+    properties: dict[str, str]
+    event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    sent_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    source: str = "amqp"
+    principal: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The event as a JSON-ready dict (the shape of ``customevent wait --json``)."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "properties": dict(self.properties),
+            "event_id": self.event_id,
+            "sent_at": self.sent_at.isoformat(),
+            "source": self.source,
+            "principal": self.principal,
+        }
+
+    def headers(self) -> dict[str, str]:
+        """The AMQP headers of the event's message."""
+        headers = {
+            "x-event-name": self.name,
+            "x-event-kind": self.kind,
+            "x-event-source": self.source,
+        }
+        if self.principal is not None:
+            headers["x-event-principal"] = self.principal
+        return headers
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What a send achieved: the broker confirmed it; ``routed`` tells if any waiter was bound."""
+
+    event_id: str
+    routed: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"event_id": self.event_id, "routed": self.routed}
+
+
+def encode_body(properties: Mapping[str, str]) -> bytes:
+    """The message body: the properties as a JSON object."""
+    return json.dumps(properties, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def decode_body(body: bytes) -> dict[str, str]:
+    """Properties from a message body; raises ``InvalidProperties`` if it is not an object of
+    strings."""
+    try:
+        value = json.loads(body) if body else {}
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidProperties(f"message body is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidProperties("message body is not a JSON object")
+    for name, item in value.items():
+        if not isinstance(item, str):
+            raise InvalidProperties(f"property {name!r} is not a string")
+    return value
+
+
+def event_from_message(
+    *,
+    routing_key: str,
+    body: bytes,
+    headers: Mapping[str, Any] | None,
+    message_id: str | None,
+    timestamp: datetime | None,
+) -> Event:
+    """Rebuild an event from a bus message, trusting the routing key over the headers (a
+    third-party publisher may leave headers out)."""
+    kind, name = parse_routing_key(routing_key)
+    headers = headers or {}
+    source = headers.get("x-event-source")
+    principal = headers.get("x-event-principal")
+    if isinstance(source, bytes):
+        source = source.decode("utf-8", "replace")
+    if isinstance(principal, bytes):
+        principal = principal.decode("utf-8", "replace")
+    sent_at = timestamp or datetime.now(UTC)
+    if sent_at.tzinfo is None:
+        sent_at = sent_at.replace(tzinfo=UTC)
+    return Event(
+        name=validate_name(name),
+        kind=validate_kind(kind),
+        properties=decode_body(body),
+        event_id=message_id or str(uuid.uuid4()),
+        sent_at=sent_at,
+        source=source if isinstance(source, str) else "amqp",
+        principal=principal if isinstance(principal, str) else None,
+    )
+
+
+def check_event_id(event_id: str | None) -> str:
+    """The sender's event id (1 to 200 printable characters), or a new UUID."""
+    if event_id is None:
+        return str(uuid.uuid4())
+    if not isinstance(event_id, str) or not 0 < len(event_id) <= 200 or not event_id.isprintable():
+        raise InvalidInput("event_id must be 1 to 200 printable characters")
+    return event_id

@@ -1,0 +1,103 @@
+"""The exception tree of customevent-bridge.
+
+Every error the library raises on purpose derives from ``AdapterError``::
+
+    AdapterError
+    ├── InvalidInput                 bad data from a caller; at the edge 400 or a SOAP Client fault
+    │   ├── InvalidEventName         .name, .rule
+    │   ├── InvalidKind              .kind
+    │   ├── InvalidProperties        .line (1-based, or None), .rule
+    │   │   └── PropertiesTooLarge   .limit, .size
+    │   └── InvalidDeadline          .reason
+    ├── ConfigurationError           settings that cannot work (bad URL, unreadable file)
+    ├── BusError                     the message bus failed us
+    │   ├── BusUnavailable           not connected, or a confirm was lost; retry later (HTTP 503)
+    │   ├── BrokerAuthenticationError the broker refused the credentials; retrying will not help
+    │   └── PublishRejected          the broker nacked the message
+    └── ClientStateError             a Client used before it was opened or after it was closed
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AdapterError",
+    "BrokerAuthenticationError",
+    "BusError",
+    "BusUnavailable",
+    "ClientStateError",
+    "ConfigurationError",
+    "InvalidDeadline",
+    "InvalidEventName",
+    "InvalidInput",
+    "InvalidKind",
+    "InvalidProperties",
+    "PropertiesTooLarge",
+    "PublishRejected",
+]
+
+
+class AdapterError(Exception):
+    """Root of every error raised by customevent-bridge."""
+
+
+class InvalidInput(AdapterError):
+    """The caller's data breaks a rule; nothing was sent."""
+
+
+class InvalidEventName(InvalidInput):
+    def __init__(self, name: str, rule: str) -> None:
+        self.name = name
+        self.rule = rule
+        shown = name if len(name) <= 80 else name[:77] + "..."
+        super().__init__(f"invalid event name {shown!r}: {rule}")
+
+
+class InvalidKind(InvalidInput):
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        super().__init__(f"invalid event kind {kind!r}: must be 'external' or 'internal'")
+
+
+class InvalidProperties(InvalidInput):
+    def __init__(self, rule: str, *, line: int | None = None) -> None:
+        self.line = line
+        self.rule = rule
+        where = f"line {line}: " if line is not None else ""
+        super().__init__(f"invalid serializedProperties: {where}{rule}")
+
+
+class PropertiesTooLarge(InvalidProperties):
+    def __init__(self, rule: str, *, limit: int, size: int) -> None:
+        self.limit = limit
+        self.size = size
+        super().__init__(rule)
+
+
+class InvalidDeadline(InvalidInput):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"invalid deadline: {reason}")
+
+
+class ConfigurationError(AdapterError):
+    """The settings cannot work as given."""
+
+
+class BusError(AdapterError):
+    """The message bus could not do what was asked."""
+
+
+class BusUnavailable(BusError):
+    """The bus is not connected or lost a confirmation; the send may be retried."""
+
+
+class BrokerAuthenticationError(BusError):
+    """The broker refused the credentials; retrying with the same ones will not help."""
+
+
+class PublishRejected(BusError):
+    """The broker answered the publish with a negative acknowledgement."""
+
+
+class ClientStateError(AdapterError):
+    """A client was used outside its ``async with`` block, or reopened."""

@@ -1,0 +1,142 @@
+"""Event names and kinds, and their mapping to AMQP routing keys and MQTT topics.
+
+A routing key is ``<kind>.<name>``; an MQTT topic is ``<prefix>/<kind>/<name with "." as "/">``.
+Both mappings are bijections on valid names, so nothing arrives under a name it was not sent with.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from functools import lru_cache
+from typing import Literal
+
+from ._exceptions import InvalidEventName, InvalidKind
+
+__all__ = [
+    "KINDS",
+    "MAX_NAME_BYTES",
+    "Kind",
+    "name_from_topic",
+    "parse_routing_key",
+    "pattern_matches",
+    "routing_key",
+    "topic_for",
+    "validate_kind",
+    "validate_name",
+    "validate_pattern",
+]
+
+Kind = Literal["external", "internal"]
+KINDS: tuple[Kind, ...] = ("external", "internal")
+MAX_NAME_BYTES = 200
+_FORBIDDEN = frozenset("*#+/")
+
+
+def validate_kind(kind: str) -> Kind:
+    """Return ``kind`` as a ``Kind``, or raise ``InvalidKind``."""
+    if kind not in KINDS:
+        raise InvalidKind(kind)
+    return kind
+
+
+def _check_text(name: str, *, allow_wildcards: bool) -> None:
+    if not isinstance(name, str):
+        raise InvalidEventName(repr(name), "must be a string")
+    if not name:
+        raise InvalidEventName(name, "must not be empty")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidEventName(name, "must be valid UTF-8 (it has an unpaired surrogate)") from None
+    if size > MAX_NAME_BYTES:
+        raise InvalidEventName(name, f"is {size} bytes of UTF-8, more than {MAX_NAME_BYTES}")
+    for index, char in enumerate(name):
+        if unicodedata.category(char) == "Cc":
+            raise InvalidEventName(
+                name, f"must not contain control characters (U+{ord(char):04X} at {index})"
+            )
+        if char in _FORBIDDEN and not (allow_wildcards and char in "*#"):
+            raise InvalidEventName(name, f"must not contain {char!r} (at {index})")
+    if name.startswith("."):
+        raise InvalidEventName(name, "must not start with '.'")
+    if name.endswith("."):
+        raise InvalidEventName(name, "must not end with '.'")
+    if ".." in name:
+        raise InvalidEventName(name, "must not contain an empty word ('..')")
+
+
+def validate_name(name: str) -> str:
+    """Return ``name`` if it is a valid event name, else raise ``InvalidEventName``."""
+    _check_text(name, allow_wildcards=False)
+    return name
+
+
+def validate_pattern(pattern: str) -> str:
+    """Validate a name pattern: a name whose words may also be ``*`` (one word) or ``#`` (any)."""
+    _check_text(pattern, allow_wildcards=True)
+    for word in pattern.split("."):
+        if word not in ("*", "#") and ("*" in word or "#" in word):
+            raise InvalidEventName(
+                pattern, f"a wildcard must be a whole word ('*' or '#'), not part of {word!r}"
+            )
+    return pattern
+
+
+def routing_key(kind: Kind, name: str) -> str:
+    """The AMQP routing (or binding) key of an event name or pattern."""
+    return f"{kind}.{name}"
+
+
+def parse_routing_key(key: str) -> tuple[Kind, str]:
+    """Inverse of ``routing_key`` for valid names; raises on anything else."""
+    kind, sep, name = key.partition(".")
+    if not sep:
+        raise InvalidEventName(key, "routing key has no '<kind>.' prefix")
+    return validate_kind(kind), validate_name(name)
+
+
+def topic_for(prefix: str, kind: Kind, name: str) -> str:
+    """The MQTT topic of an event: ``<prefix>/<kind>/<name with '.' written as '/'>``."""
+    return f"{prefix}/{kind}/{name.replace('.', '/')}"
+
+
+def name_from_topic(prefix: str, topic: str) -> tuple[Kind, str]:
+    """Inverse of ``topic_for``: the kind and name of a topic, or ``InvalidEventName``."""
+    head = prefix + "/"
+    if not topic.startswith(head):
+        raise InvalidEventName(topic, f"topic is not under the prefix {prefix!r}")
+    kind, sep, rest = topic[len(head) :].partition("/")
+    if not sep:
+        raise InvalidEventName(topic, "topic has no '<kind>/<name>' after the prefix")
+    validated_kind = validate_kind(kind)
+    if "." in rest:
+        # '.' inside a topic level has no name to map back to: it would alias another topic.
+        raise InvalidEventName(topic, "topic levels must not contain '.'")
+    return validated_kind, validate_name(rest.replace("/", "."))
+
+
+@lru_cache(maxsize=4096)
+def _pattern_words(pattern: str) -> tuple[str, ...]:
+    return tuple(pattern.split("."))
+
+
+def pattern_matches(pattern: str, key: str) -> bool:
+    """AMQP topic matching: ``*`` is exactly one word, ``#`` zero or more words."""
+    words = _pattern_words(pattern)
+    if "*" not in pattern and "#" not in pattern:
+        return pattern == key
+    return _match(words, 0, key.split("."), 0)
+
+
+def _match(pattern: tuple[str, ...], p: int, words: list[str], w: int) -> bool:
+    while p < len(pattern):
+        token = pattern[p]
+        if token == "#":
+            if p == len(pattern) - 1:
+                return True
+            return any(_match(pattern, p + 1, words, i) for i in range(w, len(words) + 1))
+        if w >= len(words) or (token != "*" and token != words[w]):
+            return False
+        p += 1
+        w += 1
+    return w == len(words)
