@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import NoReturn, TextIO
 
-from ._bus import Bus
+from ._bus import Bus, check_wait_id
 from ._client import Client, resolve_deadline
 from ._exceptions import (
     AdapterError,
@@ -29,6 +29,7 @@ from ._exceptions import (
     ConfigurationError,
     InvalidInput,
 )
+from ._names import validate_kind, validate_pattern
 from ._properties import parse_properties
 from ._secrets import hash_secret
 from ._settings import Settings, load_settings
@@ -226,10 +227,13 @@ async def _send(args: argparse.Namespace) -> int:
     bus, settings, default_kind = _bus_for(args, settings)
     properties = _collect_properties(args, settings)
     kind = args.kind or default_kind
-    async with Client(settings, bus=bus) as client:
-        result = await client.send_custom_event(
-            args.name, properties, kind=kind, event_id=args.event_id, source="cli"
-        )
+    client = Client(settings, bus=bus)
+    # Validate before connecting: bad input should not wait for the broker's retries.
+    event = client.prepare_event(
+        args.name, properties, kind=kind, event_id=args.event_id, source="cli"
+    )
+    async with client:
+        result = await client.send_event(event)
     if args.json:
         print(json.dumps(result.to_json()))
     elif result.routed:
@@ -257,7 +261,9 @@ async def _countdown(name: str, deadline: datetime, stream: TextIO) -> None:
 async def _wait(args: argparse.Namespace) -> int:
     settings = _settings(args)
     bus, settings, default_kind = _bus_for(args, settings)
-    kind = args.kind or default_kind
+    kind = validate_kind(args.kind or default_kind)
+    validate_pattern(args.name)
+    check_wait_id(args.wait_id)
     deadline = parse_until(args.until)
     show_countdown = not args.json and sys.stdout.isatty() and sys.stderr.isatty()
     async with (

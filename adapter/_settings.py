@@ -22,7 +22,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from ._exceptions import ConfigurationError
+from ._exceptions import ConfigurationError, InvalidEventName
 from ._names import validate_pattern
 
 __all__ = [
@@ -58,7 +58,10 @@ def _check_url(value: str | None, schemes: tuple[str, ...], what: str) -> str | 
 
 def _check_patterns(patterns: list[str]) -> list[str]:
     for pattern in patterns:
-        validate_pattern(pattern)
+        try:
+            validate_pattern(pattern)
+        except InvalidEventName as exc:
+            raise ValueError(str(exc)) from None
     return patterns
 
 

@@ -37,7 +37,8 @@ from tenacity import (
     RetryCallState,
     retry_if_not_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from .._event import APP_ID, Event, encode_body, event_from_message
@@ -370,7 +371,8 @@ class AmqpBus(Bus):
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.settings.connect_attempts),
-            wait=wait_exponential_jitter(initial=0.5, max=self.settings.connect_backoff_max),
+            wait=wait_exponential(multiplier=0.5, max=self.settings.connect_backoff_max)
+            + wait_random(0, 0.5),
             retry=retry_if_not_exception_type(aiormq.exceptions.ProbableAuthenticationError),
             before_sleep=announce,
             reraise=True,

@@ -1,0 +1,79 @@
+"""Shared fixtures: broker URLs (required, never skipped), unique names, and a client per bus."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from adapter import Client, load_settings
+
+settings.register_profile("default", max_examples=300, deadline=None)
+# CI runs the property tests at least 10,000 examples; `HYPOTHESIS_PROFILE=long` is for campaigns.
+settings.register_profile(
+    "ci", max_examples=10_000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "long", max_examples=200_000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+AMQP_URL = os.environ.get("CUSTOMEVENT_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+MQTT_URL = os.environ.get("CUSTOMEVENT_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")
+
+
+def _require_tcp(url: str, what: str) -> None:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 5672
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+    except OSError as exc:
+        # Broker tests are required: a missing broker is a failure, never a skip.
+        pytest.fail(f"{what} is not reachable at {host}:{port} ({exc}); start it (see README)")
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    _require_tcp(AMQP_URL, "RabbitMQ")
+    return AMQP_URL
+
+
+@pytest.fixture(scope="session")
+def mqtt_url() -> str:
+    _require_tcp(MQTT_URL, "Mosquitto")
+    return MQTT_URL
+
+
+@pytest.fixture
+def unique_name(request: pytest.FixtureRequest) -> str:
+    """An event name no other test (or run) uses."""
+    base = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name).strip("-")[:60] or "test"
+    return f"t.{base}.{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("memory", id="memory"),
+        pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
+    ]
+)
+def bus_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def client(bus_kind: str, request: pytest.FixtureRequest) -> AsyncIterator[Client]:
+    """A client on the in-process bus or on the real RabbitMQ: one behaviour suite for both."""
+    if bus_kind == "rabbitmq":
+        url = request.getfixturevalue("amqp_url")
+        settings = load_settings(amqp={"url": url, "wait_grace": 2.0})
+    else:
+        settings = load_settings(amqp={"url": None, "wait_grace": 2.0})
+    async with Client(settings) as opened:
+        yield opened

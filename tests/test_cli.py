@@ -1,0 +1,206 @@
+"""The customevent command, run as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from adapter._cli import parse_until
+from adapter._exceptions import InvalidInput
+from adapter._secrets import verify_secret
+
+
+def run(
+    args: Sequence[str], *, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "adapter._cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**_clean_env(), **(env or {})},
+    )
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("CUSTOMEVENT_")}
+
+
+def test_help_lists_every_command() -> None:
+    out = run(["--help"]).stdout
+    for command in ("serve", "send", "wait", "hash-secret"):
+        assert command in out
+
+
+def test_hash_secret_prints_a_verifiable_hash() -> None:
+    result = run(["hash-secret"], stdin="s3cret\n")
+    assert result.returncode == 0
+    hashed = result.stdout.strip()
+    assert "s3cret" not in hashed
+    assert verify_secret("s3cret", hashed)
+    assert not verify_secret("s3cret\n", hashed)
+
+
+def test_hash_secret_refuses_nothing() -> None:
+    result = run(["hash-secret"], stdin="")
+    assert result.returncode == 64
+    assert "nothing to hash" in result.stderr
+
+
+def test_parse_until() -> None:
+    now = datetime.now(UTC)
+    assert abs((parse_until("30s") - now - timedelta(seconds=30)).total_seconds()) < 2
+    assert abs((parse_until("1h30m") - now - timedelta(minutes=90)).total_seconds()) < 2
+    assert parse_until("2030-01-02T03:04:05Z") == datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    for bad, words in [("soon", "neither a duration"), ("2030-01-02T03:04:05", "time zone")]:
+        with pytest.raises(InvalidInput, match=words):
+            parse_until(bad)
+
+
+@pytest.mark.rabbitmq
+def test_send_and_wait_across_processes(amqp_url: str, unique_name: str, tmp_path: Path) -> None:
+    env = {"CUSTOMEVENT_AMQP__URL": amqp_url}
+    waiter = subprocess.Popen(
+        [sys.executable, "-m", "adapter._cli", "wait", unique_name, "--until", "30s", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**_clean_env(), **env},
+    )
+    props = tmp_path / "props.txt"
+    props.write_text("from=file\nline=2\n")
+    try:
+        for _ in range(100):
+            sent = run(
+                [
+                    "send",
+                    unique_name,
+                    "-p",
+                    "a=b",
+                    "-p",
+                    "c=x=y",
+                    "--properties-file",
+                    str(props),
+                    "--json",
+                ],
+                env=env,
+            )
+            assert sent.returncode == 0, sent.stderr
+            if json.loads(sent.stdout)["routed"]:
+                break
+            time.sleep(0.2)
+        out, err = waiter.communicate(timeout=30)
+    finally:
+        waiter.kill()
+    assert waiter.returncode == 0, err
+    assert err == ""  # --json prints nothing extra
+    event = json.loads(out)
+    assert event["properties"] == {"from": "file", "line": "2", "a": "b", "c": "x=y"}
+    assert event["name"] == unique_name and event["kind"] == "internal"
+    assert event["source"] == "cli"
+
+
+@pytest.mark.rabbitmq
+def test_plain_wait_prints_key_value_lines(amqp_url: str, unique_name: str) -> None:
+    env = {"CUSTOMEVENT_AMQP__URL": amqp_url}
+    waiter = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "adapter._cli",
+            "wait",
+            unique_name,
+            "--until",
+            "30s",
+            "--kind",
+            "external",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**_clean_env(), **env},
+    )
+    try:
+        for _ in range(100):
+            sent = run(
+                ["send", unique_name, "--kind", "external", "--properties-file", "-"],
+                env=env,
+                stdin="k=v\nx=1=2\n",
+            )
+            assert sent.returncode == 0, sent.stderr
+            if "a waiter was bound" in sent.stdout:
+                break
+            time.sleep(0.2)
+        out, err = waiter.communicate(timeout=30)
+    finally:
+        waiter.kill()
+    assert waiter.returncode == 0, err
+    assert out == "k=v\nx=1=2\n"
+    assert err == ""  # piped: no countdown
+
+
+@pytest.mark.rabbitmq
+def test_wait_exits_2_at_the_deadline(amqp_url: str, unique_name: str) -> None:
+    result = run(["wait", unique_name, "--until", "1s"], env={"CUSTOMEVENT_AMQP__URL": amqp_url})
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "before the deadline" in result.stderr
+
+
+@pytest.mark.rabbitmq
+def test_send_reports_when_nobody_waits(amqp_url: str, unique_name: str) -> None:
+    result = run(["send", unique_name], env={"CUSTOMEVENT_AMQP__URL": amqp_url})
+    assert result.returncode == 0
+    assert "no waiter was bound" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "words"),
+    [
+        (["send", "a..b"], 64, "empty word"),
+        (["send", "ok", "-p", "novalue"], 64, "expected KEY=VALUE"),
+        (["send", "ok", "-p", "a=1", "-p", "a=2"], 64, "given twice"),
+        (["send", "ok", "--properties-file", "/nonexistent/p"], 64, "cannot read"),
+        (["wait", "ok", "--until", "whenever"], 64, "neither a duration"),
+        (["wait", "ok"], 64, "--until"),
+        (["send", "ok", "--kind", "public"], 64, "invalid choice"),
+        (["send", "ok", "--url", "ftp://x"], 78, "--url must be"),
+        (["send", "ok", "--config", "/nonexistent.toml"], 78, "does not exist"),
+    ],
+)
+def test_bad_input_exits_non_zero_with_a_message(args: list[str], code: int, words: str) -> None:
+    result = run(args, env={"CUSTOMEVENT_AMQP__URL": "amqp://guest:guest@127.0.0.1:1/"})
+    assert result.returncode == code, result.stderr
+    assert words in result.stderr
+
+
+def test_unreachable_broker_exits_69_after_bounded_retries() -> None:
+    env = {
+        "CUSTOMEVENT_AMQP__URL": "amqp://guest:pw-not-shown@127.0.0.1:1/",
+        "CUSTOMEVENT_AMQP__CONNECT_ATTEMPTS": "2",
+        "CUSTOMEVENT_AMQP__CONNECT_BACKOFF_MAX": "0.2",
+    }
+    result = run(["send", "x"], env=env)
+    assert result.returncode == 69
+    assert "cannot connect to RabbitMQ at amqp://guest:***@127.0.0.1:1/ after 2 attempts" in (
+        result.stderr
+    )
+    assert "attempt 1 of 2 failed" in result.stderr
+    assert "pw-not-shown" not in result.stderr
+
+
+@pytest.mark.rabbitmq
+def test_refused_credentials_exit_77(amqp_url: str) -> None:
+    bad = amqp_url.replace("guest:guest", "guest:nope")
+    result = run(["send", "x"], env={"CUSTOMEVENT_AMQP__URL": bad})
+    assert result.returncode == 77
+    assert "refused the credentials" in result.stderr

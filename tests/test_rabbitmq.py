@@ -1,0 +1,163 @@
+"""What only the RabbitMQ bus has: the message format, third-party publishers, connection errors,
+and reconnection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from datetime import timedelta
+
+import aio_pika
+import pytest
+
+from adapter import BrokerAuthenticationError, BusUnavailable, Client, load_settings
+from adapter._bus._amqp import AmqpBus, redact_url
+
+pytestmark = pytest.mark.rabbitmq
+
+
+async def test_the_message_on_the_bus_follows_the_contract(amqp_url: str, unique_name: str) -> None:
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange("customevents", "topic", durable=True)
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(exchange, f"internal.{unique_name}")
+        async with Client(load_settings(amqp={"url": amqp_url})) as client:
+            result = await client.send_custom_event(
+                unique_name, {"a": "1", "é": "ü"}, principal="ops"
+            )
+        message = await queue.get(timeout=5)
+        await message.ack()
+    assert result.routed
+    assert json.loads(message.body) == {"a": "1", "é": "ü"}
+    assert message.content_type == "application/json"
+    assert message.message_id == result.event_id
+    assert str(uuid.UUID(result.event_id)) == result.event_id
+    assert message.app_id == "customevent-bridge"
+    assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert message.timestamp is not None
+    assert message.headers == {
+        "x-event-name": unique_name,
+        "x-event-kind": "internal",
+        "x-event-source": "amqp",
+        "x-event-principal": "ops",
+    }
+
+
+async def test_a_third_party_publisher_is_a_first_class_sender(
+    amqp_url: str, unique_name: str
+) -> None:
+    async with Client(load_settings(amqp={"url": amqp_url})) as client:
+        async with client.expect("internal", unique_name, until=timedelta(seconds=10)) as waiter:
+            connection = await aio_pika.connect(amqp_url)
+            async with connection:
+                channel = await connection.channel()
+                exchange = await channel.get_exchange("customevents")
+                # Not an event: the waiter logs it and keeps waiting.
+                await exchange.publish(aio_pika.Message(b"[1]"), f"internal.{unique_name}")
+                await exchange.publish(
+                    aio_pika.Message(b'{"from": "java"}', message_id="ext-1"),
+                    f"internal.{unique_name}",
+                )
+            event = await waiter
+    assert event is not None
+    assert event.properties == {"from": "java"}
+    assert event.event_id == "ext-1"
+    assert event.source == "amqp"
+
+
+async def test_an_unreachable_broker_is_a_clear_error_after_bounded_retries(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = load_settings(
+        amqp={
+            "url": "amqp://guest:secret-pw@127.0.0.1:1/",
+            "connect_attempts": 3,
+            "connect_backoff_max": 0.2,
+        }
+    )
+    caplog.set_level(logging.WARNING, logger="adapter.amqp")
+    with pytest.raises(BusUnavailable) as caught:
+        async with Client(settings):
+            pass
+    message = str(caught.value)
+    assert "cannot connect to RabbitMQ at amqp://guest:***@127.0.0.1:1/ after 3 attempts" in message
+    assert "secret-pw" not in message
+    attempts = [r.getMessage() for r in caplog.records if "connection attempt" in r.getMessage()]
+    assert len(attempts) == 2  # one line per failed attempt that is followed by a retry
+    assert "attempt 1 of 3 failed" in attempts[0]
+    assert all("secret-pw" not in line for line in attempts)
+
+
+async def test_refused_credentials_are_not_retried(amqp_url: str) -> None:
+    bad = amqp_url.replace("guest:guest", "guest:wrong-password")
+    settings = load_settings(amqp={"url": bad, "connect_attempts": 5})
+    with pytest.raises(BrokerAuthenticationError, match="refused the credentials") as caught:
+        async with Client(settings):
+            pass
+    assert "wrong-password" not in str(caught.value)
+
+
+def test_redact_url() -> None:
+    assert redact_url("amqps://u:p@h:5671/v") == "amqps://u:***@h:5671/v"
+    assert redact_url("amqp://h/") == "amqp://h/"
+
+
+async def test_a_send_while_disconnected_is_unavailable_and_the_bus_reconnects(
+    amqp_url: str, unique_name: str
+) -> None:
+    settings = load_settings(amqp={"url": amqp_url, "reconnect_interval": 0.2})
+    bus = AmqpBus(settings.amqp, connection_name=f"test-{unique_name}")
+    reconnects: list[int] = []
+    bus.on_reconnect.append(lambda: reconnects.append(1))
+    async with Client(settings, bus=bus) as client:
+        async with client.expect("internal", unique_name, until=timedelta(seconds=30)) as waiter:
+            await _close_connection_from_the_broker(f"test-{unique_name}")
+            with pytest.raises(BusUnavailable):
+                for _ in range(200):  # until the client notices the loss
+                    await client.send_custom_event(unique_name + ".lost")
+                    await asyncio.sleep(0.01)
+            for _ in range(500):
+                if bus.connected and reconnects:
+                    break
+                await asyncio.sleep(0.02)
+            assert bus.connected
+            # The wait survived: its queue was re-declared, re-bound and re-consumed.
+            for _ in range(100):
+                if (await client.send_custom_event(unique_name, {"after": "reconnect"})).routed:
+                    break
+                await asyncio.sleep(0.05)
+            event = await waiter
+    assert event is not None and event.properties == {"after": "reconnect"}
+
+
+async def _close_connection_from_the_broker(name: str) -> None:
+    for _ in range(50):
+        listing = await asyncio.create_subprocess_exec(
+            "rabbitmqctl",
+            "list_connections",
+            "pid",
+            "client_properties",
+            "-q",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        out, _ = await listing.communicate()
+        for line in out.decode().splitlines():
+            if name in line:
+                pid = line.split("\t")[0]
+                closer = await asyncio.create_subprocess_exec(
+                    "rabbitmqctl",
+                    "close_connection",
+                    pid,
+                    "test: simulated loss",
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL,
+                )
+                await closer.wait()
+                return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"connection {name} not found in rabbitmqctl list_connections")
