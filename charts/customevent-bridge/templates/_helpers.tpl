@@ -1,0 +1,153 @@
+{{/*
+Names and labels.
+*/}}
+{{- define "customevent-bridge.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "customevent-bridge.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "customevent-bridge.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "customevent-bridge.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "customevent-bridge.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "customevent-bridge.labels" -}}
+helm.sh/chart: {{ include "customevent-bridge.chart" . }}
+{{ include "customevent-bridge.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "customevent-bridge.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "customevent-bridge.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "customevent-bridge.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{- define "customevent-bridge.secretName" -}}
+{{- .Values.existingSecret | default (include "customevent-bridge.fullname" .) }}
+{{- end }}
+
+{{/*
+"true" when more than one pod may run at once; empty otherwise (templates test it with `if`).
+*/}}
+{{- define "customevent-bridge.multiReplica" -}}
+{{- if or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1) }}true{{ end }}
+{{- end }}
+
+{{/*
+The two settings the pod spec shares with the config file: one value each, read here only.
+Defaults match the daemon's own.
+*/}}
+{{- define "customevent-bridge.httpPort" -}}
+{{- $http := .Values.config.http | default dict }}
+{{- if kindIs "invalid" $http.port }}8280{{ else }}{{ int $http.port }}{{ end }}
+{{- end }}
+
+{{- define "customevent-bridge.drainSeconds" -}}
+{{- $http := .Values.config.http | default dict }}
+{{- if kindIs "invalid" $http.drain_seconds }}10{{ else }}{{ $http.drain_seconds }}{{ end }}
+{{- end }}
+
+{{/* The daemon drains for drain_seconds after SIGTERM; 5 s more covers the preStop sleep. */}}
+{{- define "customevent-bridge.terminationGracePeriodSeconds" -}}
+{{- add (ceil (include "customevent-bridge.drainSeconds" . | float64)) 5 }}
+{{- end }}
+
+{{/*
+The effective config as JSON: .Values.config plus what the chart owns (listen address, port and
+drain from the helpers above, the shared MQTT subscription group when several pods run).
+*/}}
+{{- define "customevent-bridge.effectiveConfig" -}}
+{{- $config := deepCopy (.Values.config | default dict) }}
+{{- $http := $config.http | default dict }}
+{{- $_ := set $http "host" "0.0.0.0" }}
+{{- $_ := set $http "port" (include "customevent-bridge.httpPort" . | int) }}
+{{- $_ := set $http "drain_seconds" (include "customevent-bridge.drainSeconds" . | float64) }}
+{{- $_ := set $config "http" $http }}
+{{- if include "customevent-bridge.multiReplica" . }}
+{{- $amqp := $config.amqp | default dict }}
+{{- if not (or $amqp.url .Values.existingSecret (hasKey (.Values.secrets | default dict) "amqp__url")) }}
+{{- fail "more than one pod (replicaCount > 1 or autoscaling.enabled) needs RabbitMQ, as the in-process bus is per pod: set secrets.amqp__url, config.amqp.url, or existingSecret holding amqp__url" }}
+{{- end }}
+{{- /* The chart cannot see whether an existingSecret holds mqtt__url, so the group is always
+       set here; the daemon ignores it while MQTT is off. */}}
+{{- $mqtt := $config.mqtt | default dict }}
+{{- if not $mqtt.shared_group }}
+{{- $_ := set $mqtt "shared_group" (include "customevent-bridge.fullname" .) }}
+{{- end }}
+{{- $_ := set $config "mqtt" $mqtt }}
+{{- end }}
+{{- toJson $config }}
+{{- end }}
+
+{{/*
+TOML rendering, written by hand (Helm has no toToml that keeps ints and key order stable).
+Input: a dict of sections, each a dict of keys. Values: strings (quoted), bools, numbers (whole
+numbers as integers), lists (arrays) and dicts (inline tables). Null values are left out: TOML has
+no null and the daemon's default applies.
+*/}}
+{{- define "customevent-bridge.toml" -}}
+{{- range $section, $body := . }}
+{{- if not (kindIs "map" $body) }}
+{{- fail (printf "config.%s must be a table (section), not %s" $section (kindOf $body)) }}
+{{- end }}
+[{{ include "customevent-bridge.tomlKey" $section }}]
+{{- range $key, $value := $body }}
+{{- if not (kindIs "invalid" $value) }}
+{{ include "customevent-bridge.tomlKey" $key }} = {{ include "customevent-bridge.tomlValue" $value }}
+{{- end }}
+{{- end }}
+{{/* blank line between sections */}}
+{{- end }}
+{{- end }}
+
+{{- define "customevent-bridge.tomlKey" -}}
+{{- if regexMatch "^[A-Za-z0-9_-]+$" . }}{{ . }}{{ else }}{{ . | quote }}{{ end }}
+{{- end }}
+
+{{- define "customevent-bridge.tomlValue" -}}
+{{- $v := . }}
+{{- if kindIs "string" $v }}{{ $v | quote }}
+{{- else if kindIs "bool" $v }}{{ $v }}
+{{- else if or (kindIs "float64" $v) (kindIs "float32" $v) }}
+{{- if eq (float64 $v) (floor $v) }}{{ int64 $v }}{{ else }}{{ $v }}{{ end }}
+{{- else if or (kindIs "int" $v) (kindIs "int64" $v) (kindIs "int32" $v) (kindIs "uint64" $v) }}{{ $v }}
+{{- else if kindIs "slice" $v }}[
+{{- range $i, $item := $v }}{{ if $i }}, {{ end }}{{ include "customevent-bridge.tomlValue" $item }}{{ end -}}
+]
+{{- else if kindIs "map" $v }}{
+{{- $first := true }}
+{{- range $key, $item := $v }}
+{{- if not (kindIs "invalid" $item) }}
+{{- if $first }} {{ else }}, {{ end }}
+{{- $first = false }}
+{{- include "customevent-bridge.tomlKey" $key }} = {{ include "customevent-bridge.tomlValue" $item }}
+{{- end }}
+{{- end }} }
+{{- else }}
+{{- fail (printf "cannot write %v (%s) as TOML" $v (kindOf $v)) }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,613 @@
+"""Deployment artefacts: the Helm chart, the image's install steps, RabbitMQ definitions, config.
+
+The chart is rendered by Helm's own template engine (helm-python-sdk binds Helm's Go SDK; no helm
+binary and no cluster are involved) and every manifest is checked against the Kubernetes OpenAPI
+schemas that kubernetes-validate ships. No broker is needed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+from adapter._settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART_DIR = ROOT / "charts" / "customevent-bridge"
+PRODUCTION_VALUES = CHART_DIR / "ci" / "production-values.yaml"
+DEFINITIONS = ROOT / "config" / "rabbitmq" / "definitions.json"
+PRODUCTION_TOML = ROOT / "config" / "customevent.production.toml"
+
+KUBE_VERSION = "1.30"
+RELEASE = "ce"
+NAMESPACE = "events"
+FULLNAME = "ce-customevent-bridge"
+CONFIG_PATH = "/etc/customevent/customevent.toml"
+SECRETS_DIR = "/run/secrets/customevent"
+AMQP_URL = "amqps://bridge:pw@rabbitmq.messaging.svc:5671/"
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[helm.Chart]:
+    with helm.Chart.load(CHART_DIR) as loaded:
+        yield loaded
+
+
+@pytest.fixture(scope="module")
+def production_values() -> dict[str, Any]:
+    values: dict[str, Any] = yaml.safe_load(PRODUCTION_VALUES.read_text())
+    return values
+
+
+class Rendered:
+    """The manifests of one render, by kind."""
+
+    def __init__(self, files: dict[str, str]) -> None:
+        self.notes = ""
+        self.docs: list[dict[str, Any]] = []
+        for path, text in files.items():
+            if path.endswith("NOTES.txt"):
+                self.notes = text
+                continue
+            self.docs.extend(doc for doc in yaml.safe_load_all(text) if doc)
+
+    def kinds(self) -> set[str]:
+        return {doc["kind"] for doc in self.docs}
+
+    def one(self, kind: str) -> dict[str, Any]:
+        found = [doc for doc in self.docs if doc["kind"] == kind]
+        assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+        return found[0]
+
+    def pod_spec(self) -> dict[str, Any]:
+        spec: dict[str, Any] = self.one("Deployment")["spec"]["template"]["spec"]
+        return spec
+
+    def container(self) -> dict[str, Any]:
+        containers = self.pod_spec()["containers"]
+        assert len(containers) == 1
+        container: dict[str, Any] = containers[0]
+        return container
+
+    def env(self) -> dict[str, Any]:
+        return {item["name"]: item for item in self.container()["env"]}
+
+    def toml_text(self) -> str:
+        text: str = self.one("ConfigMap")["data"]["customevent.toml"]
+        return text
+
+    def config(self) -> dict[str, Any]:
+        return tomllib.loads(self.toml_text())
+
+
+def render(chart: helm.Chart, values: dict[str, Any] | None = None) -> Rendered:
+    return Rendered(chart.render(values, name=RELEASE, namespace=NAMESPACE))
+
+
+def with_amqp(values: dict[str, Any]) -> dict[str, Any]:
+    """Values for several pods, which the chart only accepts with RabbitMQ configured."""
+    return {"secrets": {"amqp__url": AMQP_URL}, **values}
+
+
+@pytest.fixture(scope="module")
+def default(chart: helm.Chart) -> Rendered:
+    return render(chart)
+
+
+@pytest.fixture(scope="module")
+def production(chart: helm.Chart, production_values: dict[str, Any]) -> Rendered:
+    return render(chart, production_values)
+
+
+@pytest.fixture(params=["default", "production"])
+def rendered(request: pytest.FixtureRequest) -> Rendered:
+    result: Rendered = request.getfixturevalue(request.param)
+    return result
+
+
+def check_service_monitor(doc: dict[str, Any]) -> None:
+    # A CRD: kubernetes-validate has no schema for it, so its fields are checked here.
+    assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+    assert doc["metadata"]["name"]
+    spec = doc["spec"]
+    assert spec["selector"]["matchLabels"]["app.kubernetes.io/instance"] == RELEASE
+    assert spec["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    (endpoint,) = spec["endpoints"]
+    assert endpoint["port"] == "http"
+    assert endpoint["path"] == "/metrics"
+    for key in ("interval", "scrapeTimeout"):
+        assert re.fullmatch(r"[0-9]+(ms|s|m|h)", endpoint[key]), key
+
+
+def validate_all(result: Rendered) -> None:
+    for doc in result.docs:
+        if doc["kind"] == "ServiceMonitor":
+            check_service_monitor(doc)
+            continue
+        try:
+            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            where = ".".join(str(part) for part in exc.path)
+            pytest.fail(f"{doc['kind']} {doc['metadata']['name']}: {where}: {exc.message}")
+
+
+# -- the chart ---------------------------------------------------------------------------------
+
+
+def test_default_render_is_valid_kubernetes(default: Rendered) -> None:
+    validate_all(default)
+    assert default.kinds() == {"ConfigMap", "Deployment", "Secret", "Service", "ServiceAccount"}
+    assert default.one("Deployment")["spec"]["replicas"] == 1
+
+
+def test_production_render_is_valid_kubernetes(production: Rendered) -> None:
+    validate_all(production)
+    assert production.kinds() == {
+        "ConfigMap",
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "Service",
+        "ServiceAccount",
+        "ServiceMonitor",
+    }
+    # The HPA owns the replica count.
+    assert "replicas" not in production.one("Deployment")["spec"]
+    hpa = production.one("HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"]["name"] == production.one("Deployment")["metadata"]["name"]
+    assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    pdb = production.one("PodDisruptionBudget")
+    assert pdb["apiVersion"] == "policy/v1"
+    assert pdb["spec"]["minAvailable"] == 1
+
+
+def test_rolling_update_never_drops_below_the_wanted_pods(rendered: Rendered) -> None:
+    strategy = rendered.one("Deployment")["spec"]["strategy"]
+    assert strategy == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+
+
+def test_probes_use_the_daemon_endpoints(rendered: Rendered) -> None:
+    container = rendered.container()
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    (port,) = container["ports"]
+    assert port["name"] == "http"
+    assert port["containerPort"] == rendered.config()["http"]["port"] == 8280
+    (service_port,) = rendered.one("Service")["spec"]["ports"]
+    assert service_port == {
+        "name": "http",
+        "port": 8280,
+        "targetPort": "http",
+        "protocol": "TCP",
+        "appProtocol": "http",
+    }
+    assert rendered.one("Service")["spec"]["type"] == "ClusterIP"
+
+
+def test_pod_runs_locked_down_as_the_image_user(rendered: Rendered) -> None:
+    pod = rendered.pod_spec()
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["fsGroup"] == 10001
+    assert pod["automountServiceAccountToken"] is False
+    context = rendered.container()["securityContext"]
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"]["drop"] == ["ALL"]
+    assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    mounts = {mount["mountPath"]: mount for mount in rendered.container()["volumeMounts"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
+
+
+@pytest.mark.parametrize(
+    ("drain", "grace", "in_toml"),
+    [(None, 15, 10), (0, 5, 0), (2.5, 8, 2.5), (30, 35, 30)],
+)
+def test_termination_grace_is_drain_plus_five(
+    chart: helm.Chart, drain: float | None, grace: int, in_toml: float
+) -> None:
+    values = {} if drain is None else {"config": {"http": {"drain_seconds": drain}}}
+    result = render(chart, values)
+    assert result.pod_spec()["terminationGracePeriodSeconds"] == grace
+    assert result.config()["http"]["drain_seconds"] == in_toml
+    sleep = result.container()["lifecycle"]["preStop"]["exec"]["command"]
+    assert sleep[0] == "sleep" and int(sleep[1]) < 5  # the 5 s covers it
+
+
+def test_production_grace_follows_its_drain(production: Rendered) -> None:
+    drain = production.config()["http"]["drain_seconds"]
+    assert production.pod_spec()["terminationGracePeriodSeconds"] == math.ceil(drain) + 5 == 25
+
+
+def test_config_file_loads_into_the_settings_model(rendered: Rendered) -> None:
+    settings = Settings.model_validate(rendered.config())
+    assert settings.http.host == "0.0.0.0"
+    assert settings.http.port == 8280
+    assert settings.amqp.url is None  # URLs come from the secrets directory, never the ConfigMap
+    assert settings.auth.anonymous is False
+
+
+def test_config_and_secrets_mounted_where_the_daemon_reads_them(rendered: Rendered) -> None:
+    env = rendered.env()
+    assert env["CUSTOMEVENT_CONFIG"]["value"] == CONFIG_PATH
+    assert env["CUSTOMEVENT_SECRETS_DIR"]["value"] == SECRETS_DIR
+    mounts = {mount["mountPath"]: mount for mount in rendered.container()["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in rendered.pod_spec()["volumes"]}
+    config_volume = volumes[mounts[str(Path(CONFIG_PATH).parent)]["name"]]
+    assert config_volume["configMap"]["name"] == rendered.one("ConfigMap")["metadata"]["name"]
+    secret_mount = mounts[SECRETS_DIR]
+    assert secret_mount["readOnly"] is True
+    assert mounts[str(Path(CONFIG_PATH).parent)]["readOnly"] is True
+    assert "secretName" in volumes[secret_mount["name"]]["secret"]
+
+
+def test_secret_holds_the_secrets_values(chart: helm.Chart) -> None:
+    principals = json.dumps([{"name": "ops", "password_hash": "h", "allow": ["vm.*"]}])
+    result = render(chart, {"secrets": {"amqp__url": AMQP_URL, "auth__principals": principals}})
+    secret = result.one("Secret")
+    decoded = {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
+    assert decoded == {"amqp__url": AMQP_URL, "auth__principals": principals}
+    (volume,) = (v for v in result.pod_spec()["volumes"] if "secret" in v)
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+    annotations = result.one("Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert "checksum/secret" in annotations
+
+
+def test_existing_secret_is_mounted_and_none_is_created(production: Rendered) -> None:
+    assert "Secret" not in production.kinds()
+    (volume,) = (v for v in production.pod_spec()["volumes"] if "secret" in v)
+    assert volume["secret"]["secretName"] == "customevent-bridge"
+
+
+def test_pod_loads_settings_like_the_daemon(
+    chart: helm.Chart, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a pod of a 2-replica release sees: the image's and the Deployment's environment, the
+    # ConfigMap's file and one file per Secret key (the mount paths moved under tmp_path).
+    for name in list(os.environ):
+        if name.startswith("CUSTOMEVENT_"):
+            monkeypatch.delenv(name)
+    principals = [{"name": "ops", "password_hash": "h", "allow": ["vm.*"]}]
+    secrets = {"amqp__url": AMQP_URL, "auth__principals": json.dumps(principals)}
+    result = render(chart, {"replicaCount": 2, "secrets": secrets})
+    config_file = tmp_path / "customevent.toml"
+    config_file.write_text(result.toml_text())
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    for key, value in result.one("Secret")["data"].items():
+        (secrets_dir / key).write_bytes(base64.b64decode(value))
+    pod_name = f"{FULLNAME}-7d9c8b6f5-x2x4q"
+    environment = {
+        "CUSTOMEVENT_HTTP__HOST": "0.0.0.0",  # from the Dockerfile
+        "CUSTOMEVENT_CONFIG": str(config_file),
+        "CUSTOMEVENT_SECRETS_DIR": str(secrets_dir),
+        "POD_NAME": pod_name,
+    }
+    for name, item in result.env().items():
+        if name not in environment:
+            environment[name] = item["value"].replace("$(POD_NAME)", pod_name)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+
+    settings = load_settings()
+    assert settings.amqp.url == AMQP_URL
+    assert [p.name for p in settings.auth.principals] == ["ops"]
+    assert settings.http.host == "0.0.0.0"
+    assert settings.mqtt.client_id == pod_name
+    assert settings.mqtt.shared_group == FULLNAME
+
+
+def test_chart_lints_clean() -> None:
+    for values in (None, yaml.safe_load(PRODUCTION_VALUES.read_text())):
+        report = helm.lint(CHART_DIR, values, strict=True, kube_version=f"v{KUBE_VERSION}.0")
+        assert report["errors"] == []
+        # Severity 1 is "info" (e.g. "icon is recommended"); warnings and errors fail.
+        assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def test_checksum_annotation_follows_the_config(chart: helm.Chart, default: Rendered) -> None:
+    changed = render(chart, {"config": {"log": {"level": "DEBUG"}}})
+    assert changed.config()["log"]["level"] == "DEBUG"
+
+    def checksum(result: Rendered) -> str:
+        annotations = result.one("Deployment")["spec"]["template"]["metadata"]["annotations"]
+        value: str = annotations["checksum/config"]
+        return value
+
+    assert re.fullmatch(r"[0-9a-f]{64}", checksum(default))
+    assert checksum(changed) != checksum(default)
+
+
+def test_single_replica_leaves_mqtt_subscription_unshared(default: Rendered) -> None:
+    assert "shared_group" not in default.config()["mqtt"]
+    assert "CUSTOMEVENT_MQTT__CLIENT_ID" not in default.env()
+    assert "PodDisruptionBudget" not in default.kinds()
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{"replicaCount": 2}, {"autoscaling": {"enabled": True}}],
+    ids=["replicas", "hpa"],
+)
+def test_several_replicas_share_the_mqtt_subscription(
+    chart: helm.Chart, values: dict[str, Any]
+) -> None:
+    result = render(chart, with_amqp(values))
+    validate_all(result)
+    assert result.config()["mqtt"]["shared_group"] == FULLNAME
+    Settings.model_validate(result.config())
+    # Every replica needs its own MQTT client id, or they disconnect each other.
+    client_id = result.env()["CUSTOMEVENT_MQTT__CLIENT_ID"]
+    assert client_id["value"] == "$(POD_NAME)"
+    assert result.env()["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert result.one("PodDisruptionBudget")["spec"]["minAvailable"] == 1
+
+
+def test_production_shares_the_subscription(production: Rendered) -> None:
+    assert production.config()["mqtt"]["shared_group"] == FULLNAME
+
+
+def test_an_explicit_shared_group_is_kept(chart: helm.Chart) -> None:
+    values = with_amqp({"replicaCount": 3, "config": {"mqtt": {"shared_group": "bridges"}}})
+    assert render(chart, values).config()["mqtt"]["shared_group"] == "bridges"
+
+
+def test_several_replicas_without_rabbitmq_are_refused(chart: helm.Chart) -> None:
+    # The in-process bus is per pod: an event sent to one pod would never reach a waiter on another.
+    with pytest.raises(helm.HelmRenderError, match="needs RabbitMQ"):
+        render(chart, {"replicaCount": 2})
+
+
+def test_http_host_is_always_all_interfaces(chart: helm.Chart) -> None:
+    result = render(chart, {"config": {"http": {"port": 9000}}})
+    assert result.config()["http"]["host"] == "0.0.0.0"
+    assert result.container()["ports"][0]["containerPort"] == 9000
+
+
+def test_toml_rendering_keeps_every_value_type(chart: helm.Chart) -> None:
+    config = {
+        "amqp": {"exchange": 'ev "quoted" \\ back', "publish_timeout": 2.5, "heartbeat": 0},
+        "mqtt": {"egress": ["vm.*", "backup.#"], "protocol": "3.1.1", "session_expiry": 86400},
+        "http": {
+            "max_body_bytes": 10_000_000,
+            "public_url": "https://e.example/ä",
+            "rate_limit": 0,
+        },
+        "auth": {
+            "anonymous": True,
+            "anonymous_allow": ["public.#"],
+            "principals": [{"name": "ops", "token_hash": "t", "allow": ["vm.*"]}],
+        },
+        "limits": {"max_bytes": 1, "max_properties": 1},
+        "log": {"level": "DEBUG", "format": "text"},
+    }
+    rendered = render(chart, {"config": config}).config()
+    expected = chart.merge_values({"config": config})["config"]  # with the chart's defaults
+    expected["http"].update(host="0.0.0.0")
+    assert rendered == expected
+    assert isinstance(rendered["http"]["max_body_bytes"], int)
+    Settings.model_validate(rendered)
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"replicaCount": "three"}, "/replicaCount"),
+        ({"replicaCount": 0}, "/replicaCount"),
+        ({"service": {"port": 70000}}, "/service/port"),
+        ({"service": {"port": 0}}, "/service/port"),
+        ({"image": {"tag": 1}}, "/image/tag"),
+        ({"config": {"amqp": "amqp://x"}}, "/config/amqp"),
+        ({"config": {"auth": {"anonymous": "yes"}}}, "/config/auth/anonymous"),
+        ({"config": {"http": {"prot": 8280}}}, "/config/http"),
+        ({"config": {"log": {"level": "LOUD"}}}, "/config/log/level"),
+        ({"config": {"http": {"host": "127.0.0.1"}}}, "/config/http/host"),
+        ({"secrets": {"amqp_url": "x"}}, "amqp_url"),
+        ({"preStopSleepSeconds": 5}, "/preStopSleepSeconds"),
+        ({"replicas": 3}, "replicas"),
+    ],
+)
+def test_schema_rejects_bad_values(
+    chart: helm.Chart, values: dict[str, Any], complaint: str
+) -> None:
+    with pytest.raises(helm.HelmValuesError) as caught:
+        render(chart, values)
+    assert complaint in str(caught.value)
+
+
+def test_schema_accepts_both_shipped_value_files(
+    chart: helm.Chart, production_values: dict[str, Any]
+) -> None:
+    chart.validate_schema(yaml.safe_load((CHART_DIR / "values.yaml").read_text()))
+    chart.validate_schema(production_values)
+
+
+def test_schema_config_sections_mirror_the_settings_model() -> None:
+    # Settings forbid unknown keys: the schema must allow exactly what the daemon accepts.
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    sections = schema["properties"]["config"]["properties"]
+    assert set(sections) == set(Settings.model_fields)
+    for name, section in sections.items():
+        model = Settings.model_fields[name].annotation
+        assert model is not None
+        assert set(section["properties"]) == set(model.model_fields), name
+        assert section["additionalProperties"] is False
+
+
+def leaf_keys(values: dict[str, Any], prefix: str = "") -> Iterator[str]:
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if (
+            isinstance(value, dict)
+            and value
+            and key not in {"resources", "podSecurityContext", "securityContext"}
+        ):
+            yield from leaf_keys(value, f"{path}.")
+        else:
+            yield path
+
+
+def test_chart_readme_documents_every_value() -> None:
+    readme = (CHART_DIR / "README.md").read_text()
+    documented = set(re.findall(r"^\| `([^`]+)` \|", readme, flags=re.MULTILINE))
+    values = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+    missing = [key for key in leaf_keys(values) if key not in documented]
+    assert not missing, f"values missing from the README's table: {missing}"
+    config_keys = {
+        f"config.{section}.{key}"
+        for section, field in Settings.model_fields.items()
+        for key in field.annotation.model_fields  # type: ignore[union-attr]
+    }
+    assert not config_keys - documented, "config keys missing from the README"
+
+
+def test_notes_warn_about_missing_broker_and_principals(
+    default: Rendered, production: Rendered
+) -> None:
+    assert "in-process bus" in default.notes
+    assert "401" in default.notes
+    assert "in-process bus" not in production.notes
+    assert f"port-forward service/{FULLNAME}" in default.notes
+
+
+def test_network_policy_opens_http_dns_and_the_brokers(production: Rendered) -> None:
+    policy = production.one("NetworkPolicy")["spec"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    (ingress,) = policy["ingress"]
+    assert ingress["ports"] == [{"port": "http", "protocol": "TCP"}]
+    egress_ports = {(p["port"], p["protocol"]) for rule in policy["egress"] for p in rule["ports"]}
+    assert egress_ports == {
+        (53, "UDP"),
+        (53, "TCP"),
+        (5671, "TCP"),
+        (5672, "TCP"),
+        (1883, "TCP"),
+        (8883, "TCP"),
+    }
+
+
+# -- the image ---------------------------------------------------------------------------------
+
+
+def test_dockerfile_and_install_script_stay_in_step() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    script = (ROOT / "scripts" / "install-like-image.sh").read_text()
+    copied = set()
+    for line in dockerfile.splitlines():
+        if line.startswith("COPY ") and "--from" not in line:
+            copied.update(part.rstrip("/") for part in line.split()[1:-1])
+    assert copied == {"pyproject.toml", "README.md", "adapter"}
+    for name in copied:
+        assert f'"$repo/{name}"' in script, name
+    # The builder stage's RUN commands, with the image's paths written as the script's variables.
+    run = re.search(
+        r"^RUN (python -m venv .*?)(?=\n\n|\nFROM)", dockerfile, re.MULTILINE | re.DOTALL
+    )
+    assert run is not None
+    in_image = [
+        re.sub(r"\s+", " ", command.replace("\\\n", " ")).replace(">/dev/null", "").strip()
+        for command in run.group(1).split("&&")
+    ]
+    in_image = [
+        command.replace("/opt/customevent", "$prefix")
+        .replace("/src", "$src")
+        .replace("python ", "$python ", 1)
+        for command in in_image
+    ]
+    tail = script.split("# The builder stage's RUN line", 1)[1].splitlines()[1:]
+    in_script = [line.replace('"', "").strip() for line in tail if line.strip()]
+    assert in_script == in_image
+    assert "KEEP IN STEP" in dockerfile and "KEEP IN STEP" in script
+    stages = re.findall(r"^FROM (\S+)", dockerfile, flags=re.MULTILINE)
+    assert len(stages) == 2
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim$", dockerfile, flags=re.MULTILINE)
+    assert re.search(r"^USER 10001:10001$", dockerfile, flags=re.MULTILINE)
+    assert 'ENTRYPOINT ["customevent"]' in dockerfile and 'CMD ["serve"]' in dockerfile
+    assert "CUSTOMEVENT_HTTP__HOST=0.0.0.0" in dockerfile and "EXPOSE 8280" in dockerfile
+    # The build context is an allow-list of exactly what the COPY lines need.
+    allowed = {
+        line[1:].rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    }
+    assert allowed == copied
+
+
+# -- RabbitMQ definitions and the bridge config -------------------------------------------------
+
+
+def test_rabbitmq_definitions() -> None:
+    definitions = json.loads(DEFINITIONS.read_text())
+    (exchange,) = definitions["exchanges"]
+    assert exchange["name"] == "customevents"
+    assert exchange["vhost"] == "/"
+    assert exchange["type"] == "topic"
+    assert exchange["durable"] is True
+    assert exchange["auto_delete"] is False
+    assert {"name": "/"} in definitions["vhosts"]
+    users = {user["name"]: user for user in definitions["users"]}
+    assert set(users) == {"bridge", "backend", "edge"}
+    for user in users.values():
+        assert user["hashing_algorithm"] == "rabbit_password_hashing_sha256"
+        raw = base64.b64decode(user["password_hash"])
+        assert len(raw) == 4 + 32  # salt + SHA-256
+    assert "PLACEHOLDER" in " ".join(definitions["_comment"])
+
+    topic = {(p["user"], p["exchange"]): p for p in definitions["topic_permissions"]}
+    edge_write = re.compile(topic["edge", "customevents"]["write"])
+    assert edge_write.search("external.x")
+    assert not edge_write.search("internal.x")
+    bridge_write = re.compile(topic["bridge", "customevents"]["write"])
+    assert bridge_write.search("external.x") and bridge_write.search("internal.x")
+    assert not bridge_write.search("other.x")
+
+    permissions = {p["user"]: p for p in definitions["permissions"]}
+    bridge = permissions["bridge"]
+    for key in ("configure", "write", "read"):
+        assert re.search(bridge[key], "customevents"), key
+        assert re.search(bridge[key], "customevent.wait.host-1.17.0"), key
+        assert not re.search(bridge[key], "amq.topic"), key
+    # The edge user can publish but never declare, delete or consume anything.
+    assert permissions["edge"]["configure"] == "^$"
+    assert permissions["edge"]["read"] == "^$"
+
+
+@pytest.mark.parametrize("user", ["bridge", "backend", "edge"])
+def test_placeholder_hashes_are_of_change_me(user: str) -> None:
+    definitions = json.loads(DEFINITIONS.read_text())
+    (entry,) = (u for u in definitions["users"] if u["name"] == user)
+    raw = base64.b64decode(entry["password_hash"])
+    salt, digest = raw[:4], raw[4:]
+    assert hashlib.sha256(salt + b"change-me").digest() == digest
+
+
+def test_production_config_loads_and_holds_no_secrets() -> None:
+    text = PRODUCTION_TOML.read_text()
+    settings = Settings.model_validate(tomllib.loads(text))
+    assert settings.amqp.url is None and settings.mqtt.url is None
+    assert settings.auth.principals == [] and settings.auth.anonymous is False
+    assert settings.http.host == "0.0.0.0"
+    assert settings.mqtt.shared_group
+    assert not re.search(r"^\s*(url|password_hash|token_hash)\s*=", text, flags=re.MULTILINE)
