@@ -161,3 +161,34 @@ async def _close_connection_from_the_broker(name: str) -> None:
                 return
         await asyncio.sleep(0.1)
     raise AssertionError(f"connection {name} not found in rabbitmqctl list_connections")
+
+
+async def test_a_user_without_configure_permission_can_still_send(
+    amqp_url: str, unique_name: str
+) -> None:
+    user, password = f"t-edge-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    await _rabbitmqctl("add_user", user, password)
+    try:
+        await _rabbitmqctl(
+            "set_permissions", "-p", "/", user, "^customevent\\.wait\\..*", ".*", ".*"
+        )
+        url = amqp_url.replace("guest:guest", f"{user}:{password}")
+        async with Client(load_settings(amqp={"url": amqp_url})) as owner:
+            async with owner.expect("external", unique_name, until=timedelta(seconds=10)) as w:
+                async with Client(load_settings(amqp={"url": url})) as edge:
+                    assert (await edge.send_custom_event(unique_name, kind="external")).routed
+                assert await w is not None
+    finally:
+        await _rabbitmqctl("delete_user", user)
+
+
+async def _rabbitmqctl(*args: str) -> None:
+    process = await asyncio.create_subprocess_exec(
+        "rabbitmqctl",
+        "-q",
+        *args,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await process.communicate()
+    assert process.returncode == 0, err.decode()

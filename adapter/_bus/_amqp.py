@@ -342,15 +342,37 @@ class AmqpBus(Bus):
         self._connection = await self._connect()
         try:
             self._connection.reconnect_callbacks.add(self._reconnected)
+            passive = await self._exchange_needs_passive_declare()
             channel = await self._connection.channel(publisher_confirms=True)
             self._exchange = await channel.declare_exchange(
-                self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+                self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True, passive=passive
             )
             for _ in range(self.settings.channels):
                 self._wait_channels.append(await self._connection.channel())
         except BaseException:
             await self._connection.close()
             raise
+
+    async def _exchange_needs_passive_declare(self) -> bool:
+        """Declare the exchange if we may; a user without configure permission (an edge or
+        backend account, config/rabbitmq/definitions.json) can still use an existing one."""
+        probe = await self._require_connection().channel()
+        try:
+            await probe.declare_exchange(
+                self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+        except aiormq.exceptions.ChannelAccessRefused:
+            log.info("no configure permission on %r: using it as it is", self._exchange_name)
+            return True
+        except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+            raise ConfigurationError(
+                f"exchange {self._exchange_name!r} exists with other properties than a durable "
+                f"topic exchange: {exc}"
+            ) from None
+        finally:
+            if not probe.is_closed:
+                await probe.close()
+        return False
 
     async def _connect(self) -> AbstractRobustConnection:
         shown = redact_url(self._url)
