@@ -1,0 +1,335 @@
+"""The daemon's HTTP application: vRO's REST path and SOAP operation, the JSON API, waits,
+health, readiness and metrics."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from urllib.parse import parse_qs
+
+from fastapi import FastAPI, Query
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .. import __version__
+from .._bus import check_wait_id
+from .._client import Client
+from .._exceptions import InvalidInput
+from .._settings import Settings
+from ._gateway import BUS_RETRY_AFTER, Gateway, HttpError, read_body
+from ._logging import RequestContext
+from ._metrics import RECONNECTS
+from ._soap import soap_router
+from ._wait import WaitResponse, parse_deadline, scoped
+
+__all__ = ["create_app"]
+
+VRO_PATH = "/vco/api/customevent/{eventName}"
+JSON_PATH = "/api/v1/events/{name}"
+_SECURITY: list[dict[str, list[str]]] = [{"basic": []}, {"bearer": []}]
+_SECURITY_SCHEMES = {
+    "basic": {"type": "http", "scheme": "basic"},
+    "bearer": {"type": "http", "scheme": "bearer"},
+}
+
+
+class SendRequest(BaseModel):
+    """Body of ``POST /api/v1/events/{name}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    properties: dict[str, str] = Field(default_factory=dict, description="property values")
+    event_id: str | None = Field(
+        default=None, description="your own event id (1 to 200 printable characters), for de-dup"
+    )
+
+
+class SendResponse(BaseModel):
+    event_id: str
+    routed: bool = Field(description="true if at least one waiter was bound to the event")
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+class EventOut(BaseModel):
+    name: str
+    kind: Literal["external", "internal"]
+    properties: dict[str, str]
+    event_id: str
+    sent_at: str
+    source: str
+    principal: str | None
+
+
+_PROBLEMS = {
+    400: "bad input: the name, properties, or parameters break a rule",
+    401: "missing or wrong credentials",
+    403: "the event name is outside the caller's allow list",
+    413: "the body or the properties are over the limits",
+    429: "rate limit exceeded; see Retry-After",
+    503: "the bus cannot confirm right now; see Retry-After",
+}
+
+
+def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": Problem, "description": _PROBLEMS[status]} for status in statuses}
+
+
+def _path_parameter(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _responses(success: dict[str, Any], *statuses: int) -> dict[str, Any]:
+    problem = {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    described = {str(s): {"description": _PROBLEMS[s], "content": problem} for s in statuses}
+    return {**success, **described}
+
+
+_SEND_OPERATIONS: dict[str, dict[str, Any]] = {
+    VRO_PATH: {
+        "summary": "Send an external event (vRO 8 REST path)",
+        "operationId": "vro_send",
+        "security": _SECURITY,
+        "parameters": [
+            _path_parameter("eventName"),
+            {
+                "name": "properties",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": "serializedProperties: name=value lines",
+            },
+        ],
+        "requestBody": {
+            "required": False,
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+            "description": "serializedProperties (name=value lines), instead of the query",
+        },
+        "responses": _responses(
+            {"200": {"description": "the bus confirmed the event (empty body)"}},
+            400,
+            401,
+            403,
+            413,
+            429,
+            503,
+        ),
+    },
+    JSON_PATH: {
+        "summary": "Send an external event",
+        "operationId": "json_send",
+        "security": _SECURITY,
+        "parameters": [_path_parameter("name")],
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": SendRequest.model_json_schema()}},
+        },
+        "responses": _responses(
+            {
+                "202": {
+                    "description": "the bus confirmed the event",
+                    "content": {"application/json": {"schema": SendResponse.model_json_schema()}},
+                }
+            },
+            400,
+            401,
+            403,
+            413,
+            429,
+            503,
+        ),
+    },
+}
+
+
+class _App(FastAPI):
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            schema = super().openapi()
+            components = schema.setdefault("components", {})
+            components["securitySchemes"] = _SECURITY_SCHEMES
+            components.setdefault("schemas", {})["Problem"] = Problem.model_json_schema()
+            for path, operation in _SEND_OPERATIONS.items():
+                schema["paths"].setdefault(path, {})["post"] = operation
+        assert self.openapi_schema is not None
+        return self.openapi_schema
+
+
+def _problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HttpError)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+
+
+def _invalid_request(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("query", "path"))
+        parts.append(f"{where}: {error.get('msg')}")
+    return JSONResponse({"detail": "; ".join(parts) or "bad request"}, status_code=400)
+
+
+def _properties_text(request: Request, body: bytes, query: str | None) -> str | None:
+    """serializedProperties from the query or the body (text, or a form's ``properties``)."""
+    if not body:
+        return query
+    if query is not None:
+        raise HttpError(400, "give the properties in the query or in the body, not both")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise HttpError(400, f"the body is not UTF-8 text: {exc}") from None
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        return text
+    fields = parse_qs(text, keep_blank_values=True)
+    values = fields.get("properties", [])
+    if len(values) > 1:
+        raise HttpError(400, "the form gives properties more than once")
+    return values[0] if values else None
+
+
+def create_app(settings: Settings, client: Client) -> FastAPI:
+    """The daemon's ASGI application, sending through ``client`` (opened by the caller)."""
+    gateway = Gateway(settings, client)
+    limit = settings.http.max_body_bytes
+    app = _App(
+        title="customevent-bridge",
+        version=__version__,
+        description="vRO-style custom events on RabbitMQ: send them, wait for them. The SOAP "
+        "operation is described by its WSDL at /vmware-vmo-webcontrol/webservice?wsdl.",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.gateway = gateway
+    app.add_exception_handler(HttpError, _problem)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_middleware(RequestContext)
+    reconnects = getattr(client.bus, "on_reconnect", None)
+    if isinstance(reconnects, list) and RECONNECTS.inc not in reconnects:
+        reconnects.append(RECONNECTS.inc)
+
+    async def vro_send(request: Request) -> Response:
+        with gateway.counting("rest"):
+            caller = await gateway.caller(request)
+            queries = request.query_params.getlist("properties")
+            if len(queries) > 1:
+                raise HttpError(400, "the query gives properties more than once")
+            body = await read_body(request, limit)
+            text = _properties_text(request, body, queries[0] if queries else None)
+            name = request.path_params["eventName"]
+            result = await gateway.send(request, caller, name, text, source="http")
+        return Response(status_code=200, headers={"x-event-id": result.event_id})
+
+    async def json_send(request: Request) -> Response:
+        with gateway.counting("json"):
+            caller = await gateway.caller(request)
+            body = await read_body(request, limit)
+            try:
+                payload = SendRequest.model_validate_json(body) if body else SendRequest()
+            except ValidationError as exc:
+                raise HttpError(400, _describe(exc)) from None
+            result = await gateway.send(
+                request,
+                caller,
+                request.path_params["name"],
+                payload.properties,
+                source="http",
+                event_id=payload.event_id,
+            )
+        return JSONResponse(result.to_json(), status_code=202)
+
+    # The sends are plain Starlette routes, first in line: FastAPI's per-request parameter
+    # machinery cost more than the rest of a send together. Their OpenAPI entries are written
+    # out in _SEND_OPERATIONS instead.
+    app.router.routes[:0] = [
+        Route(VRO_PATH, vro_send, methods=["POST"]),
+        Route(JSON_PATH, json_send, methods=["POST"]),
+    ]
+
+    @app.get(
+        "/api/v1/events/{name}/wait",
+        summary="Wait for an event until a deadline (long poll)",
+        response_model=EventOut,
+        responses={
+            200: {"description": "the event (stream=true: bound; the outcome follows in the body)"},
+            204: {"description": "the deadline passed with no event"},
+            **_problems(400, 401, 403, 503),
+        },
+        openapi_extra={"security": _SECURITY},
+    )
+    async def wait(
+        name: str,
+        request: Request,
+        duration: str | None = Query(
+            default=None, alias="timeout", description="30s, 5m, 1h or seconds"
+        ),
+        until: str | None = Query(default=None, description="RFC 3339 deadline"),
+        kind: Literal["external", "internal"] = Query(default="external"),
+        wait_id: str | None = Query(
+            default=None,
+            description="resumable wait: a new wait with the same id gets what was "
+            "sent while nobody waited",
+        ),
+        stream: bool = Query(
+            default=False, description="answer 200 once bound; the outcome follows in the body"
+        ),
+    ) -> Response:
+        caller = await gateway.caller(request)
+        pattern = gateway.authorize(caller, name, pattern=True)
+        if caller.name is None and kind != "external":
+            raise HttpError(403, "anonymous callers may wait only for external events")
+        deadline = parse_deadline(duration, until, settings.http.max_wait)
+        try:
+            check_wait_id(wait_id)
+        except InvalidInput as exc:
+            raise HttpError(400, str(exc)) from None
+        return WaitResponse(
+            gateway,
+            kind,
+            pattern,
+            deadline,
+            wait_id=scoped(wait_id, caller.name),
+            stream=stream,
+        )
+
+    app.include_router(soap_router(gateway))
+
+    @app.get("/healthz", summary="The daemon is up")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get(
+        "/readyz",
+        summary="The bus is connected and the daemon is not stopping",
+        responses={503: {"model": Problem, "description": "not ready"}},
+    )
+    async def readyz() -> Response:
+        if client.bus.connected and not gateway.stopping.is_set():
+            return JSONResponse({"status": "ready", "bus": client.bus.name})
+        return JSONResponse(
+            {"detail": f"not ready: the {client.bus.name} bus is not connected"}
+            if not gateway.stopping.is_set()
+            else {"detail": "not ready: the daemon is stopping"},
+            status_code=503,
+            headers={"Retry-After": str(BUS_RETRY_AFTER)},
+        )
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "body"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)

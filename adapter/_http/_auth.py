@@ -1,0 +1,183 @@
+"""Who is calling: HTTP Basic and bearer tokens checked against ``auth.principals``, and what
+event names a caller may use (its ``allow`` patterns).
+
+Secrets are scrypt hashes, slow on purpose. A verified credential is remembered under an HMAC of it
+(keyed with a random per-process key, so the cache never holds anything that reveals the secret);
+a refused one is remembered briefly, so repeating a bad credential costs no scrypt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from .._exceptions import ConfigurationError
+from .._names import pattern_matches
+from .._secrets import hash_secret, verify_secret
+from .._settings import AuthSettings, Principal
+
+__all__ = ["CHALLENGE", "Authenticator", "Caller", "NotAuthenticated", "covers"]
+
+log = logging.getLogger("adapter.http.auth")
+T = TypeVar("T")
+
+CHALLENGE = 'Basic realm="customevent", Bearer'
+_VERIFIED_MAX = 1024
+_REFUSED_MAX = 4096
+_REFUSED_SECONDS = 5.0
+
+
+class NotAuthenticated(Exception):
+    """No valid credential; the edge answers 401."""
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """An authenticated principal, or the anonymous caller (``name`` None)."""
+
+    name: str | None
+    allow: tuple[str, ...]
+
+    def may_use(self, name: str) -> bool:
+        """True if the event name, or name pattern, lies inside one of the allow patterns."""
+        return any(covers(pattern, name) for pattern in self.allow)
+
+
+def covers(allowed: str, requested: str) -> bool:
+    """True if every name matching ``requested`` (a name or a pattern) matches ``allowed``."""
+    if "*" not in requested and "#" not in requested:
+        return pattern_matches(allowed, requested)
+    return _covers(tuple(allowed.split(".")), 0, tuple(requested.split(".")), 0)
+
+
+def _covers(a: tuple[str, ...], i: int, r: tuple[str, ...], j: int) -> bool:
+    if i == len(a):
+        return j == len(r)
+    if a[i] == "#":
+        return any(_covers(a, i + 1, r, k) for k in range(j, len(r) + 1))
+    if j == len(r) or r[j] == "#":
+        # A requested '#' can stand for any number of words: only an allowed '#' covers it.
+        return False
+    if a[i] == "*" or a[i] == r[j]:
+        return _covers(a, i + 1, r, j + 1)
+    return False
+
+
+def _credential_key(key: bytes, scheme: bytes, credential: bytes) -> bytes:
+    return hmac.new(key, scheme + b"\0" + credential, hashlib.sha256).digest()
+
+
+class Authenticator:
+    """Checks ``Authorization`` headers against the configured principals."""
+
+    def __init__(self, settings: AuthSettings) -> None:
+        self._settings = settings
+        self._by_name = {p.name: p for p in settings.principals}
+        self._with_token = [p for p in settings.principals if p.token_hash]
+        self._anonymous = (
+            Caller(None, tuple(settings.anonymous_allow)) if settings.anonymous else None
+        )
+        self._key = secrets.token_bytes(32)
+        self._verified: OrderedDict[bytes, Caller] = OrderedDict()
+        self._refused: OrderedDict[bytes, float] = OrderedDict()
+        self._pending: dict[bytes, asyncio.Future[Caller | None]] = {}
+        self._decoy: str | None = None
+
+    @property
+    def anonymous(self) -> bool:
+        return self._anonymous is not None
+
+    async def authenticate(self, authorization: str | None) -> Caller:
+        """The caller named by an ``Authorization`` header; raises ``NotAuthenticated``.
+
+        Without a header the caller is anonymous when ``auth.anonymous`` is on. A header that is
+        present but wrong is refused even then: a typo must not silently drop privileges.
+        """
+        if not authorization:
+            if self._anonymous is not None:
+                return self._anonymous
+            raise NotAuthenticated("credentials required (HTTP Basic or a bearer token)")
+        scheme, _, credential = authorization.strip().partition(" ")
+        scheme = scheme.lower()
+        credential = credential.strip()
+        if scheme not in ("basic", "bearer") or not credential:
+            raise NotAuthenticated("the Authorization header must be 'Basic ...' or 'Bearer ...'")
+        raw = credential.encode("utf-8", "surrogateescape")
+        key = _credential_key(self._key, scheme.encode(), raw)
+        caller = self._verified.get(key)
+        if caller is not None:
+            self._verified.move_to_end(key)
+            return caller
+        refused_until = self._refused.get(key)
+        if refused_until is not None and refused_until > time.monotonic():
+            raise NotAuthenticated("invalid credentials")
+        pending = self._pending.get(key)
+        if pending is None:
+            # Concurrent requests with the same new credential share one verification.
+            pending = asyncio.ensure_future(self._verify(scheme, credential))
+            self._pending[key] = pending
+            pending.add_done_callback(lambda _: self._pending.pop(key, None))
+        found = await asyncio.shield(pending)
+        if found is None:
+            self._remember(self._refused, key, time.monotonic() + _REFUSED_SECONDS, _REFUSED_MAX)
+            raise NotAuthenticated("invalid credentials")
+        self._remember(self._verified, key, found, _VERIFIED_MAX)
+        return found
+
+    @staticmethod
+    def _remember(cache: OrderedDict[bytes, T], key: bytes, value: T, limit: int) -> None:
+        cache[key] = value
+        cache.move_to_end(key)
+        while len(cache) > limit:
+            cache.popitem(last=False)
+
+    async def _verify(self, scheme: str, credential: str) -> Caller | None:
+        if scheme == "basic":
+            try:
+                decoded = base64.b64decode(credential, validate=True).decode("utf-8")
+            except (binascii.Error, ValueError):
+                return None
+            user, sep, password = decoded.partition(":")
+            if not sep:
+                return None
+            principal = self._by_name.get(user)
+            hashed = principal.password_hash if principal is not None else None
+            if principal is None or hashed is None:
+                # Spend the same time as a real check, so a probe cannot tell users apart.
+                await asyncio.to_thread(verify_secret, password or "-", await self._decoy_hash())
+                return None
+            return await self._check(principal, password, hashed, "password_hash")
+        return await self._check_token(credential, self._with_token)
+
+    async def _check_token(self, token: str, candidates: Sequence[Principal]) -> Caller | None:
+        for principal in candidates:
+            assert principal.token_hash is not None
+            found = await self._check(principal, token, principal.token_hash, "token_hash")
+            if found is not None:
+                return found
+        return None
+
+    async def _check(
+        self, principal: Principal, secret: str, hashed: str, field: str
+    ) -> Caller | None:
+        try:
+            ok = await asyncio.to_thread(verify_secret, secret, hashed)
+        except ConfigurationError as exc:
+            log.error("principal %r has an unusable %s: %s", principal.name, field, exc)
+            return None
+        return Caller(principal.name, tuple(principal.allow)) if ok else None
+
+    async def _decoy_hash(self) -> str:
+        if self._decoy is None:
+            self._decoy = await asyncio.to_thread(hash_secret, secrets.token_hex(16))
+        return self._decoy

@@ -1,0 +1,177 @@
+"""The path every HTTP send takes, whatever its wire format (vRO REST, SOAP, JSON): who is
+calling, may they use this name, are they within their rate, is the event valid, did the bus
+confirm it. Failures are ``HttpError``s that each front end renders in its own format."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Iterator, Mapping
+
+from starlette.requests import Request
+
+from .._client import Client
+from .._event import SendResult
+from .._exceptions import (
+    BusError,
+    ClientStateError,
+    InvalidInput,
+    PropertiesTooLarge,
+)
+from .._names import validate_name, validate_pattern
+from .._settings import Settings
+from ._auth import CHALLENGE, Authenticator, Caller, NotAuthenticated
+from ._metrics import PUBLISH_SECONDS, SENDS
+from ._ratelimit import RateLimiter
+
+__all__ = ["BUS_RETRY_AFTER", "Gateway", "HttpError", "read_body"]
+
+BUS_RETRY_AFTER = 1
+_OUTCOMES = {
+    400: "invalid",
+    401: "unauthorized",
+    403: "forbidden",
+    413: "too_large",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+
+class HttpError(Exception):
+    """A refusal at the edge: an HTTP status, the words for the caller, and for SOAP the fault
+    code (``Client``: the caller's fault; ``Server``: ours, retry later) and, when it differs
+    from ``status``, the HTTP status of the fault."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        fault: str = "Client",
+        soap_status: int | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.headers = dict(headers or {})
+        self.fault = fault
+        self.soap_status = soap_status
+
+
+def bad_input(exc: InvalidInput) -> HttpError:
+    """400 for bad input; 413 when the properties are over the per-event limits."""
+    return HttpError(413 if isinstance(exc, PropertiesTooLarge) else 400, str(exc))
+
+
+def unavailable(exc: Exception) -> HttpError:
+    return HttpError(
+        503,
+        f"the bus cannot take events right now; retry later ({exc})",
+        headers={"Retry-After": str(BUS_RETRY_AFTER)},
+        fault="Server",
+        soap_status=500,
+    )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, read in pieces and refused (413) as soon as it passes ``limit``."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HttpError(413, f"the request body is larger than the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HttpError(413, f"the request body is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class Gateway:
+    """Authentication, authorization, rate limiting and publishing for the HTTP front ends."""
+
+    def __init__(self, settings: Settings, client: Client) -> None:
+        self.settings = settings
+        self.client = client
+        self.auth = Authenticator(settings.auth)
+        self.limiter = RateLimiter(settings.http.rate_limit, settings.http.rate_burst)
+        # Set when the daemon begins to stop: open waits end, readiness turns false.
+        self.stopping = asyncio.Event()
+
+    async def caller(self, request: Request) -> Caller:
+        """The authenticated caller of a request, or 401."""
+        try:
+            caller = await self.auth.authenticate(request.headers.get("authorization"))
+        except NotAuthenticated as exc:
+            raise HttpError(401, str(exc), headers={"WWW-Authenticate": CHALLENGE}) from None
+        request.state.principal = caller.name
+        return caller
+
+    @staticmethod
+    def authorize(caller: Caller, name: str, *, pattern: bool = False) -> str:
+        """The name (or pattern), valid (else 400) and inside the caller's allow list (else 403)."""
+        try:
+            checked = validate_pattern(name) if pattern else validate_name(name)
+        except InvalidInput as exc:
+            raise bad_input(exc) from None
+        if not caller.may_use(checked):
+            who = repr(caller.name) if caller.name is not None else "an anonymous caller"
+            raise HttpError(403, f"{who} may not use the event name {checked!r}")
+        return checked
+
+    @contextlib.contextmanager
+    def counting(self, ingress: str) -> Iterator[None]:
+        """Count one send attempt under its outcome."""
+        try:
+            yield
+        except HttpError as exc:
+            SENDS.labels(ingress, _OUTCOMES.get(exc.status, "error")).inc()
+            raise
+        SENDS.labels(ingress, "ok").inc()
+
+    async def send(
+        self,
+        request: Request,
+        caller: Caller,
+        name: str,
+        properties: Mapping[str, str] | str | None,
+        *,
+        source: str,
+        event_id: str | None = None,
+    ) -> SendResult:
+        """Publish an external event for the caller; returns once the bus confirmed it."""
+        self.authorize(caller, name)
+        rate_key = caller.name if caller.name is not None else f"anonymous@{_peer(request)}"
+        delay = self.limiter.acquire(rate_key)
+        if delay > 0:
+            raise HttpError(
+                429,
+                f"rate limit of {self.limiter.rate:g} sends per second exceeded",
+                headers={"Retry-After": str(max(1, math.ceil(delay)))},
+            )
+        try:
+            event = self.client.prepare_event(
+                name,
+                properties,
+                kind="external",
+                event_id=event_id,
+                source=source,
+                principal=caller.name,
+            )
+        except InvalidInput as exc:
+            raise bad_input(exc) from None
+        started = time.perf_counter()
+        try:
+            result = await self.client.send_event(event)
+        except (BusError, ClientStateError) as exc:
+            raise unavailable(exc) from None
+        PUBLISH_SECONDS.observe(time.perf_counter() - started)
+        return result
+
+
+def _peer(request: Request) -> str:
+    return request.client.host if request.client is not None else "unknown"

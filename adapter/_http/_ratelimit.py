@@ -1,0 +1,53 @@
+"""Per-caller token buckets for sends (``http.rate_limit`` per second, ``http.rate_burst``)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+__all__ = ["RateLimiter"]
+
+_MAX_BUCKETS = 10_000
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class RateLimiter:
+    """Token buckets keyed by caller; ``rate`` 0 means unlimited."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self._buckets: dict[str, _Bucket] = {}
+
+    def acquire(self, key: str) -> float:
+        """Take one token: 0.0 when allowed, else the seconds until a token is free."""
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= _MAX_BUCKETS:
+                self._forget_full(now)
+            bucket = self._buckets[key] = _Bucket(self.burst, now)
+        else:
+            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
+            bucket.updated = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return 0.0
+        return (1.0 - bucket.tokens) / self.rate
+
+    def _forget_full(self, now: float) -> None:
+        # A bucket that has refilled is the same as a new one: dropping it loses nothing.
+        for key, bucket in list(self._buckets.items()):
+            if bucket.tokens + (now - bucket.updated) * self.rate >= self.burst:
+                del self._buckets[key]
+        if len(self._buckets) >= _MAX_BUCKETS:
+            # Every bucket is in use (a flood of callers): forget the oldest half.
+            for key in list(self._buckets)[: _MAX_BUCKETS // 2]:
+                del self._buckets[key]

@@ -1,0 +1,193 @@
+"""HTTP long-poll waits: ``GET /api/v1/events/{name}/wait``.
+
+Plain mode answers when the wait ends: 200 with the event, 204 at the deadline, 503 when the daemon
+stops first (the wait did not reach its deadline, so "nothing came" would be a lie; the caller
+waits again, with the same ``wait_id`` to get what was sent meanwhile).
+
+Stream mode (``stream=true``) answers 200 as soon as the wait is bound, so a caller can trigger the
+event without a race; a newline every ``HEARTBEAT_SECONDS`` keeps the connection alive, and the
+body ends with one JSON object whose ``status`` is what plain mode would have answered:
+``{"status": 200, "event": {...}}``, ``{"status": 204}`` or ``{"status": 503, "detail": "..."}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from .._cli import parse_until
+from .._event import Event
+from .._exceptions import BusError, ClientStateError, InvalidInput
+from .._names import Kind
+from ._gateway import BUS_RETRY_AFTER, Gateway, HttpError
+from ._metrics import ACTIVE_WAITS, WAITS
+
+__all__ = ["HEARTBEAT_SECONDS", "WAIT_BOUND_HEADER", "WaitResponse", "parse_deadline", "scoped"]
+
+HEARTBEAT_SECONDS = 15.0
+WAIT_BOUND_HEADER = "x-customevent-wait"
+WAIT_BOUND = WAIT_BOUND_HEADER.encode()
+MAX_WAIT_ID = 100
+_STOPPING = "the daemon is shutting down; wait again (with the same wait_id to resume)"
+
+
+def parse_deadline(timeout: str | None, until: str | None, max_wait: float) -> datetime:
+    """The deadline of a wait from ``timeout`` (30s, 5m, or seconds) or ``until`` (RFC 3339)."""
+    if (timeout is None) == (until is None):
+        raise HttpError(400, "give the deadline as either timeout= (30s, 5m) or until= (RFC 3339)")
+    text = timeout if timeout is not None else until
+    assert text is not None
+    if timeout is not None and timeout.replace(".", "", 1).isdigit():
+        text = f"{timeout}s"
+    try:
+        deadline = parse_until(text)
+    except InvalidInput as exc:
+        raise HttpError(
+            400, str(exc).replace("--until", "timeout" if timeout else "until")
+        ) from None
+    if deadline - datetime.now(UTC) > timedelta(seconds=max_wait):
+        raise HttpError(400, f"the deadline is more than http.max_wait ({max_wait:g}s) away")
+    return deadline
+
+
+def scoped(wait_id: str | None, principal: str | None) -> str | None:
+    """A wait id private to its principal, so nobody resumes another caller's wait."""
+    if wait_id is None:
+        return None
+    if len(wait_id) > MAX_WAIT_ID:
+        raise HttpError(400, f"wait_id must be at most {MAX_WAIT_ID} characters")
+    owner = hashlib.sha256((principal or "").encode("utf-8", "surrogateescape")).hexdigest()
+    return f"h{owner[:16]}-{wait_id}"
+
+
+class _Interrupted(Exception):
+    """The wait ended early (caller gone, daemon stopping); a resumable wait keeps its events."""
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False).encode("utf-8")
+
+
+class WaitResponse(Response):
+    """Binds a wait when the response is sent, and answers with its outcome."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        kind: Kind,
+        pattern: str,
+        deadline: datetime,
+        *,
+        wait_id: str | None,
+        stream: bool,
+    ) -> None:
+        super().__init__(status_code=200)
+        self._gateway = gateway
+        self._kind = kind
+        self._pattern = pattern
+        self._deadline = deadline
+        self._wait_id = wait_id
+        self._stream = stream
+        self._started = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._wait(receive, send)
+        except _Interrupted as stop:
+            if stop.args:
+                WAITS.labels("interrupted").inc()
+                await self._finish(send, 503, {"detail": _STOPPING})
+        except (BusError, ClientStateError) as exc:
+            WAITS.labels("error").inc()
+            await self._finish(
+                send, 503, {"detail": f"the bus cannot serve waits right now ({exc})"}
+            )
+
+    async def _wait(self, receive: Receive, send: Send) -> None:
+        if self._gateway.stopping.is_set():
+            raise _Interrupted("stopping")
+        client = self._gateway.client
+        expectation = client.expect(
+            self._kind, self._pattern, until=self._deadline, wait_id=self._wait_id
+        )
+        async with expectation as waiter:
+            ACTIVE_WAITS.inc()
+            try:
+                if self._stream:
+                    bound = [(b"content-type", b"application/json"), (WAIT_BOUND, b"bound")]
+                    await self._start(send, 200, bound)
+                event = await self._race(waiter.get(), receive, send)
+            finally:
+                ACTIVE_WAITS.dec()
+        if event is None:
+            WAITS.labels("deadline").inc()
+            await self._finish(send, 204, None)
+        else:
+            WAITS.labels("event").inc()
+            await self._finish(send, 200, event.to_json())
+
+    async def _race(self, getting: Any, receive: Receive, send: Send) -> Event | None:
+        get = asyncio.ensure_future(getting)
+        gone = asyncio.ensure_future(_disconnected(receive))
+        stop = asyncio.ensure_future(self._gateway.stopping.wait())
+        pending = {get, gone, stop}
+        heartbeat = HEARTBEAT_SECONDS if self._stream else None
+        try:
+            while True:
+                done, _ = await asyncio.wait(
+                    pending, timeout=heartbeat, return_when=asyncio.FIRST_COMPLETED
+                )
+                if get in done:
+                    result: Event | None = get.result()
+                    return result
+                if gone in done:
+                    raise _Interrupted()
+                if stop in done:
+                    raise _Interrupted("stopping")
+                await send({"type": "http.response.body", "body": b"\n", "more_body": True})
+        finally:
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _start(self, send: Send, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        headers = [(b"cache-control", b"no-store"), *headers]
+        if status == 503:
+            headers.append((b"retry-after", str(BUS_RETRY_AFTER).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        self._started = True
+
+    async def _finish(self, send: Send, status: int, body: dict[str, Any] | None) -> None:
+        if self._started:
+            # Stream mode: the status line went out when the wait was bound; the outcome is in
+            # the body.
+            outcome: dict[str, Any] = {"status": status}
+            if status == 200:
+                outcome["event"] = body
+            elif body is not None:
+                outcome.update(body)
+            await send({"type": "http.response.body", "body": _json(outcome)})
+            return
+        content = b"" if body is None else _json(body)
+        headers = []
+        if status != 204:
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(content)).encode()),
+            ]
+        await self._start(send, status, headers)
+        await send({"type": "http.response.body", "body": content})

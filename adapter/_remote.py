@@ -1,0 +1,267 @@
+"""``HttpBus``: the bus as seen through a bridge daemon's HTTP API, for ``customevent send`` and
+``customevent wait --url http://...``.
+
+Sends are ``POST /api/v1/events/{name}``. A wait is a stream-mode long poll: the daemon answers
+200 only once the wait is bound, so ``async with`` returns exactly when events can be caught, and
+the outcome follows in the body (see ``adapter/_http/_wait.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+import httpx
+
+from ._bus import Bus, Subscription, check_wait_id
+from ._event import Event
+from ._exceptions import (
+    BrokerAuthenticationError,
+    BusError,
+    BusUnavailable,
+    ClientStateError,
+    InvalidInput,
+)
+from ._names import Kind, validate_kind, validate_name
+
+__all__ = ["HttpBus"]
+
+# The daemon's stream-mode wait protocol (adapter/_http/_wait.py), restated here so that the CLI
+# does not import the web stack: its heartbeat period, and how many a wait may miss before it
+# counts as lost.
+_HEARTBEAT_SECONDS = 15.0
+_HEARTBEAT_SLACK = 4
+_BOUND_HEADER = "x-customevent-wait"
+
+
+def _split_credentials(url: str) -> tuple[str, httpx.BasicAuth | None]:
+    """The URL without its userinfo (safe to show), and Basic credentials from the userinfo."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInput(
+            f"the daemon URL must be http(s)://[user:password@]host:port, not {url!r}"
+        )
+    netloc = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    if parts.port:
+        netloc += f":{parts.port}"
+    base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+    auth = None
+    if parts.username is not None:
+        auth = httpx.BasicAuth(unquote(parts.username), unquote(parts.password or ""))
+    return base, auth
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:500] or response.reason_phrase
+    if isinstance(body, dict) and isinstance(body.get("detail"), str):
+        return str(body["detail"])
+    return response.text.strip()[:500]
+
+
+class HttpBus(Bus):
+    """A bus reached through a bridge daemon: ``HttpBus("http://user:pass@host:8280")``, or
+    with ``token=`` for a bearer token. Only external events can be sent this way."""
+
+    name = "HTTP"
+
+    def __init__(self, base_url: str, *, token: str | None = None) -> None:
+        self.url, self._auth = _split_credentials(base_url)
+        self._headers: dict[str, str] = {}
+        if token and self._auth is None:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._http: httpx.AsyncClient | None = None
+        self._connected = False
+
+    async def start(self) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=self.url,
+            auth=self._auth,
+            headers=self._headers,
+            timeout=httpx.Timeout(60.0, connect=10.0),
+        )
+
+    async def close(self) -> None:
+        http, self._http = self._http, None
+        if http is not None:
+            await http.aclose()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def _client(self) -> httpx.AsyncClient:
+        self._check_open()
+        assert self._http is not None
+        return self._http
+
+    def _unreachable(self, exc: httpx.HTTPError) -> BusUnavailable:
+        self._connected = False
+        return BusUnavailable(
+            f"cannot reach the bridge daemon at {self.url} ({type(exc).__name__}: {exc}); "
+            "is 'customevent serve' running there?"
+        )
+
+    def _refusal(self, response: httpx.Response) -> BusError | InvalidInput:
+        """The error for a response that is not a success."""
+        status = response.status_code
+        detail = _detail(response)
+        self._connected = status != 503
+        if status in (401, 403):
+            return BrokerAuthenticationError(
+                f"the bridge daemon at {self.url} answered {status} "
+                f"{response.reason_phrase}: {detail}"
+            )
+        if status in (400, 413, 422):
+            return InvalidInput(detail)
+        if status == 429:
+            return BusUnavailable(
+                f"the bridge daemon at {self.url} is rate limiting this caller ({detail}); "
+                f"retry after {response.headers.get('retry-after', 'a moment')}s"
+            )
+        return BusUnavailable(f"the bridge daemon at {self.url} answered {status}: {detail}")
+
+    async def publish(self, event: Event) -> bool:
+        if event.kind != "external":
+            raise InvalidInput(
+                "a bridge daemon accepts only external events over HTTP; send internal events "
+                "over AMQP (--url amqp://...), or use --kind external"
+            )
+        body = {"properties": event.properties, "event_id": event.event_id}
+        try:
+            response = await self._client().post(
+                f"/api/v1/events/{quote(validate_name(event.name), safe='')}", json=body
+            )
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from None
+        if response.status_code != 202:
+            raise self._refusal(response)
+        self._connected = True
+        return bool(response.json().get("routed"))
+
+    def subscribe(
+        self, kind: Kind, pattern: str, deadline: datetime, *, wait_id: str | None = None
+    ) -> Subscription:
+        return _HttpSubscription(
+            self, validate_kind(kind), pattern, deadline, check_wait_id(wait_id)
+        )
+
+
+class _HttpSubscription(Subscription):
+    def __init__(
+        self, bus: HttpBus, kind: Kind, pattern: str, deadline: datetime, wait_id: str | None
+    ) -> None:
+        super().__init__(kind, pattern, deadline)
+        self._bus = bus
+        self._wait_id = wait_id
+        self._response: httpx.Response | None = None
+        self._outcome: Event | None = None
+        self._done = False
+
+    async def __aenter__(self) -> Self:
+        http = self._bus._client()
+        params = {
+            "until": self.deadline.isoformat(),
+            "kind": self.kind,
+            "stream": "true",
+        }
+        if self._wait_id is not None:
+            params["wait_id"] = self._wait_id
+        request = http.build_request(
+            "GET",
+            f"/api/v1/events/{quote(self.pattern, safe='')}/wait",
+            params=params,
+            timeout=httpx.Timeout(_HEARTBEAT_SECONDS * _HEARTBEAT_SLACK, connect=10.0),
+        )
+        try:
+            # Returns once the status line and headers arrived: the daemon sends them only after
+            # the wait is bound.
+            response = await http.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise self._bus._unreachable(exc) from None
+        if response.status_code == 204:
+            await response.aclose()
+            self._done = True
+            return self
+        if response.status_code != 200:
+            try:
+                await response.aread()
+            except httpx.HTTPError as exc:
+                raise self._bus._unreachable(exc) from None
+            finally:
+                await response.aclose()
+            raise self._bus._refusal(response)
+        self._bus._connected = True
+        self._response = response
+        return self
+
+    async def get(self) -> Event | None:
+        if self._done:
+            return self._outcome
+        response = self._response
+        if response is None:
+            raise ClientStateError("use the subscription inside async with")
+        try:
+            body = await response.aread()
+        except httpx.HTTPError as exc:
+            raise self._bus._unreachable(exc) from None
+        if response.headers.get(_BOUND_HEADER) == "bound":
+            outcome = _parse(body)
+            status = outcome.get("status")
+        else:  # a plain answer (a daemon that ignored stream=true)
+            status = response.status_code
+            outcome = {"event": _parse(body)} if body.strip() else {}
+        if status == 200:
+            self._outcome = _event(outcome.get("event"))
+        elif status != 204:
+            self._bus._connected = False
+            raise BusUnavailable(
+                f"the wait at the bridge daemon {self._bus.url} ended early: "
+                f"{outcome.get('detail', status)}"
+            )
+        self._done = True
+        return self._outcome
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        response, self._response = self._response, None
+        if response is not None:
+            await response.aclose()
+
+
+def _parse(body: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        raise BusUnavailable(
+            f"the bridge daemon sent a wait outcome that is not JSON: {body[:200]!r}"
+        ) from None
+    if not isinstance(value, dict):
+        raise BusUnavailable("the bridge daemon sent a wait outcome that is not a JSON object")
+    return value
+
+
+def _event(data: Any) -> Event:
+    try:
+        return Event(
+            name=validate_name(data["name"]),
+            kind=validate_kind(data["kind"]),
+            properties={str(k): str(v) for k, v in data["properties"].items()},
+            event_id=str(data["event_id"]),
+            sent_at=datetime.fromisoformat(data["sent_at"]),
+            source=str(data.get("source") or "http"),
+            principal=data.get("principal"),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError, InvalidInput) as exc:
+        raise BusUnavailable(
+            f"the bridge daemon sent an event this client cannot read: {exc}"
+        ) from None
