@@ -26,5 +26,10 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# The documentation site, strictly: a broken link or a failing generator fails the build. No -q:
+# it would hide the warnings --strict counts.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 bench: install
 	$(PY) bench/run.py all

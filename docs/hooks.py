@@ -1,0 +1,393 @@
+"""MkDocs hook: writes the reference pages from the code at build time.
+
+A page asks for a generated section with a marker line ``<!-- generate: NAME -->``; NAME is one of
+``GENERATORS``. Every generator reads the source of truth (the argparse parser, the pydantic
+settings model, the FastAPI app's OpenAPI document, the Prometheus metric objects) and raises when
+it cannot: a reference page is never built half empty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import re
+import types
+import typing
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+MARKER = re.compile(r"^<!-- generate: (?P<name>[a-z-]+) -->$", re.MULTILINE)
+
+# Where the daemon's FastAPI app factory may live, first match wins.
+APP_FACTORIES = (("adapter._http", "create_app"), ("adapter._http._app", "create_app"))
+# The daemon's modules, which must import for the metrics page; then every module of the package
+# is searched for Prometheus metric objects.
+METRIC_MODULES = ("adapter._daemon", "adapter._http", "adapter._mqtt")
+
+
+class GenerationError(RuntimeError):
+    """A reference page cannot be generated from the code."""
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: tuple[str, ...], rows: Sequence[tuple[object, ...]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _metavar(action: argparse.Action) -> str:
+    metavar = action.metavar or action.dest.upper()
+    return " ".join(metavar) if isinstance(metavar, tuple) else metavar
+
+
+def _option_rows(parser: argparse.ArgumentParser) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
+            continue
+        if action.option_strings:
+            flags = ", ".join(action.option_strings)
+            if action.nargs != 0:
+                flags += " " + _metavar(action)
+        else:
+            flags = _metavar(action)
+        notes = []
+        if action.choices:
+            notes.append("one of " + ", ".join(f"`{c}`" for c in action.choices))
+        if action.required and action.option_strings:
+            notes.append("required")
+        if isinstance(action, argparse._AppendAction) and "repeatable" not in (action.help or ""):
+            notes.append("repeatable")
+        help_text = (action.help or "") + ("; " + "; ".join(notes) if notes else "")
+        rows.append((f"`{flags}`", help_text))
+    return rows
+
+
+def exit_codes() -> list[tuple[int, str]]:
+    """The exit codes from the CLI module's docstring (``Exit codes: 0 done; 2 ...``)."""
+    from adapter import _cli
+
+    doc = " ".join((_cli.__doc__ or "").split())
+    _, found, text = doc.partition("Exit codes:")
+    if not found:
+        raise GenerationError("adapter/_cli.py's docstring has no 'Exit codes:' paragraph")
+    codes = []
+    for item in text.rstrip(".").split(";"):
+        number, _, meaning = item.strip().partition(" ")
+        if not number.isdigit() or not meaning:
+            raise GenerationError(f"cannot read the exit code {item.strip()!r} in adapter/_cli.py")
+        codes.append((int(number), meaning.strip()))
+    return codes
+
+
+def cli_reference() -> str:
+    from adapter._cli import _build_parser
+
+    parser = _build_parser()
+    parser.formatter_class = lambda prog: argparse.HelpFormatter(prog, width=100)
+    parts = [
+        "```text",
+        parser.format_usage().strip(),
+        "```",
+        "",
+        parser.description or "",
+        "",
+        _table(("Option", "Description"), _option_rows(parser)),
+    ]
+    commands = _subcommands(parser)
+    if not commands:
+        raise GenerationError("the customevent parser has no subcommands")
+    for name, command in commands.items():
+        command.formatter_class = parser.formatter_class
+        parts += ["", f"## `customevent {name}`", "", command.description or "", ""]
+        parts += ["```text", command.format_usage().strip(), "```", ""]
+        rows = _option_rows(command)
+        parts.append(_table(("Argument", "Description"), rows) if rows else "No options.")
+    parts += ["", "## Exit codes", ""]
+    parts.append(_table(("Code", "Meaning"), [(f"`{c}`", m) for c, m in exit_codes()]))
+    return "\n".join(parts)
+
+
+# -- settings -------------------------------------------------------------------------------------
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Literal:
+        return " or ".join(f'"{a}"' if isinstance(a, str) else str(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        names = [_type_name(a) for a in args if a is not type(None)]
+        return " or ".join(names) + (", optional" if type(None) in args else "")
+    if origin is list:
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if isinstance(annotation, type) and issubclass(annotation, Path):
+        return "path"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "table"
+    plain = {str: "string", int: "integer", float: "number", bool: "boolean"}
+    if annotation in plain:
+        return plain[annotation]
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _default(field: FieldInfo) -> str:
+    if field.default_factory is not None:
+        value = field.default_factory()  # type: ignore[call-arg]
+    elif field.default is PydanticUndefined:
+        return "required"
+    else:
+        value = field.default
+    if value is None:
+        return "unset"
+    if isinstance(value, str):
+        return f'`"{value}"`'
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, list):
+        return "`[" + ", ".join(f'"{v}"' if isinstance(v, str) else str(v) for v in value) + "]`"
+    return f"`{value}`"
+
+
+def _constraints(field: FieldInfo) -> str:
+    symbols = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<", "min_length": "length ≥"}
+    found = []
+    for item in field.metadata:
+        for attr, symbol in symbols.items():
+            value = getattr(item, attr, None)
+            if value is not None:
+                found.append(f"{symbol} {value}")
+    return ", ".join(found)
+
+
+def settings_fields() -> Iterator[tuple[str, str, FieldInfo]]:
+    """Every (section, key, field) of the settings model, in declaration order."""
+    from adapter import Settings
+
+    for section, section_field in Settings.model_fields.items():
+        model = section_field.annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise GenerationError(f"settings section {section!r} is not a model")
+        for key, field in model.model_fields.items():
+            yield section, key, field
+
+
+def _field_rows(fields: list[tuple[str, FieldInfo]]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    for key, field in fields:
+        description = field.description or ""
+        limits = _constraints(field)
+        if limits:
+            description += f" ({limits})" if description else limits
+        rows.append((f"`{key}`", _type_name(field.annotation), _default(field), description))
+    return rows
+
+
+def settings_reference() -> str:
+    from adapter import Settings
+    from adapter._settings import Principal
+
+    parts = []
+    for section in Settings.model_fields:
+        fields = [(key, field) for s, key, field in settings_fields() if s == section]
+        parts += [f"## `[{section}]`", ""]
+        parts.append(_table(("Key", "Type", "Default", "Description"), _field_rows(fields)))
+        parts += ["", "| Key | Environment variable | Secrets file |", "| --- | --- | --- |"]
+        for key, _ in fields:
+            parts.append(
+                f"| `{section}.{key}` | `CUSTOMEVENT_{section.upper()}__{key.upper()}` "
+                f"| `{section}__{key}` |"
+            )
+        parts.append("")
+        if section == "auth":
+            parts += ["### `[[auth.principals]]`", "", "Each entry of `auth.principals`:", ""]
+            rows = _field_rows(list(Principal.model_fields.items()))
+            parts += [_table(("Key", "Type", "Default", "Description"), rows), ""]
+    return "\n".join(parts)
+
+
+# -- HTTP API -------------------------------------------------------------------------------------
+
+
+def _app_factory() -> Callable[..., Any]:
+    errors = []
+    for module_name, attribute in APP_FACTORIES:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            errors.append(f"{module_name}: {exc}")
+            continue
+        factory = getattr(module, attribute, None)
+        if callable(factory):
+            return typing.cast(Callable[..., Any], factory)
+        errors.append(f"{module_name} has no {attribute}")
+    raise GenerationError(
+        "cannot build the HTTP API reference: no FastAPI app factory found ("
+        + "; ".join(errors)
+        + ")"
+    )
+
+
+def openapi_document() -> dict[str, Any]:
+    """The daemon's OpenAPI document, from its app built on default settings."""
+    from adapter import Client, load_settings
+
+    settings = load_settings(amqp={"url": None})
+    app = _app_factory()(settings, Client(settings))
+    document = app.openapi()
+    if not document.get("paths"):
+        raise GenerationError("the daemon's OpenAPI document has no paths")
+    return typing.cast(dict[str, Any], document)
+
+
+def _operations(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            if not method.startswith("x-") and method != "parameters":
+                yield method.upper(), path, operation
+
+
+def http_reference() -> str:
+    document = openapi_document()
+    info = document.get("info", {})
+    rows = [
+        (
+            f"`{method}`",
+            f"[`{path}`](#{method.lower()}-{_slug(path)})",
+            operation.get("summary", ""),
+            ", ".join(f"`{code}`" for code in operation.get("responses", {})),
+        )
+        for method, path, operation in _operations(document)
+    ]
+    parts = [
+        f"OpenAPI {document.get('openapi', '')}, *{info.get('title', '')}* {info.get('version')}.",
+        "",
+        _table(("Method", "Path", "What", "Responses"), rows),
+    ]
+    for method, path, operation in _operations(document):
+        parts += ["", f"### `{method} {path}` {{#{method.lower()}-{_slug(path)}}}", ""]
+        parts += [operation.get("summary", ""), ""]
+        if operation.get("description"):
+            parts += [operation["description"].strip(), ""]
+        params = [
+            (
+                f"`{p['name']}`",
+                p.get("in", ""),
+                "yes" if p.get("required") else "no",
+                p.get("description") or p.get("schema", {}).get("description", ""),
+            )
+            for p in operation.get("parameters", [])
+        ]
+        if params:
+            parts += [_table(("Parameter", "In", "Required", "Description"), params), ""]
+        responses = [
+            (f"`{code}`", answer.get("description", ""))
+            for code, answer in operation.get("responses", {}).items()
+        ]
+        parts.append(_table(("Status", "Meaning"), responses))
+    return "\n".join(parts)
+
+
+def _slug(path: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", path.lower()).strip("-")
+
+
+# -- metrics --------------------------------------------------------------------------------------
+
+
+def _metric_modules() -> list[types.ModuleType]:
+    for name in METRIC_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise GenerationError(f"cannot import {name} for its metrics: {exc}") from exc
+    package = importlib.import_module("adapter")
+    modules = [package]
+    for info in pkgutil.walk_packages(package.__path__, "adapter."):
+        try:
+            modules.append(importlib.import_module(info.name))
+        except ImportError as exc:
+            raise GenerationError(f"cannot import {info.name} for its metrics: {exc}") from exc
+    return modules
+
+
+def metrics() -> list[tuple[str, str, str, tuple[str, ...], str]]:
+    """(scraped name, type, help, labels, module) of every metric the package defines."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    found: dict[str, tuple[str, str, str, tuple[str, ...], str]] = {}
+    for module in _metric_modules():
+        for value in vars(module).values():
+            if not isinstance(value, MetricWrapperBase):
+                continue
+            family = next(iter(value.describe()))
+            scraped = family.name + ("_total" if family.type == "counter" else "")
+            labels = tuple(getattr(value, "_labelnames", ()))
+            found[family.name] = (
+                scraped,
+                family.type,
+                family.documentation,
+                labels,
+                module.__name__,
+            )
+    if not found:
+        raise GenerationError("no Prometheus metrics found in the adapter package")
+    return sorted(found.values())
+
+
+def metrics_reference() -> str:
+    suffix = {"histogram": " (`_bucket`, `_sum`, `_count`)", "summary": " (`_sum`, `_count`)"}
+    rows = [
+        (
+            f"`{name}`" + suffix.get(kind, ""),
+            kind,
+            ", ".join(f"`{label}`" for label in labels),
+            help_text,
+        )
+        for name, kind, help_text, labels, _ in metrics()
+    ]
+    return _table(("Metric", "Type", "Labels", "Description"), rows)
+
+
+GENERATORS: dict[str, Callable[[], str]] = {
+    "cli": cli_reference,
+    "settings": settings_reference,
+    "http-api": http_reference,
+    "metrics": metrics_reference,
+}
+
+
+def on_page_markdown(markdown: str, **_: Any) -> str:
+    """Replace each ``<!-- generate: NAME -->`` line with the generated Markdown."""
+    from mkdocs.exceptions import PluginError
+
+    def generate(match: re.Match[str]) -> str:
+        name = match["name"]
+        if name not in GENERATORS:
+            raise PluginError(f"unknown generated section {name!r}; one of {sorted(GENERATORS)}")
+        try:
+            return GENERATORS[name]()
+        except GenerationError as exc:
+            raise PluginError(str(exc)) from exc
+
+    return MARKER.sub(generate, markdown)
