@@ -114,7 +114,8 @@ def serialize_properties(properties: Mapping[str, str]) -> str:
     """Serialize properties as serializedProperties text; the inverse of ``parse_properties``.
 
     Refuses (``InvalidProperties``) what the format cannot carry: a name that is empty, has
-    surrounding spaces or contains ``=`` or a line break, and a value with a line break.
+    surrounding spaces or contains ``=`` or a line break, and a value with a line break or a
+    final carriage return.
     """
     lines = []
     for number, (name, value) in enumerate(properties.items(), start=1):
@@ -135,11 +136,18 @@ def serialize_properties(properties: Mapping[str, str]) -> str:
             )
         if "=" in name:
             raise InvalidProperties(f"property name {name!r} contains '='", line=number)
-        if "\n" in name or "\r" in name:
+        if "\n" in name:
             raise InvalidProperties(f"property name {name!r} contains a line break", line=number)
-        if "\n" in value or "\r" in value:
+        if "\n" in value:
             raise InvalidProperties(
                 f"value of {name!r} contains a line break; send it through the JSON API",
+                line=number,
+            )
+        if value.endswith("\r"):
+            # A reader takes a final CR for the CR of a CRLF line end and drops it.
+            raise InvalidProperties(
+                f"value of {name!r} ends with a carriage return, which the format drops; "
+                "send it through the JSON API",
                 line=number,
             )
         lines.append(f"{name}={value}")
