@@ -4,16 +4,19 @@ and reconnection."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import aio_pika
 import pytest
 
 from adapter import BrokerAuthenticationError, BusUnavailable, Client, load_settings
 from adapter._bus._amqp import AmqpBus, redact_url
+from tests.support.proxy import Proxy
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -106,32 +109,60 @@ def test_redact_url() -> None:
     assert redact_url("amqp://h/") == "amqp://h/"
 
 
-async def test_a_send_while_disconnected_is_unavailable_and_the_bus_reconnects(
+async def test_a_wait_survives_a_lost_connection_and_the_bus_reconnects(
     amqp_url: str, unique_name: str
 ) -> None:
     settings = load_settings(amqp={"url": amqp_url, "reconnect_interval": 0.2})
     bus = AmqpBus(settings.amqp, connection_name=f"test-{unique_name}")
     reconnects: list[int] = []
     bus.on_reconnect.append(lambda: reconnects.append(1))
-    async with Client(settings, bus=bus) as client:
-        async with client.expect("internal", unique_name, until=timedelta(seconds=30)) as waiter:
-            await _close_connection_from_the_broker(f"test-{unique_name}")
-            with pytest.raises(BusUnavailable):
-                for _ in range(200):  # until the client notices the loss
-                    await client.send_custom_event(unique_name + ".lost")
-                    await asyncio.sleep(0.01)
-            for _ in range(500):
-                if bus.connected and reconnects:
-                    break
-                await asyncio.sleep(0.02)
-            assert bus.connected
-            # The wait survived: its queue was re-declared, re-bound and re-consumed.
-            for _ in range(100):
+    async with (
+        Client(settings, bus=bus) as client,
+        client.expect("internal", unique_name, until=timedelta(seconds=30)) as waiter,
+    ):
+        await _close_connection_from_the_broker(f"test-{unique_name}")
+        for _ in range(500):
+            if bus.connected and reconnects:
+                break
+            await asyncio.sleep(0.02)
+        assert bus.connected and reconnects
+        # The wait survived: its queue was re-declared, re-bound and re-consumed. A send in the
+        # gap is refused (BusUnavailable) or confirmed, never lost.
+        for _ in range(100):
+            try:
                 if (await client.send_custom_event(unique_name, {"after": "reconnect"})).routed:
                     break
-                await asyncio.sleep(0.05)
-            event = await waiter
+            except BusUnavailable:
+                pass
+            await asyncio.sleep(0.05)
+        event = await waiter
     assert event is not None and event.properties == {"after": "reconnect"}
+
+
+async def test_sends_are_refused_while_the_broker_is_unreachable(
+    amqp_url: str, unique_name: str
+) -> None:
+    target = urlsplit(amqp_url)
+    async with Proxy(target.hostname or "127.0.0.1", target.port or 5672) as proxy:
+        url = amqp_url.replace(f":{target.port or 5672}/", f":{proxy.port}/")
+        settings = load_settings(amqp={"url": url, "reconnect_interval": 0.2, "publish_timeout": 2})
+        async with Client(settings) as client:
+            assert not (await client.send_custom_event(unique_name)).routed
+            proxy.refuse()
+            with pytest.raises(BusUnavailable, match=r"not connected|did not confirm"):
+                for _ in range(100):
+                    await client.send_custom_event(unique_name)
+                    await asyncio.sleep(0.02)
+            with pytest.raises(BusUnavailable):
+                await client.send_custom_event(unique_name)  # still down: refused again
+            proxy.restore()
+            for _ in range(200):
+                with contextlib.suppress(BusUnavailable):
+                    await client.send_custom_event(unique_name)
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the client did not reconnect")
 
 
 async def _close_connection_from_the_broker(name: str) -> None:

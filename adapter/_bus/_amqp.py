@@ -5,7 +5,8 @@ was bound. Waiting: waits are grouped by deadline into *wait queues*, one per cl
 deadline bucket, each with ``x-expires`` set to the bucket's end plus a grace; a wait adds one
 binding to its bucket's queue (refcounted per key) and the queue's consumer dispatches each message
 to every wait whose pattern matches. Setting up a wait is then one ``queue.bind`` round trip
-instead of a declare, a bind and a consume (docs/waits.md has the measurements behind this).
+instead of a declare, a bind and a consume, and the binds of concurrent waits go over all the wait
+channels at once (docs/waits.md has the measurements behind this).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import logging
 import math
 import ssl
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
@@ -31,6 +32,7 @@ from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
     AbstractRobustExchange,
+    AbstractRobustQueue,
 )
 from tenacity import (
     AsyncRetrying,
@@ -110,15 +112,29 @@ class _WaitQueue:
         self.binding_locks: dict[str, asyncio.Lock] = {}
         self.members = 0
         self.consumer_tag: str | None = None
+        # The queue on every wait channel: a channel answers one method at a time, so binds
+        # spread over all of them run side by side.
+        self.handles: list[AbstractRobustQueue] = []
+        self._turn = itertools.count()
 
-    async def open(self, channel: AbstractRobustChannel, expires_ms: int) -> None:
+    async def open(
+        self, channels: Sequence[AbstractRobustChannel], home: int, expires_ms: int
+    ) -> None:
         try:
-            self.queue = await channel.declare_queue(
+            # Declared and consumed on its home channel: aio-pika re-declares and re-consumes it
+            # after a reconnect. Its bindings are this object's to restore (``rebind``).
+            self.queue = queue = await channels[home].declare_queue(
                 self.name,
                 durable=False,
                 auto_delete=False,
                 arguments={"x-expires": expires_ms},
             )
+            self.handles = [
+                queue
+                if i == home
+                else cast(AbstractRobustQueue, await channel.get_queue(self.name, ensure=False))
+                for i, channel in enumerate(channels)
+            ]
             self.consumer_tag = await self.queue.consume(self._on_message, no_ack=True)
         except BaseException as exc:
             self.ready.set_exception(exc)
@@ -157,14 +173,30 @@ class _WaitQueue:
         else:
             self.patterns.discard(sub)
 
+    def _handle(self) -> AbstractRobustQueue:
+        return self.handles[next(self._turn) % len(self.handles)]
+
     async def bind(self, key: str) -> None:
         lock = self.binding_locks.setdefault(key, asyncio.Lock())
         async with lock:
             count = self.bindings.get(key, 0)
             if count == 0:
-                assert self.queue is not None
-                await self.queue.bind(self.bus._exchange_name, key)
+                # Not robust: aio-pika would keep a list of the bindings that it scans on every
+                # unbind (quadratic in the waits held); ``self.bindings`` is the record instead.
+                await self._handle().bind(self.bus._exchange_name, key, robust=False)
             self.bindings[key] = count + 1
+
+    async def rebind(self) -> None:
+        """Bind every key again after a reconnect. A queue that outlived the outage kept its
+        bindings (binding again changes nothing); one the broker lost (a restart, or an outage
+        longer than its expiry) came back empty from aio-pika's re-declare."""
+
+        async def again(key: str) -> None:
+            async with self.binding_locks.setdefault(key, asyncio.Lock()):
+                if self.bindings.get(key, 0) > 0:
+                    await self._handle().bind(self.bus._exchange_name, key, robust=False)
+
+        await asyncio.gather(*(again(key) for key in list(self.bindings)))
 
     async def unbind(self, key: str, *, at_broker: bool) -> None:
         lock = self.binding_locks.setdefault(key, asyncio.Lock())
@@ -175,8 +207,8 @@ class _WaitQueue:
                 return
             self.bindings.pop(key, None)
             self.binding_locks.pop(key, None)
-            if at_broker and self.queue is not None and self.members > 1:
-                await self.queue.unbind(self.bus._exchange_name, key)
+            if at_broker and self.handles and self.members > 1:
+                await self._handle().unbind(self.bus._exchange_name, key)
 
 
 def _decode(message: AbstractIncomingMessage) -> Event:
@@ -338,6 +370,7 @@ class AmqpBus(Bus):
         self._next_channel = itertools.count()
         self._wait_queues: dict[int, _WaitQueue] = {}
         self._generation = itertools.count()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.on_reconnect: list[Callable[[], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -429,10 +462,26 @@ class AmqpBus(Bus):
 
     def _reconnected(self, *_: Any) -> None:
         log.warning("RabbitMQ at %s: reconnected", redact_url(self._url))
+        if self._wait_queues:
+            task = asyncio.get_running_loop().create_task(
+                self._rebind(), name="customevent-amqp-rebind"
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         for callback in self.on_reconnect:
             callback()
 
+    async def _rebind(self) -> None:
+        for wq in list(self._wait_queues.values()):
+            try:
+                await wq.rebind()
+            except (*_UNAVAILABLE, aiormq.exceptions.AMQPError) as exc:
+                log.warning("could not bind the waits of %s again: %s", wq.name, exc)
+
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         connection, self._connection = self._connection, None
         if connection is not None:
             await connection.close()
@@ -492,7 +541,9 @@ class AmqpBus(Bus):
             headers=headers,  # type: ignore[arg-type]
         )
         try:
-            channel = await self._publish_channel().get_underlay_channel()
+            # A robust channel waits for a reconnection here: bound it like the confirm.
+            async with asyncio.timeout(self.settings.publish_timeout):
+                channel = await self._publish_channel().get_underlay_channel()
             # wait=False: release the channel as soon as the frames are queued; the confirm is
             # still awaited. Waiting for each socket drain under the channel lock halves the
             # rate of concurrent publishes (bench/bench_core.py).
@@ -531,11 +582,11 @@ class AmqpBus(Bus):
             name = f"customevent.wait.{self._client_id}.{bucket}.{next(self._generation)}"
             wq = _WaitQueue(self, name, end_epoch)
             self._wait_queues[bucket] = wq
-            channel = self._wait_channels[next(self._next_channel) % len(self._wait_channels)]
+            home = next(self._next_channel) % len(self._wait_channels)
             expires = end_epoch - datetime.now().timestamp() + self.settings.wait_grace
             wq.members += 1
             try:
-                await wq.open(channel, max(int(expires * 1000), 1000))
+                await wq.open(self._wait_channels, home, max(int(expires * 1000), 1000))
             except BaseException as exc:
                 wq.members -= 1
                 if self._wait_queues.get(bucket) is wq:
