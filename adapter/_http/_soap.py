@@ -76,6 +76,9 @@ def parse_request(body: bytes) -> SendCustomEvent:
         raise _fault(f"refused XML: {type(exc).__name__}: {exc}", malformed=True) from None
     except ParseError as exc:
         raise _fault(f"the request is not well-formed XML: {exc}", malformed=True) from None
+    except (LookupError, ValueError) as exc:
+        # expat raises these, not ParseError, for an unknown encoding in the XML declaration.
+        raise _fault(f"the request's XML cannot be decoded: {exc}", malformed=True) from None
     namespace, local = _split(root.tag)
     if local != "Envelope" or namespace not in (SOAP11_NS, SOAP12_NS):
         raise _fault(
