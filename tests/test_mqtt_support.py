@@ -149,7 +149,9 @@ class Collector:
 
 def index_of(body: bytes) -> str:
     try:
-        return str(json.loads(body).get("i"))
+        value = json.loads(body)
+        # Dead letters carry raw payloads, which may be any JSON at all.
+        return str(value.get("i")) if isinstance(value, dict) else ""
     except ValueError:
         match = re.search(rb"i=(\d+)", body)
         return match.group(1).decode() if match else ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import re
 import socket
 import ssl
 import tempfile
@@ -255,3 +256,19 @@ async def test_https_client_refuses_an_untrusted_daemon() -> None:
     async with httpx.AsyncClient(verify=True) as http:
         with pytest.raises(httpx.ConnectError):
             await http.get(f"https://127.0.0.1:{free_port()}/healthz")
+
+
+def test_the_threat_model_names_tests_that_exist() -> None:
+    """docs/security.md points at the tests that hold each defence: they must exist."""
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "security.md").read_text(encoding="utf-8")
+    references = re.findall(r"`(tests/[\w/]+\.py)(?:::(\w+))?`", text)
+    assert len(references) >= 10
+    for path, name in references:
+        source = (root / path).read_text(encoding="utf-8")
+        if name:
+            assert f"def {name}(" in source, f"{path}::{name} named in docs/security.md"
+    for short in re.findall(r"`::(\w+)`", text):
+        assert any(
+            f"def {short}(" in (root / p).read_text(encoding="utf-8") for p, _ in references
+        ), short
