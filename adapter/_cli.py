@@ -14,14 +14,13 @@ import getpass
 import json
 import logging
 import os
-import re
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import NoReturn, TextIO
 
 from ._bus import Bus, check_wait_id
-from ._client import Client, resolve_deadline
+from ._client import Client, parse_deadline_text
 from ._exceptions import (
     AdapterError,
     BrokerAuthenticationError,
@@ -44,26 +43,10 @@ EXIT_UNAVAILABLE = 69
 EXIT_NOPERM = 77
 EXIT_CONFIG = 78
 
-_DURATION = re.compile(r"(?P<value>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h|d)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
 
 def parse_until(text: str) -> datetime:
-    """A deadline from a duration (``30s``, ``5m``, ``1h30m``, ``250ms``) or an RFC 3339 time."""
-    text = text.strip()
-    if text and _DURATION.sub("", text) == "" and _DURATION.match(text):
-        seconds = sum(float(m["value"]) * _UNITS[m["unit"]] for m in _DURATION.finditer(text))
-        return datetime.now(UTC) + timedelta(seconds=seconds)
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise InvalidInput(
-            f"--until {text!r} is neither a duration (30s, 5m, 1h) nor an RFC 3339 time "
-            "(2026-01-02T15:04:05Z)"
-        ) from None
-    if moment.tzinfo is None:
-        raise InvalidInput(f"--until {text!r} has no time zone offset (add Z or +01:00)")
-    return resolve_deadline(moment)
+    """A deadline from ``--until``: a duration (``30s``, ``5m``, ``1h30m``) or an RFC 3339 time."""
+    return parse_deadline_text(text, "--until")
 
 
 class _Parser(argparse.ArgumentParser):

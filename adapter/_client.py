@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Generator, Mapping
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -14,7 +15,7 @@ from ._names import Kind, validate_kind, validate_name, validate_pattern
 from ._properties import check_limits, parse_properties
 from ._settings import Settings, load_settings
 
-__all__ = ["Client", "Expectation", "make_bus", "resolve_deadline"]
+__all__ = ["Client", "Expectation", "make_bus", "parse_deadline_text", "resolve_deadline"]
 
 
 def resolve_deadline(until: datetime | timedelta) -> datetime:
@@ -28,6 +29,29 @@ def resolve_deadline(until: datetime | timedelta) -> datetime:
             )
         return until.astimezone(UTC)
     raise InvalidDeadline(f"until must be a datetime or a timedelta, not {type(until).__name__}")
+
+
+_DURATION = re.compile(r"(?P<value>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_deadline_text(text: str, what: str = "the deadline") -> datetime:
+    """A deadline from text: a duration (``30s``, ``5m``, ``1h30m``, ``250ms``) from now, or an
+    RFC 3339 time with a zone. ``what`` names the option or parameter in the error."""
+    text = text.strip()
+    if text and _DURATION.sub("", text) == "" and _DURATION.match(text):
+        seconds = sum(float(m["value"]) * _UNITS[m["unit"]] for m in _DURATION.finditer(text))
+        return datetime.now(UTC) + timedelta(seconds=seconds)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(
+            f"{what} {text!r} is neither a duration (30s, 5m, 1h) nor an RFC 3339 time "
+            "(2026-01-02T15:04:05Z)"
+        ) from None
+    if moment.tzinfo is None:
+        raise InvalidInput(f"{what} {text!r} has no time zone offset (add Z or +01:00)")
+    return resolve_deadline(moment)
 
 
 def make_bus(settings: Settings) -> Bus:

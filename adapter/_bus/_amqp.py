@@ -489,7 +489,16 @@ class AmqpBus(Bus):
     @property
     def connected(self) -> bool:
         connection = self._connection
-        return connection is not None and not connection.is_closed and connection.connected.is_set()
+        channel = self._confirm_channel
+        # After a reconnect the connection is up a moment before the confirm channel is reopened:
+        # ready means both, so /readyz never says ready while sends would get 503.
+        return (
+            connection is not None
+            and not connection.is_closed
+            and connection.connected.is_set()
+            and channel is not None
+            and not channel.is_closed
+        )
 
     def _publish_channel(self) -> AbstractRobustChannel:
         if self._confirm_channel is None:

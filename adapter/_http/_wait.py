@@ -22,7 +22,7 @@ from typing import Any
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from .._cli import parse_until
+from .._client import parse_deadline_text
 from .._event import Event
 from .._exceptions import BusError, ClientStateError, InvalidInput
 from .._names import Kind
@@ -47,11 +47,9 @@ def parse_deadline(timeout: str | None, until: str | None, max_wait: float) -> d
     if timeout is not None and timeout.replace(".", "", 1).isdigit():
         text = f"{timeout}s"
     try:
-        deadline = parse_until(text)
+        deadline = parse_deadline_text(text, "timeout" if timeout is not None else "until")
     except InvalidInput as exc:
-        raise HttpError(
-            400, str(exc).replace("--until", "timeout" if timeout else "until")
-        ) from None
+        raise HttpError(400, str(exc)) from None
     if deadline - datetime.now(UTC) > timedelta(seconds=max_wait):
         raise HttpError(400, f"the deadline is more than http.max_wait ({max_wait:g}s) away")
     return deadline
