@@ -26,6 +26,8 @@ import time
 import uuid
 from typing import Any
 
+import uvloop
+
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 PLUGIN_PORT = 1884
 TARGET_RATIO = 0.8
@@ -269,7 +271,8 @@ def main() -> None:
     elif args.consume:
         asyncio.run(run_consumer(args.consume[0], args.consume[1], int(args.consume[2])))
     else:
-        sys.exit(asyncio.run(bench(args.count)))
+        # The bridge runs here on the event loop the daemon uses (customevent serve: uvloop).
+        sys.exit(uvloop.run(bench(args.count)))
 
 
 if __name__ == "__main__":
