@@ -53,6 +53,7 @@ from .._exceptions import (
 )
 from .._names import Kind, pattern_matches, routing_key
 from .._settings import AmqpSettings
+from .._tls import client_tls_context
 from ._base import Bus, Subscription, check_wait_id, seconds_until
 
 __all__ = ["AmqpBus", "redact_url"]
@@ -84,17 +85,7 @@ def redact_url(url: str) -> str:
 def _ssl_context(settings: AmqpSettings) -> ssl.SSLContext | None:
     if settings.url is None or urlsplit(settings.url).scheme != "amqps":
         return None
-    try:
-        context = ssl.create_default_context(
-            cafile=str(settings.ca_file) if settings.ca_file else None
-        )
-        if settings.cert_file:
-            context.load_cert_chain(
-                str(settings.cert_file), str(settings.key_file) if settings.key_file else None
-            )
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigurationError(f"cannot load the AMQP TLS files: {exc}") from None
-    return context
+    return client_tls_context(settings, what="AMQP")
 
 
 class _WaitQueue:

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import ssl
 import threading
 import uuid
 from collections import OrderedDict, deque
@@ -51,7 +50,8 @@ from .._exceptions import (
     PublishRejected,
 )
 from .._names import name_from_topic
-from .._settings import MqttSettings, Settings
+from .._settings import Settings
+from .._tls import client_tls_context
 
 __all__ = [
     "DEADLETTER_ROUTING_KEY",
@@ -251,20 +251,6 @@ class _Delivery:
     done: bool = False
 
 
-def _tls_context(settings: MqttSettings) -> ssl.SSLContext:
-    try:
-        context = ssl.create_default_context(
-            cafile=str(settings.ca_file) if settings.ca_file else None
-        )
-        if settings.cert_file:
-            context.load_cert_chain(
-                str(settings.cert_file), str(settings.key_file) if settings.key_file else None
-            )
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigurationError(f"cannot load the MQTT TLS files: {exc}") from None
-    return context
-
-
 class MqttBridge:
     """Bridges MQTT device sends to the bus, and (opt-in) bus events back out to devices.
 
@@ -377,7 +363,7 @@ class MqttBridge:
                 unquote(self._url.username), unquote(password) if password is not None else None
             )
         if self._url.scheme == "mqtts":
-            paho.tls_set_context(_tls_context(self._mqtt))
+            paho.tls_set_context(client_tls_context(self._mqtt, what="MQTT"))
         paho.reconnect_delay_set(1, 30)
         # Outgoing (egress) messages: paho's own window and queue, so a stalled broker cannot make
         # the bridge grow without bound.
