@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from ._exceptions import InvalidInput, InvalidProperties
 from ._names import Kind, parse_routing_key, validate_kind, validate_name
+from ._properties import string_object
 
 __all__ = ["APP_ID", "SOURCES", "Event", "SendResult", "Source", "decode_body", "encode_body"]
 
@@ -78,12 +79,7 @@ def decode_body(body: bytes) -> dict[str, str]:
         value = json.loads(body) if body else {}
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidProperties(f"message body is not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise InvalidProperties("message body is not a JSON object")
-    for name, item in value.items():
-        if not isinstance(item, str):
-            raise InvalidProperties(f"property {name!r} is not a string")
-    return value
+    return string_object(value, "the message body")
 
 
 def event_from_message(

@@ -17,6 +17,7 @@ __all__ = [
     "parse_properties",
     "properties_size",
     "serialize_properties",
+    "string_object",
 ]
 
 DEFAULT_MAX_BYTES = 64 * 1024
@@ -61,6 +62,16 @@ def check_limits(
             limit=max_bytes,
             size=size,
         )
+
+
+def string_object(value: object, what: str) -> dict[str, str]:
+    """``value`` (decoded JSON) as properties: it must be an object whose values are strings."""
+    if not isinstance(value, dict):
+        raise InvalidProperties(f"{what} is not a JSON object of strings")
+    for name, item in value.items():
+        if not isinstance(item, str):
+            raise InvalidProperties(f"property {name!r} is not a string in {what}")
+    return value
 
 
 def parse_properties(

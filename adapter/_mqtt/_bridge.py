@@ -50,6 +50,7 @@ from .._exceptions import (
     PublishRejected,
 )
 from .._names import name_from_topic
+from .._properties import string_object
 from .._settings import Settings
 from .._tls import client_tls_context
 
@@ -157,12 +158,7 @@ def _payload_properties(
             value = json.loads(text, object_pairs_hook=_reject_duplicates)
         except ValueError as exc:
             raise InvalidProperties(f"payload is not JSON: {exc}") from None
-        if not isinstance(value, dict):
-            raise InvalidProperties("JSON payload is not an object of strings")
-        for key, item in value.items():
-            if not isinstance(item, str):
-                raise InvalidProperties(f"property {key!r} is not a string in the JSON object")
-        return value
+        return string_object(value, "the JSON payload")
     return text
 
 
