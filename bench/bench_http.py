@@ -34,6 +34,12 @@ import aio_pika
 from adapter import Client
 from adapter._secrets import hash_secret
 
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from _common import Figure, emit_figures  # noqa: E402
+
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 MANAGEMENT = "http://127.0.0.1:15672"
 RABBIT_BODY = (
@@ -268,6 +274,35 @@ def main() -> int:
         print(
             f"send-to-waiter latency, raw aio-pika publish -> consumer:          "
             f"p50 {raw_p50:.2f} ms, p99 {raw_p99:.2f} ms"
+        )
+        emit_figures(
+            [
+                Figure(
+                    "REST send (vRO path, Basic auth)",
+                    ours_mean,
+                    "req/s",
+                    reference=theirs_mean,
+                    reference_name="RabbitMQ HTTP publish API, same wrk load",
+                    at_least=1.5,
+                    samples=tuple(ours_rates),
+                ),
+                Figure("daemon peak RSS under load", rss.peak, "MB", at_most=80),
+                Figure("non-2xx responses under load", bad, at_most=0),
+                Figure(
+                    "send-to-waiter latency p50",
+                    ours_p50,
+                    "ms",
+                    reference=raw_p50,
+                    reference_name="raw aio-pika publish -> consumer",
+                ),
+                Figure(
+                    "send-to-waiter latency p99",
+                    ours_p99,
+                    "ms",
+                    reference=raw_p99,
+                    reference_name="raw aio-pika publish -> consumer",
+                ),
+            ]
         )
     finally:
         daemon.terminate()
