@@ -51,10 +51,10 @@ from .._exceptions import (
     ConfigurationError,
     PublishRejected,
 )
-from .._names import Kind, pattern_matches, routing_key
+from .._names import Kind, routing_key
 from .._settings import AmqpSettings
 from .._tls import client_tls_context
-from ._base import Bus, Subscription, check_wait_id, seconds_until
+from ._base import Bus, Subscription, SubscriptionIndex, check_wait_id, seconds_until
 
 __all__ = ["AmqpBus", "redact_url"]
 
@@ -97,8 +97,7 @@ class _WaitQueue:
         self.bucket_end = bucket_end
         self.queue: AbstractQueue | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.literal: dict[str, set[_AmqpSubscription]] = {}
-        self.patterns: set[_AmqpSubscription] = set()
+        self.subscriptions = SubscriptionIndex()
         self.bindings: dict[str, int] = {}
         self.binding_locks: dict[str, asyncio.Lock] = {}
         self.members = 0
@@ -136,8 +135,7 @@ class _WaitQueue:
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         key = message.routing_key or ""
-        subs = list(self.literal.get(key, ()))
-        subs.extend(s for s in self.patterns if pattern_matches(s.binding_key, key))
+        subs = self.subscriptions.matching(key)
         if not subs:
             return
         try:
@@ -147,22 +145,6 @@ class _WaitQueue:
             return
         for sub in subs:
             sub.deliver(event)
-
-    def add(self, sub: _AmqpSubscription) -> None:
-        if sub.literal:
-            self.literal.setdefault(sub.binding_key, set()).add(sub)
-        else:
-            self.patterns.add(sub)
-
-    def remove(self, sub: _AmqpSubscription) -> None:
-        if sub.literal:
-            subs = self.literal.get(sub.binding_key)
-            if subs is not None:
-                subs.discard(sub)
-                if not subs:
-                    del self.literal[sub.binding_key]
-        else:
-            self.patterns.discard(sub)
 
     def _handle(self) -> AbstractRobustQueue:
         return self.handles[next(self._turn) % len(self.handles)]
@@ -216,17 +198,16 @@ class _AmqpSubscription(Subscription):
     def __init__(self, bus: AmqpBus, kind: Kind, pattern: str, deadline: datetime) -> None:
         super().__init__(kind, pattern, deadline)
         self.bus = bus
-        self.literal = "*" not in pattern and "#" not in pattern
         self._wq: _WaitQueue | None = None
 
     async def __aenter__(self) -> Self:
         self.bus._check_open()
         wq = await self.bus._wait_queue_for(self.deadline)
-        wq.add(self)
+        wq.subscriptions.add(self)
         try:
             await wq.bind(self.binding_key)
         except BaseException:
-            wq.remove(self)
+            wq.subscriptions.remove(self)
             await self.bus._leave(wq)
             raise
         self._wq = wq
@@ -241,7 +222,7 @@ class _AmqpSubscription(Subscription):
         wq, self._wq = self._wq, None
         if wq is None:
             return
-        wq.remove(self)
+        wq.subscriptions.remove(self)
         # Past the deadline the whole bucket's queue goes soon: skip the round trip.
         try:
             await wq.unbind(self.binding_key, at_broker=not self.expired)

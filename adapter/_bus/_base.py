@@ -11,9 +11,9 @@ from typing import Self
 
 from .._event import Event
 from .._exceptions import ClientStateError, InvalidInput
-from .._names import Kind
+from .._names import Kind, pattern_matches
 
-__all__ = ["Bus", "Subscription", "check_wait_id", "seconds_until"]
+__all__ = ["Bus", "Subscription", "SubscriptionIndex", "check_wait_id", "seconds_until"]
 
 _WAIT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
@@ -40,6 +40,7 @@ class Subscription(abc.ABC):
         self.kind = kind
         self.pattern = pattern
         self.binding_key = f"{kind}.{pattern}"
+        self.literal = "*" not in pattern and "#" not in pattern
         self.deadline = deadline
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._loop_deadline = asyncio.get_running_loop().time() + seconds_until(deadline)
@@ -80,6 +81,44 @@ class Subscription(abc.ABC):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+
+class SubscriptionIndex:
+    """The subscriptions of a bus (or of one wait queue), found by routing key: a dict for
+    literal bindings, a scan only over those with wildcards."""
+
+    def __init__(self) -> None:
+        self._literal: dict[str, set[Subscription]] = {}
+        self._patterns: set[Subscription] = set()
+
+    def add(self, sub: Subscription) -> None:
+        if sub.literal:
+            self._literal.setdefault(sub.binding_key, set()).add(sub)
+        else:
+            self._patterns.add(sub)
+
+    def remove(self, sub: Subscription) -> None:
+        if not sub.literal:
+            self._patterns.discard(sub)
+            return
+        subs = self._literal.get(sub.binding_key)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._literal[sub.binding_key]
+
+    def matching(self, key: str) -> list[Subscription]:
+        """Every subscription whose binding matches the routing key."""
+        subs = list(self._literal.get(key, ()))
+        subs.extend(s for s in self._patterns if pattern_matches(s.binding_key, key))
+        return subs
+
+    def clear(self) -> None:
+        self._literal.clear()
+        self._patterns.clear()
+
+    def __len__(self) -> int:
+        return len(self._patterns) + sum(len(subs) for subs in self._literal.values())
 
 
 class Bus(abc.ABC):

@@ -11,7 +11,7 @@ from typing import Self
 
 from .._event import Event
 from .._names import Kind, pattern_matches, routing_key
-from ._base import Bus, Subscription, check_wait_id, seconds_until
+from ._base import Bus, Subscription, SubscriptionIndex, check_wait_id, seconds_until
 
 __all__ = ["MemoryBus"]
 
@@ -33,7 +33,6 @@ class _MemorySubscription(Subscription):
         super().__init__(kind, pattern, deadline)
         self._bus = bus
         self._wait_id = wait_id
-        self._literal = "*" not in pattern and "#" not in pattern
 
     async def __aenter__(self) -> Self:
         self._bus._check_open()
@@ -58,16 +57,14 @@ class MemoryBus(Bus):
 
     def __init__(self, *, wait_grace: float = 5.0) -> None:
         self._grace = wait_grace
-        self._literal: dict[str, set[_MemorySubscription]] = {}
-        self._patterns: set[_MemorySubscription] = set()
+        self._subscriptions = SubscriptionIndex()
         self._mailboxes: dict[str, _Mailbox] = {}
 
     async def start(self) -> None:
         return None
 
     async def close(self) -> None:
-        self._literal.clear()
-        self._patterns.clear()
+        self._subscriptions.clear()
         self._mailboxes.clear()
 
     @property
@@ -76,19 +73,15 @@ class MemoryBus(Bus):
 
     @property
     def active_subscriptions(self) -> int:
-        return len(self._patterns) + sum(len(s) for s in self._literal.values())
+        return len(self._subscriptions)
 
     async def publish(self, event: Event) -> bool:
         self._check_open()
         key = routing_key(event.kind, event.name)
-        routed = False
-        for sub in self._literal.get(key, ()):
+        subs = self._subscriptions.matching(key)
+        for sub in subs:
             sub.deliver(event)
-            routed = True
-        for sub in self._patterns:
-            if pattern_matches(sub.binding_key, key):
-                sub.deliver(event)
-                routed = True
+        routed = bool(subs)
         now = asyncio.get_running_loop().time()
         for wait_id, box in list(self._mailboxes.items()):
             if box.expires <= now:
@@ -104,10 +97,7 @@ class MemoryBus(Bus):
         return _MemorySubscription(self, kind, pattern, deadline, check_wait_id(wait_id))
 
     def _attach(self, sub: _MemorySubscription, wait_id: str | None) -> None:
-        if sub._literal:
-            self._literal.setdefault(sub.binding_key, set()).add(sub)
-        else:
-            self._patterns.add(sub)
+        self._subscriptions.add(sub)
         if wait_id is None:
             return
         box = self._mailboxes.get(wait_id)
@@ -121,14 +111,7 @@ class MemoryBus(Bus):
         box.attached = sub
 
     def _detach(self, sub: _MemorySubscription, wait_id: str | None, *, keep: bool) -> None:
-        if sub._literal:
-            subs = self._literal.get(sub.binding_key)
-            if subs is not None:
-                subs.discard(sub)
-                if not subs:
-                    del self._literal[sub.binding_key]
-        else:
-            self._patterns.discard(sub)
+        self._subscriptions.remove(sub)
         if wait_id is None:
             return
         box = self._mailboxes.get(wait_id)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,14 +13,9 @@ from typing import Self
 
 import httpx
 
+from adapter._mqtt._testing import free_port
+
 LOGS = Path(os.environ.get("CUSTOMEVENT_TEST_LOGS", "/tmp/customevent-test-logs"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def clean_env(**extra: str) -> dict[str, str]:
