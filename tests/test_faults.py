@@ -22,6 +22,7 @@ import pytest
 from tests.support.processes import Daemon, clean_env, customevent, rabbitmqctl
 from tests.support.proxy import Proxy
 from tests.support.reliability import record
+from tests.test_mqtt_support import LEFTOVER_EXPIRY
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
 
@@ -78,7 +79,7 @@ async def _durable_queue(amqp_url: str, name: str) -> str:
     async with connection:
         channel = await connection.channel()
         exchange = await channel.declare_exchange("customevents", "topic", durable=True)
-        queue = await channel.declare_queue(queue_name, durable=True)
+        queue = await channel.declare_queue(queue_name, durable=True, arguments=LEFTOVER_EXPIRY)
         await queue.bind(exchange, f"external.{name}")
     return queue_name
 
@@ -89,7 +90,7 @@ async def _drain(amqp_url: str, queue_name: str) -> Counter[str]:
     connection = await _connect_retrying(amqp_url)
     async with connection:
         channel = await connection.channel()
-        queue = await channel.declare_queue(queue_name, durable=True)
+        queue = await channel.declare_queue(queue_name, durable=True, arguments=LEFTOVER_EXPIRY)
         while (message := await queue.get(fail=False, timeout=5)) is not None:
             seen[message.message_id or ""] += 1
             await message.ack()

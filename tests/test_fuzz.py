@@ -20,13 +20,14 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from adapter import Client
+from adapter import Client, Settings
 from tests.support.reliability import record
 from tests.test_http_support import HEADERS, asgi_client, make_settings
 from tests.test_mqtt_support import (
     Collector,
     Device,
     bridge_settings,
+    private_exchange,
     running_bridge,
     unique_prefix,
 )
@@ -186,7 +187,18 @@ async def test_mqtt_topic_and_payload_fuzz(
 ) -> None:
     prefix = unique_prefix()
     settings_ = bridge_settings(amqp_url, mqtt_url, prefix, session_expiry=5)
-    exchange = f"test.{prefix}"
+    async with private_exchange(amqp_url, prefix) as exchange:
+        await _fuzz_through(amqp_url, mqtt_url, settings_, prefix, exchange, messages)
+
+
+async def _fuzz_through(
+    amqp_url: str,
+    mqtt_url: str,
+    settings_: Settings,
+    prefix: str,
+    exchange: str,
+    messages: list[tuple[list[str], bytes]],
+) -> None:
     settings_ = settings_.model_copy(
         update={"amqp": settings_.amqp.model_copy(update={"exchange": exchange})}
     )

@@ -46,6 +46,10 @@ async def running_bridge(settings: Settings) -> AsyncIterator[tuple[Client, Mqtt
         yield client, bridge
 
 
+# A test's durable queue outlives a crashed run by ten minutes at most, not forever.
+LEFTOVER_EXPIRY = {"x-expires": 600_000}
+
+
 class Device:
     """A paho device publishing QoS 1 messages; ``wait_acked`` waits for every PUBACK."""
 
@@ -114,7 +118,7 @@ class Collector:
             exchange = await channel.declare_exchange(
                 self.exchange, aio_pika.ExchangeType.TOPIC, durable=True
             )
-            queue = await channel.declare_queue(self.name, durable=True)
+            queue = await channel.declare_queue(self.name, durable=True, arguments=LEFTOVER_EXPIRY)
             for key in self.keys:
                 await queue.bind(exchange, key)
 
@@ -129,7 +133,7 @@ class Collector:
         async with connection, asyncio.timeout(within):
             channel = await connection.channel()
             await channel.set_qos(prefetch_count=1000)
-            queue = await channel.declare_queue(self.name, durable=True)
+            queue = await channel.declare_queue(self.name, durable=True, arguments=LEFTOVER_EXPIRY)
             loop = asyncio.get_running_loop()
             last = loop.time()
             while len(seen) < expected:
@@ -163,3 +167,16 @@ def losses(messages: list[aio_pika.abc.AbstractIncomingMessage], count: int) -> 
     lost = sum(1 for i in range(count) if str(i) not in seen)
     duplicates = sum(n - 1 for n in seen.values())
     return lost, duplicates
+
+
+@contextlib.asynccontextmanager
+async def private_exchange(amqp_url: str, prefix: str) -> AsyncIterator[str]:
+    """A topic exchange of the test's own (its '#' bindings see only its events), deleted after."""
+    name = f"test.{prefix}"
+    try:
+        yield name
+    finally:
+        connection = await aio_pika.connect(amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            await channel.exchange_delete(name)

@@ -20,12 +20,18 @@ import trustme
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapter import Client, pattern_matches
+from adapter import Client, Settings, pattern_matches
 from adapter._mqtt._testing import PrivateMosquitto, free_port
 from adapter._names import validate_name
 from adapter._secrets import hash_secret, verify_secret
 from tests.test_http_support import HEADERS, LIMITED, asgi_client, basic, make_settings
-from tests.test_mqtt_support import Device, bridge_settings, running_bridge, unique_prefix
+from tests.test_mqtt_support import (
+    Device,
+    bridge_settings,
+    private_exchange,
+    running_bridge,
+    unique_prefix,
+)
 
 SOAP = """<?xml version="1.0"?>
 <soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"
@@ -91,11 +97,16 @@ async def test_no_http_edge_can_produce_an_internal_event(
 async def test_no_mqtt_topic_can_produce_an_internal_event(amqp_url: str, mqtt_url: str) -> None:
     prefix = unique_prefix()
     settings = bridge_settings(amqp_url, mqtt_url, prefix)
-    # A private exchange: the '#' waits below see this test's events only.
-    settings = settings.model_copy(
-        update={"amqp": settings.amqp.model_copy(update={"exchange": f"test.{prefix}"})}
-    )
     port = int(mqtt_url.rsplit(":", 1)[1])
+    # A private exchange: the '#' waits below see this test's events only.
+    async with private_exchange(amqp_url, prefix) as exchange:
+        settings = settings.model_copy(
+            update={"amqp": settings.amqp.model_copy(update={"exchange": exchange})}
+        )
+        await _no_internal_from_mqtt(settings, prefix, port)
+
+
+async def _no_internal_from_mqtt(settings: Settings, prefix: str, port: int) -> None:
     async with running_bridge(settings) as (client, _bridge):
         async with (
             client.expect("internal", "#", until=timedelta(seconds=8)) as internal,
