@@ -13,7 +13,6 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import aio_pika
 import httpx
@@ -180,9 +179,8 @@ async def test_broker_stopped_and_started_under_send_load(amqp_url: str, unique_
 
 async def test_tcp_link_to_the_broker_cut_and_restored(amqp_url: str, unique_name: str) -> None:
     queue_name = await _durable_queue(amqp_url, unique_name)
-    target = urlsplit(amqp_url)
-    async with Proxy(target.hostname or "127.0.0.1", target.port or 5672) as proxy:
-        proxied = amqp_url.replace(f":{target.port or 5672}/", f":{proxy.port}/")
+    async with Proxy.in_front_of(amqp_url) as proxy:
+        proxied = proxy.url()
         daemon = Daemon(
             "faults-tcp-cut",
             CUSTOMEVENT_AMQP__URL=proxied,

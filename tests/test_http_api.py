@@ -267,13 +267,11 @@ async def test_unconfirmed_send_is_503_and_never_a_success(unique_name: str) -> 
 
 @pytest.mark.rabbitmq
 async def test_broker_loss_is_503_then_recovers(amqp_url: str, unique_name: str) -> None:
-    from urllib.parse import urlsplit
 
     from tests.support.proxy import Proxy
 
-    target = urlsplit(amqp_url)
-    async with Proxy(target.hostname or "127.0.0.1", target.port or 5672) as proxy:
-        url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
+    async with Proxy.in_front_of(amqp_url) as proxy:
+        url = proxy.url()
         settings = make_settings(url, amqp={"reconnect_interval": 0.2, "publish_timeout": 2.0})
         async with Client(settings) as client, asgi_client(client, settings) as http:
             http.headers.update(HEADERS)

@@ -9,7 +9,6 @@ import json
 import logging
 import uuid
 from datetime import timedelta
-from urllib.parse import urlsplit
 
 import aio_pika
 import pytest
@@ -142,9 +141,8 @@ async def test_a_wait_survives_a_lost_connection_and_the_bus_reconnects(
 async def test_sends_are_refused_while_the_broker_is_unreachable(
     amqp_url: str, unique_name: str
 ) -> None:
-    target = urlsplit(amqp_url)
-    async with Proxy(target.hostname or "127.0.0.1", target.port or 5672) as proxy:
-        url = amqp_url.replace(f":{target.port or 5672}/", f":{proxy.port}/")
+    async with Proxy.in_front_of(amqp_url) as proxy:
+        url = proxy.url()
         settings = load_settings(amqp={"url": url, "reconnect_interval": 0.2, "publish_timeout": 2})
         async with Client(settings) as client:
             assert not (await client.send_custom_event(unique_name)).routed

@@ -10,7 +10,6 @@ import ssl
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 import trustme
@@ -49,15 +48,12 @@ def _server_context(ca: trustme.CA, *, require_client_cert: bool) -> ssl.SSLCont
 async def test_amqps_with_a_client_certificate(
     amqp_url: str, ca: trustme.CA, tls_files: dict[str, Path], unique_name: str
 ) -> None:
-    target = urlsplit(amqp_url)
-    async with Proxy(
-        target.hostname or "127.0.0.1",
-        target.port or 5672,
-        server_ssl=_server_context(ca, require_client_cert=True),
+    async with Proxy.in_front_of(
+        amqp_url, server_ssl=_server_context(ca, require_client_cert=True)
     ) as proxy:
         settings = load_settings(
             amqp={
-                "url": f"amqps://guest:guest@127.0.0.1:{proxy.port}/",
+                "url": proxy.url(scheme="amqps"),
                 "ca_file": tls_files["ca"],
                 "cert_file": tls_files["cert"],
                 "key_file": tls_files["key"],
@@ -72,15 +68,12 @@ async def test_amqps_with_a_client_certificate(
 
 
 async def test_amqps_refuses_a_server_it_does_not_trust(amqp_url: str, ca: trustme.CA) -> None:
-    target = urlsplit(amqp_url)
-    async with Proxy(
-        target.hostname or "127.0.0.1",
-        target.port or 5672,
-        server_ssl=_server_context(ca, require_client_cert=False),
+    async with Proxy.in_front_of(
+        amqp_url, server_ssl=_server_context(ca, require_client_cert=False)
     ) as proxy:
         settings = load_settings(
             amqp={
-                "url": f"amqps://guest:guest@127.0.0.1:{proxy.port}/",
+                "url": proxy.url(scheme="amqps"),
                 "connect_attempts": 1,
             }
         )

@@ -11,6 +11,7 @@ import contextlib
 import ssl
 from types import TracebackType
 from typing import Self
+from urllib.parse import urlsplit, urlunsplit
 
 
 class Proxy:
@@ -22,9 +23,26 @@ class Proxy:
         self.port = 0
         self.accepting = True
         self.connections_seen = 0
+        self._upstream_url = f"tcp://{target_host}:{target_port}/"
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+
+    @classmethod
+    def in_front_of(cls, url: str, *, server_ssl: ssl.SSLContext | None = None) -> Proxy:
+        """A proxy to the broker at ``url``; ``proxy.url()`` is that URL through the proxy."""
+        parts = urlsplit(url)
+        proxy = cls(parts.hostname or "127.0.0.1", parts.port or 5672, server_ssl=server_ssl)
+        proxy._upstream_url = url
+        return proxy
+
+    def url(self, *, scheme: str | None = None) -> str:
+        """The upstream URL (``in_front_of``) pointing at the proxy, with another scheme if
+        given (``amqps`` when the proxy terminates TLS)."""
+        parts = urlsplit(self._upstream_url)
+        userinfo = parts.netloc.rpartition("@")[0]
+        netloc = f"{userinfo}@127.0.0.1:{self.port}" if userinfo else f"127.0.0.1:{self.port}"
+        return urlunsplit(parts._replace(scheme=scheme or parts.scheme, netloc=netloc))
 
     async def __aenter__(self) -> Self:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.server_ssl)
