@@ -44,6 +44,22 @@ class Event:
             "principal": self.principal,
         }
 
+    @classmethod
+    def from_json(cls, data: Any) -> Event:
+        """The inverse of ``to_json``; ``InvalidInput`` for data that is not such an event."""
+        try:
+            return cls(
+                name=validate_name(data["name"]),
+                kind=validate_kind(data["kind"]),
+                properties={str(k): str(v) for k, v in data["properties"].items()},
+                event_id=str(data["event_id"]),
+                sent_at=datetime.fromisoformat(data["sent_at"]),
+                source=str(data.get("source") or "http"),
+                principal=data.get("principal"),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InvalidInput(f"not an event: {type(exc).__name__}: {exc}") from None
+
     def headers(self) -> dict[str, str]:
         """The AMQP headers of the event's message."""
         headers = {

@@ -252,16 +252,8 @@ def _parse(body: bytes) -> dict[str, Any]:
 
 def _event(data: Any) -> Event:
     try:
-        return Event(
-            name=validate_name(data["name"]),
-            kind=validate_kind(data["kind"]),
-            properties={str(k): str(v) for k, v in data["properties"].items()},
-            event_id=str(data["event_id"]),
-            sent_at=datetime.fromisoformat(data["sent_at"]),
-            source=str(data.get("source") or "http"),
-            principal=data.get("principal"),
-        )
-    except (KeyError, TypeError, ValueError, AttributeError, InvalidInput) as exc:
+        return Event.from_json(data)
+    except InvalidInput as exc:
         raise BusUnavailable(
             f"the bridge daemon sent an event this client cannot read: {exc}"
         ) from None

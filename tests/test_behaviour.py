@@ -10,8 +10,10 @@ import pytest
 from adapter import (
     Client,
     ClientStateError,
+    Event,
     InvalidDeadline,
     InvalidEventName,
+    InvalidInput,
     InvalidKind,
     InvalidProperties,
     PropertiesTooLarge,
@@ -226,3 +228,13 @@ async def test_a_client_is_opened_once(bus_kind: str, request: pytest.FixtureReq
     with pytest.raises(ClientStateError, match="make a new Client"):
         async with client:
             pass
+
+
+async def test_an_event_survives_its_json_form(client: Client, unique_name: str) -> None:
+    async with client.expect("internal", unique_name, until=SOON) as waiter:
+        await client.send_custom_event(unique_name, {"a": "1"}, principal="ops")
+        event = await waiter
+    assert event is not None
+    assert Event.from_json(event.to_json()) == event
+    with pytest.raises(InvalidInput, match="not an event"):
+        Event.from_json({"name": unique_name})
