@@ -2,16 +2,21 @@
 
     python bench/bench_mqtt.py [--count 20000]
 
-The same device (paho, MQTT 3.1.1, QoS 1) sends the same burst twice, and a RabbitMQ consumer in
+The same device (paho, MQTT 3.1.1, QoS 1) sends the same burst each time, and a RabbitMQ consumer in
 its own process counts what arrives:
 
-    bridge:  device -> private Mosquitto -> MqttBridge -> RabbitMQ -> consumer
-    plugin:  device -> RabbitMQ's rabbitmq_mqtt plugin (127.0.0.1:1884) -> consumer
+    plugin:     device -> RabbitMQ's rabbitmq_mqtt plugin (127.0.0.1:1884) -> consumer
+    bridge:     device -> private Mosquitto -> MqttBridge -> RabbitMQ -> consumer
+    replicas:   the same, with two bridges in two processes sharing one subscription
+    forwarder:  the same path through the least any paho + aio-pika bridge must do: receive with
+                paho, publish the payload with a confirm, ack in order; no checks, no event
 
-It prints both rates (messages per second, from the first publish to the last message consumed),
-the ratio bridge/plugin, and the losses and duplicates of each. Loopback only. The plugin is enabled
-on port 1884 for the run (1883 belongs to Mosquitto) and disabled again afterwards if it was off.
-Needs RabbitMQ on 127.0.0.1:5672 (guest/guest) and the ``mosquitto`` binary.
+and, with no MQTT at all, aio-pika's confirmed publishing alone. It prints every rate (messages per
+second, from the first publish to the last message consumed), the ratios to the plugin, and the
+losses and duplicates. The forwarder and publishing alone bound what a bridge built on these
+libraries can reach on this machine; see docs/devices.md, "Throughput". Loopback only. The plugin
+is enabled on port 1884 for the run (1883 belongs to Mosquitto) and disabled again afterwards if it
+was off. Needs RabbitMQ on 127.0.0.1:5672 (guest/guest) and the ``mosquitto`` binary.
 """
 
 from __future__ import annotations
@@ -207,27 +212,178 @@ async def one_run(port: int, topic: str, exchange: str, key: str, count: int) ->
     }
 
 
+def _bridge_settings(broker_url: str, client_id: str, group: str | None = None) -> Any:
+    from adapter import load_settings
+
+    return load_settings(
+        amqp={"url": AMQP_URL},
+        mqtt={
+            "url": broker_url,
+            "client_id": client_id,
+            "session_expiry": 60,
+            "shared_group": group,
+        },
+    )
+
+
+async def _burst(broker_port: int, run: str, count: int) -> dict[str, Any]:
+    return await one_run(
+        broker_port,
+        f"customevents/external/bench/{run}/burst",
+        "customevents",
+        f"external.bench.{run}.burst",
+        count,
+    )
+
+
 async def bridge_run(count: int) -> dict[str, Any]:
-    from adapter import Client, load_settings
+    """One MqttBridge in this process, on the event loop the daemon uses."""
+    from adapter import Client
     from adapter._mqtt import MqttBridge
     from adapter._mqtt._testing import PrivateMosquitto
 
     run = uuid.uuid4().hex[:8]
     with PrivateMosquitto(BENCH_MOSQUITTO) as broker:
-        settings = load_settings(
-            amqp={"url": AMQP_URL},
-            mqtt={"url": broker.url, "client_id": f"bench-bridge-{run}", "session_expiry": 60},
-        )
+        settings = _bridge_settings(broker.url, f"bench-bridge-{run}")
         async with Client(settings) as client, MqttBridge(settings, client) as bridge:
             async with asyncio.timeout(20):
                 await bridge.wait_connected()
-            return await one_run(
-                broker.port,
-                f"customevents/external/bench/{run}/burst",
-                settings.amqp.exchange,
-                f"external.bench.{run}.burst",
-                count,
+            cpu = time.process_time()
+            result = await _burst(broker.port, run, count)
+            # This process's CPU time over the burst, as a share of one core.
+            result["cpu"] = (time.process_time() - cpu) / result["seconds"]
+            return result
+
+
+async def run_replica(broker_url: str, group: str, index: int) -> None:
+    """A subprocess: one bridge in a shared-subscription group, until its stdin closes."""
+    from adapter import Client
+    from adapter._mqtt import MqttBridge
+
+    settings = _bridge_settings(broker_url, f"bench-replica-{group}-{index}", group)
+    async with Client(settings) as client, MqttBridge(settings, client) as bridge:
+        async with asyncio.timeout(20):
+            await bridge.wait_connected()
+        print("ready", flush=True)
+        await asyncio.to_thread(sys.stdin.read)
+
+
+async def replicas_run(count: int, replicas: int = 2) -> dict[str, Any]:
+    """``replicas`` bridges in their own processes, one shared subscription: the chart's way to
+    scale out (docs/devices.md)."""
+    from adapter._mqtt._testing import PrivateMosquitto
+
+    run = uuid.uuid4().hex[:8]
+    with PrivateMosquitto(BENCH_MOSQUITTO) as broker:
+        processes = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                __file__,
+                "--replica",
+                broker.url,
+                f"bench{run}",
+                str(index),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
             )
+            for index in range(replicas)
+        ]
+        try:
+            for process in processes:
+                assert process.stdout is not None
+                if (await process.stdout.readline()).strip() != b"ready":
+                    raise RuntimeError("a bridge replica did not start")
+            return await _burst(broker.port, run, count)
+        finally:
+            for process in processes:
+                assert process.stdin is not None
+                process.stdin.close()
+            for process in processes:
+                await process.wait()
+
+
+async def forwarder_run(count: int, window: int = 256) -> dict[str, Any]:
+    """The least any bridge on paho and aio-pika must do, over the bridge's path and on the same
+    loop: a persistent MQTT v5 session with manual acks, each payload published as it is with a
+    confirm, acks in arrival order. No checks, no event, no metrics, no backpressure."""
+    from collections import deque
+
+    import aio_pika
+    import aiormq
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from adapter._mqtt._testing import PrivateMosquitto
+
+    run = uuid.uuid4().hex[:8]
+    loop = asyncio.get_running_loop()
+    inbox: deque[mqtt.MQTTMessage] = deque()
+    unacked: deque[list[Any]] = deque()  # [mid, confirmed]
+    subscribed = asyncio.Event()
+    tasks: set[asyncio.Task[None]] = set()
+    with PrivateMosquitto(BENCH_MOSQUITTO) as broker:
+        connection = await aio_pika.connect(AMQP_URL)
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            await channel.declare_exchange("customevents", "topic", durable=True)
+            amqp = await channel.get_underlay_channel()
+            device = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=f"bench-forwarder-{run}",
+                protocol=mqtt.MQTTv5,
+                manual_ack=True,
+            )
+
+            async def forward(message: mqtt.MQTTMessage, entry: list[Any]) -> None:
+                await amqp.basic_publish(
+                    bytes(message.payload),
+                    exchange="customevents",
+                    routing_key="external." + message.topic.split("/", 2)[2].replace("/", "."),
+                    properties=aiormq.spec.Basic.Properties(delivery_mode=2),
+                    mandatory=True,
+                    wait=False,  # type: ignore[call-arg]
+                )
+                entry[1] = True
+                while unacked and unacked[0][1]:
+                    device.ack(unacked.popleft()[0], 1)
+
+            def drain() -> None:
+                while inbox:
+                    message = inbox.popleft()
+                    entry = [message.mid, False]
+                    unacked.append(entry)
+                    task = loop.create_task(forward(message, entry))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+
+            def on_message(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+                inbox.append(message)
+                if len(inbox) == 1:
+                    loop.call_soon_threadsafe(drain)
+
+            device.on_message = on_message
+            device.on_connect = lambda client, *_: client.subscribe(
+                "customevents/external/#", qos=1
+            )
+
+            def on_subscribe(*_: Any) -> None:
+                loop.call_soon_threadsafe(subscribed.set)
+
+            device.on_subscribe = on_subscribe
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = 60
+            properties.ReceiveMaximum = window
+            device.connect("127.0.0.1", broker.port, clean_start=False, properties=properties)
+            device.loop_start()
+            try:
+                async with asyncio.timeout(20):
+                    await subscribed.wait()
+                return await _burst(broker.port, run, count)
+            finally:
+                device.disconnect()
+                await asyncio.to_thread(device.loop_stop)
 
 
 async def plugin_run(count: int) -> dict[str, Any]:
@@ -241,35 +397,36 @@ async def plugin_run(count: int) -> dict[str, Any]:
     )
 
 
-def _show(label: str, result: dict[str, Any]) -> None:
-    print(
-        f"{label:8} {result['rate']:8.0f} msg/s  {result['seconds']:6.2f} s  "
-        f"lost {result['lost']}  duplicates {result['duplicates']}"
-    )
-
-
-async def raw_publish_ceiling(count: int, in_flight: int = 256) -> float:
-    """Confirmed, mandatory, persistent publishes per second with raw aio-pika alone (no MQTT):
-    the most any aio-pika bridge in this process could forward."""
+async def publish_alone(count: int, in_flight: int = 256) -> float:
+    """aio-pika's confirmed, mandatory, persistent publishes per second to a bound queue, no MQTT
+    at all (an unrouted mandatory message comes back as a Basic.Return, which costs more)."""
     import aio_pika
 
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         exchange = await channel.declare_exchange("customevents", "topic", durable=True)
+        key = f"external.bench.{uuid.uuid4().hex[:8]}.alone"
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(exchange, key)
         gate = asyncio.Semaphore(in_flight)
 
         async def one(i: int) -> None:
             async with gate:
                 await exchange.publish(
-                    aio_pika.Message(b'{"i":"%d"}' % i, delivery_mode=2),
-                    "external.bench.ceiling",
-                    mandatory=True,
+                    aio_pika.Message(b'{"i":"%d"}' % i, delivery_mode=2), key, mandatory=True
                 )
 
         started = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(count)))
         return count / (time.perf_counter() - started)
+
+
+def _show(label: str, result: dict[str, Any], plugin: dict[str, Any]) -> None:
+    print(
+        f"{label:10} {result['rate']:8.0f} msg/s  {result['rate'] / plugin['rate']:5.2f}x  "
+        f"{result['seconds']:6.2f} s  lost {result['lost']}  duplicates {result['duplicates']}"
+    )
 
 
 async def bench(count: int) -> int:
@@ -280,12 +437,21 @@ async def bench(count: int) -> int:
         if switched_on:
             disable_plugin()
     bridge = await bridge_run(count)
-    ceiling = await raw_publish_ceiling(count)
+    replicas = await replicas_run(count)
+    forwarder = await forwarder_run(count)
+    alone = await publish_alone(count)
     ratio = bridge["rate"] / plugin["rate"] if plugin["rate"] else 0.0
     print(f"{count} QoS 1 messages from one paho device (MQTT 3.1.1, {DEVICE_INFLIGHT} in flight)")
-    _show("plugin", plugin)
-    _show("bridge", bridge)
-    print(f"raw aio-pika confirmed publishing alone (no MQTT): {ceiling:8.0f} msg/s")
+    print(f"{'':10} {'rate':>8}        {'/plugin':>6}")
+    _show("plugin", plugin, plugin)
+    _show("bridge", bridge, plugin)
+    _show("replicas", replicas, plugin)
+    _show("forwarder", forwarder, plugin)
+    print(
+        f"{'alone':10} {alone:8.0f} msg/s  {alone / plugin['rate']:5.2f}x  "
+        "(aio-pika confirmed publishing, no MQTT)"
+    )
+    print(f"bridge process CPU during its burst: {bridge['cpu']:.2f} of one core")
     ok = ratio >= TARGET_RATIO and bridge["lost"] == 0
     print(
         f"ratio    {ratio:.2f} (target >= {TARGET_RATIO} with 0 lost): {'ok' if ok else 'MISSED'}"
@@ -301,13 +467,36 @@ async def bench(count: int) -> int:
                 at_least=TARGET_RATIO,
             ),
             Figure(
-                "QoS 1 burst through the bridge, against aio-pika alone",
+                "QoS 1 burst through 2 bridge replicas (shared subscription)",
+                replicas["rate"],
+                "msg/s",
+                reference=plugin["rate"],
+                reference_name="RabbitMQ's MQTT plugin",
+            ),
+            Figure(
+                "QoS 1 burst through a bare paho + aio-pika forwarder",
+                forwarder["rate"],
+                "msg/s",
+                reference=plugin["rate"],
+                reference_name="RabbitMQ's MQTT plugin",
+            ),
+            Figure(
+                "QoS 1 burst through the bridge, against the bare forwarder",
                 bridge["rate"],
                 "msg/s",
-                reference=ceiling,
-                reference_name="raw aio-pika confirmed publishing, no MQTT (the ceiling)",
+                reference=forwarder["rate"],
+                reference_name="bare paho + aio-pika forwarder, same path",
             ),
+            Figure(
+                "aio-pika confirmed publishing alone, no MQTT",
+                alone,
+                "msg/s",
+                reference=plugin["rate"],
+                reference_name="RabbitMQ's MQTT plugin",
+            ),
+            Figure("bridge process CPU during the burst", bridge["cpu"], "cores"),
             Figure("messages lost through the bridge", bridge["lost"], at_most=0),
+            Figure("messages lost through 2 replicas", replicas["lost"], at_most=0),
             Figure("duplicates through the bridge", bridge["duplicates"]),
             Figure("messages lost through the plugin", plugin["lost"]),
         ]
@@ -321,13 +510,16 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=20_000)
     parser.add_argument("--device", nargs=3, metavar=("PORT", "TOPIC", "COUNT"))
     parser.add_argument("--consume", nargs=3, metavar=("EXCHANGE", "KEY", "COUNT"))
+    parser.add_argument("--replica", nargs=3, metavar=("MQTT_URL", "GROUP", "INDEX"))
     args = parser.parse_args()
     if args.device:
         run_device(int(args.device[0]), args.device[1], int(args.device[2]))
     elif args.consume:
         asyncio.run(run_consumer(args.consume[0], args.consume[1], int(args.consume[2])))
+    elif args.replica:
+        uvloop.run(run_replica(args.replica[0], args.replica[1], int(args.replica[2])))
     else:
-        # The bridge runs here on the event loop the daemon uses (customevent serve: uvloop).
+        # The bridges run on the event loop the daemon uses (customevent serve: uvloop).
         sys.exit(uvloop.run(bench(args.count)))
 
 
