@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import time
 import uuid
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from prometheus_client import REGISTRY
 
@@ -25,6 +27,7 @@ from adapter._mqtt import (
 )
 from adapter._mqtt._testing import PrivateMosquitto
 
+from .support.processes import Daemon, clean_env, customevent
 from .test_mqtt_support import (
     Collector,
     Device,
@@ -303,3 +306,61 @@ async def test_unreachable_broker_is_not_connected_and_closes_cleanly() -> None:
     async with Client(settings) as client, MqttBridge(settings, client) as bridge:
         await asyncio.sleep(0.3)
         assert not bridge.connected
+
+
+# -- the issue's acceptance, end to end with real processes -------------------------------------
+
+
+def _mqtt_connected(daemon: Daemon) -> bool:
+    metrics = httpx.get(daemon.url + "/metrics", timeout=5).text
+    return "customevent_mqtt_connected 1.0" in metrics
+
+
+@pytest.mark.mosquitto
+@pytest.mark.rabbitmq
+def test_mosquitto_pub_reaches_customevent_wait_through_the_daemon(
+    amqp_url: str, mqtt_url: str
+) -> None:
+    """``mosquitto_pub -q 1 -t customevents/external/<name as topic> -m 'a=1'`` reaches
+    ``customevent wait``, over AMQP and over the daemon's HTTP long-poll."""
+    word = f"w{uuid.uuid4().hex[:10]}"
+    with Daemon(
+        "mqtt-acceptance",
+        CUSTOMEVENT_AMQP__URL=amqp_url,
+        CUSTOMEVENT_MQTT__URL=mqtt_url,
+        CUSTOMEVENT_MQTT__CLIENT_ID=f"test-acceptance-{word}",
+        CUSTOMEVENT_MQTT__SESSION_EXPIRY="10",
+    ) as daemon:
+        deadline = time.monotonic() + 30
+        while not _mqtt_connected(daemon):
+            assert time.monotonic() < deadline, daemon.log_tail()
+            time.sleep(0.1)
+        waiters = [
+            subprocess.Popen(
+                customevent("wait", "--url", url, "--kind", "external", "--until", "60s", word),
+                env=clean_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            for url in (amqp_url, daemon.url)
+        ]
+        try:
+            # The waiters say nothing when they have bound (off a terminal): send until both
+            # have one. Each send is a separate event; a waiter takes the first after it bound.
+            while any(waiter.poll() is None for waiter in waiters):
+                assert time.monotonic() < deadline + 30, "no event reached the waiters"
+                command = ["mosquitto_pub", "-p", str(_port(mqtt_url)), "-q", "1"]
+                subprocess.run(
+                    [*command, "-t", f"customevents/external/{word}", "-m", "a=1"],
+                    check=True,
+                    timeout=10,
+                )
+                time.sleep(0.3)
+        finally:
+            for waiter in waiters:
+                if waiter.poll() is None:
+                    waiter.kill()
+        for waiter in waiters:
+            out, err = waiter.communicate()
+            assert waiter.returncode == 0, err.decode()
+            assert out.decode().strip() == "a=1"

@@ -92,6 +92,10 @@ POISON = Counter(
 RETRIES = Counter(
     "customevent_mqtt_publish_retries", "publishes to the bus retried (bus down or refusing)"
 )
+CONNECTED = Gauge(
+    "customevent_mqtt_connected",
+    "1 while the bridge is connected to the MQTT broker with its subscription in place, else 0",
+)
 IN_FLIGHT = Gauge("customevent_mqtt_in_flight", "MQTT messages received and not yet acknowledged")
 OVERRUNS = Counter(
     "customevent_mqtt_window_overruns",
@@ -333,6 +337,7 @@ class MqttBridge:
         paho, self._paho = self._paho, None
         self._link_up = False
         self._subscribed.clear()
+        CONNECTED.set(0)
         self._window.close()
         if paho is not None:
             # Messages in hand stay unacknowledged: the persistent session gives them back later.
@@ -498,6 +503,7 @@ class MqttBridge:
         was_up = self._link_up
         self._link_up = False
         self._subscribed.clear()
+        CONNECTED.set(0)
         if self._state == "opened" and was_up:
             log.warning(
                 "MQTT bridge lost %s (%s); %d messages in hand will come again; reconnecting",
@@ -520,6 +526,7 @@ class MqttBridge:
             return
         if self._link_up:
             self._subscribed.set()
+            CONNECTED.set(1)
 
     # -- ingress (event loop) ----------------------------------------------------------------
 
