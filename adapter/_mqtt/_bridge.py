@@ -335,9 +335,7 @@ class MqttBridge:
             return
         self._state = "closed"
         paho, self._paho = self._paho, None
-        self._link_up = False
-        self._subscribed.clear()
-        CONNECTED.set(0)
+        self._link_down()
         self._window.close()
         if paho is not None:
             # Messages in hand stay unacknowledged: the persistent session gives them back later.
@@ -495,15 +493,18 @@ class MqttBridge:
         else:
             _, self._subscribe_mid = paho.subscribe(self.topic_filter, qos=1)
 
+    def _link_down(self) -> None:
+        self._link_up = False
+        self._subscribed.clear()
+        CONNECTED.set(0)
+
     def _connect_failed(self) -> None:
         if self._state == "opened":
             log.warning("MQTT broker at %s is unreachable; retrying", self._shown_url)
 
     def _disconnected(self, reason_code: ReasonCode) -> None:
         was_up = self._link_up
-        self._link_up = False
-        self._subscribed.clear()
-        CONNECTED.set(0)
+        self._link_down()
         if self._state == "opened" and was_up:
             log.warning(
                 "MQTT bridge lost %s (%s); %d messages in hand will come again; reconnecting",
