@@ -344,17 +344,14 @@ def test_mosquitto_pub_reaches_customevent_wait_through_the_daemon(
             )
             for url in (amqp_url, daemon.url)
         ]
+        send = ["mosquitto_pub", "-p", str(_port(mqtt_url)), "-q", "1"]
+        send += ["-t", f"customevents/external/{word}", "-m", "a=1"]
         try:
             # The waiters say nothing when they have bound (off a terminal): send until both
             # have one. Each send is a separate event; a waiter takes the first after it bound.
             while any(waiter.poll() is None for waiter in waiters):
                 assert time.monotonic() < deadline + 30, "no event reached the waiters"
-                command = ["mosquitto_pub", "-p", str(_port(mqtt_url)), "-q", "1"]
-                subprocess.run(
-                    [*command, "-t", f"customevents/external/{word}", "-m", "a=1"],
-                    check=True,
-                    timeout=10,
-                )
+                subprocess.run(send, check=True, timeout=10)
                 time.sleep(0.3)
         finally:
             for waiter in waiters:
