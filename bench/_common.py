@@ -20,6 +20,7 @@ stays 0. An exception in a benchmark is reported and makes the exit status 1.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import os
@@ -27,7 +28,7 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -39,6 +40,7 @@ __all__ = [
     "amqp_url",
     "emit_figures",
     "format_table",
+    "in_flight",
     "median",
     "parse_figures",
     "peak_rss_mib",
@@ -135,6 +137,19 @@ class Stopwatch:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self._start
+
+
+async def in_flight(count: int, concurrency: int, send: Callable[[int], Awaitable[Any]]) -> float:
+    """Seconds to run ``send(0)`` .. ``send(count - 1)`` with ``concurrency`` of them at once."""
+    next_index = iter(range(count))
+
+    async def worker() -> None:
+        for i in next_index:
+            await send(i)
+
+    with Stopwatch() as sw:
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return sw.seconds
 
 
 def peak_rss_mib() -> float:

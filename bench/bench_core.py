@@ -36,6 +36,7 @@ from _common import (  # noqa: E402
     add_common_arguments,
     amqp_url,
     emit_figures,
+    in_flight,
     median,
     parse_figures,
     peak_rss_mib,
@@ -169,24 +170,12 @@ async def _alternating(
 # -- publishing ----------------------------------------------------------------------------
 
 
-async def _in_flight(count: int, concurrency: int, send: Callable[[int], Awaitable[Any]]) -> float:
-    next_index = iter(range(count))
-
-    async def worker() -> None:
-        for i in next_index:
-            await send(i)
-
-    with Stopwatch() as sw:
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return sw.seconds
-
-
 async def library_publish(
     url: str, exchange: str, name: str, count: int, concurrency: int
 ) -> float:
     async with _client(url, exchange) as client:
         await client.send_custom_event(name, {"k": "v"})  # warm-up
-        return await _in_flight(
+        return await in_flight(
             count, concurrency, lambda i: client.send_custom_event(name, {"k": "v"})
         )
 
@@ -212,7 +201,7 @@ async def raw_publish(url: str, exchange: str, name: str, count: int, concurrenc
             await target.publish(message, key, mandatory=True)
 
         await send(-1)  # warm-up
-        return await _in_flight(count, concurrency, send)
+        return await in_flight(count, concurrency, send)
     finally:
         await connection.close()
 

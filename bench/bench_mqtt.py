@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from _common import Figure, emit_figures  # noqa: E402
+from _common import Figure, emit_figures, in_flight  # noqa: E402
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 PLUGIN_PORT = 1884
@@ -397,7 +397,7 @@ async def plugin_run(count: int) -> dict[str, Any]:
     )
 
 
-async def publish_alone(count: int, in_flight: int = 256) -> float:
+async def publish_alone(count: int, concurrency: int = 256) -> float:
     """aio-pika's confirmed, mandatory, persistent publishes per second to a bound queue, no MQTT
     at all (an unrouted mandatory message comes back as a Basic.Return, which costs more)."""
     import aio_pika
@@ -409,17 +409,13 @@ async def publish_alone(count: int, in_flight: int = 256) -> float:
         key = f"external.bench.{uuid.uuid4().hex[:8]}.alone"
         queue = await channel.declare_queue(exclusive=True)
         await queue.bind(exchange, key)
-        gate = asyncio.Semaphore(in_flight)
 
         async def one(i: int) -> None:
-            async with gate:
-                await exchange.publish(
-                    aio_pika.Message(b'{"i":"%d"}' % i, delivery_mode=2), key, mandatory=True
-                )
+            await exchange.publish(
+                aio_pika.Message(b'{"i":"%d"}' % i, delivery_mode=2), key, mandatory=True
+            )
 
-        started = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(count)))
-        return count / (time.perf_counter() - started)
+        return count / await in_flight(count, concurrency, one)
 
 
 def _show(label: str, result: dict[str, Any], plugin: dict[str, Any]) -> None:
