@@ -7,6 +7,7 @@ Both mappings are bijections on valid names, so nothing arrives under a name it 
 from __future__ import annotations
 
 import unicodedata
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
@@ -15,9 +16,11 @@ from ._exceptions import InvalidEventName, InvalidKind
 __all__ = [
     "KINDS",
     "MAX_NAME_BYTES",
+    "MAX_PATTERN_HASHES",
     "Kind",
     "name_from_topic",
     "parse_routing_key",
+    "pattern_covers",
     "pattern_matches",
     "routing_key",
     "topic_for",
@@ -29,6 +32,7 @@ __all__ = [
 Kind = Literal["external", "internal"]
 KINDS: tuple[Kind, ...] = ("external", "internal")
 MAX_NAME_BYTES = 200
+MAX_PATTERN_HASHES = 8
 _FORBIDDEN = frozenset("*#+/")
 
 
@@ -79,6 +83,11 @@ def validate_pattern(pattern: str) -> str:
             raise InvalidEventName(
                 pattern, f"a wildcard must be a whole word ('*' or '#'), not part of {word!r}"
             )
+    hashes = pattern.split(".").count("#")
+    if hashes > MAX_PATTERN_HASHES:
+        raise InvalidEventName(
+            pattern, f"has {hashes} '#' words, more than the limit of {MAX_PATTERN_HASHES}"
+        )
     return pattern
 
 
@@ -115,28 +124,81 @@ def name_from_topic(prefix: str, topic: str) -> tuple[Kind, str]:
     return validated_kind, validate_name(rest.replace("/", "."))
 
 
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    """A pattern as bit masks over its word positions, runs of ``#`` collapsed into one."""
+
+    size: int
+    hashes: int
+    stars: int
+    literals: dict[str, int]
+
+
 @lru_cache(maxsize=4096)
-def _pattern_words(pattern: str) -> tuple[str, ...]:
-    return tuple(pattern.split("."))
+def _compile(pattern: str) -> _Compiled:
+    words: list[str] = []
+    for word in pattern.split("."):
+        if not (word == "#" and words and words[-1] == "#"):  # '#.#' matches what '#' does
+            words.append(word)
+    hashes = stars = 0
+    literals: dict[str, int] = {}
+    for position, word in enumerate(words):
+        bit = 1 << position
+        if word == "#":
+            hashes |= bit
+        elif word == "*":
+            stars |= bit
+        else:
+            literals[word] = literals.get(word, 0) | bit
+    return _Compiled(len(words), hashes, stars, literals)
 
 
 def pattern_matches(pattern: str, key: str) -> bool:
-    """AMQP topic matching: ``*`` is exactly one word, ``#`` zero or more words."""
-    words = _pattern_words(pattern)
+    """AMQP topic matching: ``*`` is exactly one word, ``#`` zero or more words.
+
+    Runs in O(pattern words x key words): the pattern is simulated as an automaton whose states
+    are word positions, held as bits of an int, so no input makes it backtrack.
+    """
     if "*" not in pattern and "#" not in pattern:
         return pattern == key
-    return _match(words, 0, key.split("."), 0)
-
-
-def _match(pattern: tuple[str, ...], p: int, words: list[str], w: int) -> bool:
-    while p < len(pattern):
-        token = pattern[p]
-        if token == "#":
-            if p == len(pattern) - 1:
-                return True
-            return any(_match(pattern, p + 1, words, i) for i in range(w, len(words) + 1))
-        if w >= len(words) or (token != "*" and token != words[w]):
+    compiled = _compile(pattern)
+    hashes = compiled.hashes
+    # Positions reachable before any word is read: 0, and past a leading '#'.
+    states = 1 | ((1 & hashes) << 1)
+    for word in key.split("."):
+        advance = states & (compiled.stars | compiled.literals.get(word, 0))
+        # A '#' position eats the word and stays; '*' or the same word moves one position on.
+        states = (states & hashes) | (advance << 1)
+        if not states:
             return False
-        p += 1
-        w += 1
-    return w == len(words)
+        states |= (states & hashes) << 1  # a '#' may also match no (more) words
+    return bool(states >> compiled.size & 1)
+
+
+def pattern_covers(allowed: str, requested: str) -> bool:
+    """True if every routing key that ``requested`` (a name or a pattern) matches, ``allowed``
+    matches too. O(allowed words x requested words), by dynamic programming from the ends."""
+    if "*" not in requested and "#" not in requested:
+        return pattern_matches(allowed, requested)
+    a = allowed.split(".")
+    r = requested.split(".")
+    # after[j]: the rest of ``allowed`` from position i covers r[j:]; built for i = len(a) down.
+    after = [False] * len(r) + [True]
+    for i in range(len(a) - 1, -1, -1):
+        word = a[i]
+        row = [False] * (len(r) + 1)
+        if word == "#":
+            # '#' absorbs any run of requested words, wildcards included.
+            seen = False
+            for j in range(len(r), -1, -1):
+                seen = seen or after[j]
+                row[j] = seen
+        else:
+            for j in range(len(r)):
+                token = r[j]
+                # A requested '#' can stand for any number of words: only an allowed '#' covers
+                # it; a requested '*' only an allowed '*'.
+                if token != "#" and (word == "*" or word == token):
+                    row[j] = after[j + 1]
+        after = row
+    return after[0]

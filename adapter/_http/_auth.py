@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from .._exceptions import ConfigurationError
-from .._names import pattern_matches
+from .._names import pattern_covers as covers
 from .._secrets import hash_secret, verify_secret
 from .._settings import AuthSettings, Principal
 
@@ -51,26 +51,6 @@ class Caller:
     def may_use(self, name: str) -> bool:
         """True if the event name, or name pattern, lies inside one of the allow patterns."""
         return any(covers(pattern, name) for pattern in self.allow)
-
-
-def covers(allowed: str, requested: str) -> bool:
-    """True if every name matching ``requested`` (a name or a pattern) matches ``allowed``."""
-    if "*" not in requested and "#" not in requested:
-        return pattern_matches(allowed, requested)
-    return _covers(tuple(allowed.split(".")), 0, tuple(requested.split(".")), 0)
-
-
-def _covers(a: tuple[str, ...], i: int, r: tuple[str, ...], j: int) -> bool:
-    if i == len(a):
-        return j == len(r)
-    if a[i] == "#":
-        return any(_covers(a, i + 1, r, k) for k in range(j, len(r) + 1))
-    if j == len(r) or r[j] == "#":
-        # A requested '#' can stand for any number of words: only an allowed '#' covers it.
-        return False
-    if a[i] == "*" or a[i] == r[j]:
-        return _covers(a, i + 1, r, j + 1)
-    return False
 
 
 def _credential_key(key: bytes, scheme: bytes, credential: bytes) -> bytes:
