@@ -12,7 +12,7 @@ from ._bus import Bus, MemoryBus, Subscription
 from ._event import Event, SendResult, check_event_id
 from ._exceptions import ClientStateError, ConfigurationError, InvalidDeadline, InvalidInput
 from ._names import Kind, validate_kind, validate_name, validate_pattern
-from ._properties import check_limits, parse_properties
+from ._properties import check_limits, check_properties, parse_properties
 from ._settings import Settings, load_settings
 
 __all__ = ["Client", "Expectation", "make_bus", "parse_deadline_text", "resolve_deadline"]
@@ -169,10 +169,7 @@ class Client:
                 properties, max_bytes=limits.max_bytes, max_properties=limits.max_properties
             )
         elif isinstance(properties, Mapping):
-            props = dict(properties)
-            for key, value in props.items():
-                if not isinstance(key, str) or not isinstance(value, str):
-                    raise InvalidInput(f"property {key!r}: names and values must be strings")
+            props = check_properties(properties)
             check_limits(props, max_bytes=limits.max_bytes, max_properties=limits.max_properties)
         else:
             raise InvalidInput("properties must be a mapping of strings or serializedProperties")

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from ._exceptions import InvalidInput, InvalidProperties
+from ._exceptions import InvalidInput
 from ._names import Kind, parse_routing_key, validate_kind, validate_name
-from ._properties import string_object
+from ._properties import check_properties, loads_json_object, string_object
 
 __all__ = ["APP_ID", "SOURCES", "Event", "SendResult", "Source", "decode_body", "encode_body"]
 
@@ -51,7 +51,7 @@ class Event:
             return cls(
                 name=validate_name(data["name"]),
                 kind=validate_kind(data["kind"]),
-                properties={str(k): str(v) for k, v in data["properties"].items()},
+                properties=check_properties(data["properties"]),
                 event_id=str(data["event_id"]),
                 sent_at=datetime.fromisoformat(data["sent_at"]),
                 source=str(data.get("source") or "http"),
@@ -91,10 +91,7 @@ def encode_body(properties: Mapping[str, str]) -> bytes:
 def decode_body(body: bytes) -> dict[str, str]:
     """Properties from a message body; raises ``InvalidProperties`` if it is not an object of
     strings."""
-    try:
-        value = json.loads(body) if body else {}
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidProperties(f"message body is not JSON: {exc}") from None
+    value = loads_json_object(body, "the message body") if body else {}
     return string_object(value, "the message body")
 
 

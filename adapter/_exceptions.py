@@ -62,8 +62,9 @@ class InvalidProperties(InvalidInput):
     def __init__(self, rule: str, *, line: int | None = None) -> None:
         self.line = line
         self.rule = rule
-        where = f"line {line}: " if line is not None else ""
-        super().__init__(f"invalid serializedProperties: {where}{rule}")
+        # A line number means serializedProperties text; otherwise a mapping or a JSON object.
+        where = f"serializedProperties: line {line}" if line is not None else "properties"
+        super().__init__(f"invalid {where}: {rule}")
 
 
 class PropertiesTooLarge(InvalidProperties):

@@ -6,7 +6,10 @@ writes serializedProperties (REST, SOAP, MQTT, CLI) calls it.
 
 from __future__ import annotations
 
+import json
+import unicodedata
 from collections.abc import Mapping
+from typing import Any
 
 from ._exceptions import InvalidProperties, PropertiesTooLarge
 
@@ -14,6 +17,9 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_PROPERTIES",
     "check_limits",
+    "check_properties",
+    "check_property",
+    "loads_json_object",
     "parse_properties",
     "properties_size",
     "serialize_properties",
@@ -64,14 +70,78 @@ def check_limits(
         )
 
 
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
+def check_property(name: object, value: object, *, line: int | None = None) -> None:
+    """The rule every edge applies, so that every event stays representable as
+    serializedProperties and ``key=value`` output can never be forged: a name is a non-empty
+    string with no ``=``, no control character and no surrounding spaces; a value is a string
+    with no CR or LF. Raises ``InvalidProperties`` naming the property."""
+    if not isinstance(name, str) or not isinstance(value, str):
+        raise InvalidProperties(
+            f"property names and values must be strings, got {type(name).__name__}="
+            f"{type(value).__name__}",
+            line=line,
+        )
+    _utf8_len(name, line=line)
+    _utf8_len(value, line=line)
+    if not name.strip(_NAME_SPACE):
+        raise InvalidProperties("empty property name", line=line)
+    if "=" in name:
+        raise InvalidProperties(f"property name {_shown(name)} contains '='", line=line)
+    for index, char in enumerate(name):
+        if unicodedata.category(char) == "Cc":
+            raise InvalidProperties(
+                f"property name {_shown(name)} contains a control character "
+                f"(U+{ord(char):04X} at {index})",
+                line=line,
+            )
+    if name != name.strip(_NAME_SPACE):
+        raise InvalidProperties(
+            f"property name {_shown(name)} has surrounding spaces, which the format drops",
+            line=line,
+        )
+    if "\n" in value or "\r" in value:
+        raise InvalidProperties(
+            f"the value of property {_shown(name)} contains a line break (CR or LF)", line=line
+        )
+
+
+def check_properties(properties: Mapping[Any, Any]) -> dict[str, str]:
+    """``properties`` as a dict, every entry checked by ``check_property``."""
+    for name, value in properties.items():
+        check_property(name, value)
+    return dict(properties)
+
+
 def string_object(value: object, what: str) -> dict[str, str]:
-    """``value`` (decoded JSON) as properties: it must be an object whose values are strings."""
+    """``value`` (decoded JSON) as properties: an object whose entries pass ``check_property``."""
     if not isinstance(value, dict):
         raise InvalidProperties(f"{what} is not a JSON object of strings")
-    for name, item in value.items():
-        if not isinstance(item, str):
-            raise InvalidProperties(f"property {name!r} is not a string in {what}")
-    return value
+    return check_properties(value)
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            # As in serializedProperties, a name given twice is an error, not "last wins".
+            raise InvalidProperties(f"{_shown(key)} given twice in a JSON object")
+        result[key] = value
+    return result
+
+
+def loads_json_object(text: str | bytes, what: str) -> Any:
+    """Decode JSON text, refusing (``InvalidProperties``) an object with a key given twice at any
+    depth, which ``json.loads`` would silently resolve to the last one."""
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except (ValueError, UnicodeDecodeError) as exc:
+        if isinstance(exc, InvalidProperties):
+            raise
+        raise InvalidProperties(f"{what} is not JSON: {exc}") from None
 
 
 def parse_properties(
@@ -83,7 +153,9 @@ def parse_properties(
     """Parse serializedProperties text into a dict.
 
     None or empty text means no properties. Raises ``InvalidProperties`` (naming the 1-based line
-    and the rule) for a line without ``=``, an empty name, a repeated name, or text over the limits.
+    and the rule) for a line without ``=``, an empty name, a repeated name, a property that
+    ``check_property`` refuses (a control character in a name, a CR inside a value), or text over
+    the limits.
     """
     if not text:
         return {}
@@ -106,6 +178,7 @@ def parse_properties(
         name = name.strip(_NAME_SPACE)
         if not name:
             raise InvalidProperties("empty property name before '='", line=number)
+        check_property(name, value, line=number)
         if name in first_seen:
             raise InvalidProperties(
                 f"property {name!r} given twice (first on line {first_seen[name]})", line=number
@@ -124,42 +197,11 @@ def parse_properties(
 def serialize_properties(properties: Mapping[str, str]) -> str:
     """Serialize properties as serializedProperties text; the inverse of ``parse_properties``.
 
-    Refuses (``InvalidProperties``) what the format cannot carry: a name that is empty, has
-    surrounding spaces or contains ``=`` or a line break, and a value with a line break or a
-    final carriage return.
+    Refuses (``InvalidProperties``) what the format cannot carry: whatever ``check_property``
+    refuses.
     """
     lines = []
     for number, (name, value) in enumerate(properties.items(), start=1):
-        if not isinstance(name, str) or not isinstance(value, str):
-            raise InvalidProperties(
-                f"property names and values must be strings, got {type(name).__name__}="
-                f"{type(value).__name__}",
-                line=number,
-            )
-        _utf8_len(name, line=number)
-        _utf8_len(value, line=number)
-        if not name.strip(_NAME_SPACE):
-            raise InvalidProperties("empty property name", line=number)
-        if name != name.strip(_NAME_SPACE):
-            raise InvalidProperties(
-                f"property name {name!r} has surrounding spaces, which the format drops",
-                line=number,
-            )
-        if "=" in name:
-            raise InvalidProperties(f"property name {name!r} contains '='", line=number)
-        if "\n" in name:
-            raise InvalidProperties(f"property name {name!r} contains a line break", line=number)
-        if "\n" in value:
-            raise InvalidProperties(
-                f"value of {name!r} contains a line break; send it through the JSON API",
-                line=number,
-            )
-        if value.endswith("\r"):
-            # A reader takes a final CR for the CR of a CRLF line end and drops it.
-            raise InvalidProperties(
-                f"value of {name!r} ends with a carriage return, which the format drops; "
-                "send it through the JSON API",
-                line=number,
-            )
+        check_property(name, value, line=number)
         lines.append(f"{name}={value}")
     return "\n".join(lines)

@@ -169,6 +169,8 @@ def test_send_reports_when_nobody_waits(amqp_url: str, unique_name: str) -> None
         (["send", "a..b"], 64, "empty word"),
         (["send", "ok", "-p", "novalue"], 64, "expected KEY=VALUE"),
         (["send", "ok", "-p", "a=1", "-p", "a=2"], 64, "given twice"),
+        (["send", "ok", "-p", "note=hi\napproved=true"], 64, "value of property 'note'"),
+        (["send", "ok", "-p", "a\tb=1"], 64, "control character"),
         (["send", "ok", "--properties-file", "/nonexistent/p"], 64, "cannot read"),
         (["wait", "ok", "--until", "whenever"], 64, "neither a duration"),
         (["wait", "ok"], 64, "--until"),

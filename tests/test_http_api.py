@@ -121,20 +121,20 @@ async def test_json_send_is_202_with_routed(
     async with client.expect("external", unique_name, until=timedelta(seconds=10)) as waiter:
         response = await http.post(
             f"/api/v1/events/{unique_name}",
-            json={"properties": {"text": "line 1\nline 2"}, "event_id": "my-id-1"},
+            json={"properties": {"text": "line 1, line 2"}, "event_id": "my-id-1"},
         )
         event = await waiter
     assert response.status_code == 202
     assert response.json() == {"event_id": "my-id-1", "routed": True}
     assert event is not None
     assert event.event_id == "my-id-1"
-    assert event.properties == {"text": "line 1\nline 2"}
+    assert event.properties == {"text": "line 1, line 2"}
 
 
 @pytest.mark.parametrize(
     ("body", "words"),
     [
-        (b"{", "Invalid JSON"),
+        (b"{", "the request body is not JSON"),
         (b'{"properties": {"a": 1}}', "properties.a"),
         (b'{"kind": "internal"}', "kind"),
         (b'{"event_id": ""}', "event_id"),
@@ -149,6 +149,38 @@ async def test_json_send_bad_body_is_400(
     )
     assert response.status_code == 400
     assert words in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (
+            b'{"properties": {"note=approved": "true"}}',
+            "property name 'note=approved' contains '='",
+        ),
+        (b'{"properties": {"a\\nb": "1"}}', "property name 'a\\nb' contains a control character"),
+        (b'{"properties": {"": "1"}}', "empty property name"),
+        (b'{"properties": {" a": "1"}}', "surrounding spaces"),
+        (b'{"properties": {"note": "hi\\napproved=true"}}', "value of property 'note'"),
+        (b'{"properties": {"note": "hi\\r"}}', "value of property 'note'"),
+        (b'{"properties": {"a": "1", "a": "2"}}', "'a' given twice in a JSON object"),
+        (b'{"properties": {"a": "1"}, "properties": {}}', "'properties' given twice"),
+    ],
+)
+async def test_json_send_refuses_properties_that_could_forge_output(
+    client: Client, http: httpx.AsyncClient, unique_name: str, body: bytes, words: str
+) -> None:
+    # Each of these once reached a waiter, whose `key=value` output then showed a property that
+    # was never sent (`approved=true`), or silently dropped one of two values.
+    async with client.expect("external", unique_name, until=timedelta(seconds=2)) as waiter:
+        response = await http.post(
+            f"/api/v1/events/{unique_name}",
+            content=body,
+            headers={"content-type": "application/json"},
+        )
+        assert response.status_code == 400, response.text
+        assert words in response.json()["detail"]
+        assert await waiter is None
 
 
 async def _wait_task(

@@ -187,5 +187,5 @@ def test_matching_is_not_exponential_in_hash_words() -> None:
 
 def test_patterns_have_a_bounded_number_of_hash_words() -> None:
     assert validate_pattern(".".join(["#", "a"] * MAX_PATTERN_HASHES))
-    with pytest.raises(InvalidEventName, match=f"9 '#' words, more than the limit of 8"):
+    with pytest.raises(InvalidEventName, match="9 '#' words, more than the limit of 8"):
         validate_pattern(".".join(["#", "a"] * (MAX_PATTERN_HASHES + 1)))

@@ -58,8 +58,12 @@ async def test_a_third_party_publisher_is_a_first_class_sender(
             async with connection:
                 channel = await connection.channel()
                 exchange = await channel.get_exchange("customevents")
-                # Not an event: the waiter logs it and keeps waiting.
-                await exchange.publish(aio_pika.Message(b"[1]"), f"internal.{unique_name}")
+                # Not events: the waiter logs them and keeps waiting. The last two would print
+                # a line `approved=true` that nobody sent, or hide one of two values.
+                key = f"internal.{unique_name}"
+                await exchange.publish(aio_pika.Message(b"[1]"), key)
+                await exchange.publish(aio_pika.Message(b'{"note": "hi\\napproved=true"}'), key)
+                await exchange.publish(aio_pika.Message(b'{"a": "1", "a": "2"}'), key)
                 await exchange.publish(
                     aio_pika.Message(b'{"from": "java"}', message_id="ext-1"),
                     f"internal.{unique_name}",

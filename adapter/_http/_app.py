@@ -18,6 +18,7 @@ from .. import __version__
 from .._bus import check_wait_id
 from .._client import Client
 from .._exceptions import InvalidInput
+from .._properties import loads_json_object
 from .._settings import Settings
 from ._gateway import BUS_RETRY_AFTER, Gateway, HttpError, read_body
 from ._logging import RequestContext
@@ -231,7 +232,10 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
             caller = await gateway.caller(request)
             body = await read_body(request, limit)
             try:
-                payload = SendRequest.model_validate_json(body) if body else SendRequest()
+                data = loads_json_object(body, "the request body") if body else {}
+                payload = SendRequest.model_validate(data)
+            except InvalidInput as exc:
+                raise HttpError(400, str(exc)) from None
             except ValidationError as exc:
                 raise HttpError(400, _describe(exc)) from None
             result = await gateway.send(

@@ -18,10 +18,13 @@ def main() -> dict[str, str]:
             print(exc)  # e.g. invalid serializedProperties: line 2: property 'a' given twice ...
         else:
             raise AssertionError(bad)
-    try:
-        adapter.serialize_properties({"note": "two\nlines"})
-    except adapter.InvalidProperties as exc:
-        print(exc)  # a value with a line break travels through the JSON API instead
+    for forged in ({"note": "hi\napproved=true"}, {"note=approved": "true"}):
+        try:
+            adapter.serialize_properties(forged)
+        except adapter.InvalidProperties as exc:
+            print(exc)  # refused at every edge: no sender can forge a line of `key=value` output
+        else:
+            raise AssertionError(forged)
     return properties
 
 
