@@ -151,9 +151,14 @@ class Principal(_Section):
     name: str = Field(min_length=1, description="user name for HTTP Basic")
     password_hash: str | None = Field(default=None, description="from customevent hash-secret")
     token_hash: str | None = Field(default=None, description="bearer token hash")
-    allow: list[str] = Field(default_factory=list, description="event name patterns allowed")
+    allow: list[str] = Field(
+        default_factory=list, description="external event names it may send and wait on (patterns)"
+    )
+    read_internal: list[str] = Field(
+        default_factory=list, description="internal event names it may wait on (patterns)"
+    )
 
-    @field_validator("allow")
+    @field_validator("allow", "read_internal")
     @classmethod
     def _allow(cls, value: list[str]) -> list[str]:
         return _check_patterns(value)

@@ -91,6 +91,35 @@ async def test_names_outside_the_allow_list_are_403(
     assert sneaky.status_code == 400
 
 
+async def test_internal_events_are_read_only_by_read_internal(
+    memory_client: Client, unique_name: str
+) -> None:
+    # `allow` once covered both kinds: `limited` (allow t.limited.#) read what trusted backends
+    # publish under the same names. Now only read_internal opens internal events to a principal.
+    limited = basic(*LIMITED)
+    async with asgi_client(memory_client, make_settings()) as http:
+        internal = await http.get(
+            "/api/v1/events/t.limited.x/wait?timeout=0.1s&kind=internal", headers=limited
+        )
+        external = await http.get(
+            "/api/v1/events/t.limited.x/wait?timeout=0.1s&kind=external", headers=limited
+        )
+        ops_internal = await http.get(
+            f"/api/v1/events/{unique_name}/wait?timeout=0.1s&kind=internal", headers=HEADERS
+        )
+        ops_outside = await http.get(
+            "/api/v1/events/vm.x/wait?timeout=0.1s&kind=internal", headers=HEADERS
+        )
+    assert internal.status_code == 403
+    assert (
+        "'limited' may not read internal events named 't.limited.x'" in (internal.json()["detail"])
+    )
+    assert "read_internal" in internal.json()["detail"]
+    assert external.status_code == 204
+    assert ops_internal.status_code == 204  # read_internal t.#
+    assert ops_outside.status_code == 403  # vm.* is in allow, not in read_internal
+
+
 @pytest.mark.parametrize(
     ("allowed", "requested", "expected"),
     [

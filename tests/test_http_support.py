@@ -39,8 +39,9 @@ def _hashes() -> tuple[str, str, str]:
 
 
 def make_settings(amqp_url: str | None = None, **overrides: Any) -> Settings:
-    """Settings with the principals ``ops`` (names under ``t.``, Basic and bearer) and
-    ``limited`` (names under ``t.limited.``), plus any overrides by section."""
+    """Settings with the principals ``ops`` (names under ``t.``, internal ones too; Basic and
+    bearer) and ``limited`` (external names under ``t.limited.``), plus any overrides by
+    section."""
     password_hash, token_hash, limited_hash = _hashes()
     sections: dict[str, Any] = {
         "amqp": {"url": amqp_url, "wait_grace": 2.0},
@@ -51,6 +52,7 @@ def make_settings(amqp_url: str | None = None, **overrides: Any) -> Settings:
                     "password_hash": password_hash,
                     "token_hash": token_hash,
                     "allow": ["t.#", "vm.*"],
+                    "read_internal": ["t.#"],
                 },
                 {"name": "limited", "password_hash": limited_hash, "allow": ["t.limited.#"]},
             ]

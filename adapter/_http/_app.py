@@ -285,9 +285,7 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
         ),
     ) -> Response:
         caller = await gateway.caller(request)
-        pattern = gateway.authorize(caller, name, pattern=True)
-        if caller.name is None and kind != "external":
-            raise HttpError(403, "anonymous callers may wait only for external events")
+        pattern = gateway.authorize_wait(caller, kind, name)
         deadline = parse_deadline(duration, until, settings.http.max_wait)
         try:
             check_wait_id(wait_id)

@@ -47,10 +47,17 @@ class Caller:
 
     name: str | None
     allow: tuple[str, ...]
+    read_internal: tuple[str, ...] = ()
 
     def may_use(self, name: str) -> bool:
-        """True if the event name, or name pattern, lies inside one of the allow patterns."""
+        """True if the external event name, or name pattern, lies inside an ``allow`` pattern."""
         return any(covers(pattern, name) for pattern in self.allow)
+
+    def may_read(self, kind: str, name: str) -> bool:
+        """True if the caller may wait on ``kind`` events named ``name`` (a name or pattern):
+        external ones by ``allow``, internal ones only by ``read_internal``."""
+        patterns = self.read_internal if kind == "internal" else self.allow
+        return any(covers(pattern, name) for pattern in patterns)
 
 
 def _credential_key(key: bytes, scheme: bytes, credential: bytes) -> bytes:
@@ -155,7 +162,9 @@ class Authenticator:
         except ConfigurationError as exc:
             log.error("principal %r has an unusable %s: %s", principal.name, field, exc)
             return None
-        return Caller(principal.name, tuple(principal.allow)) if ok else None
+        if not ok:
+            return None
+        return Caller(principal.name, tuple(principal.allow), tuple(principal.read_internal))
 
     async def _decoy_hash(self) -> str:
         if self._decoy is None:

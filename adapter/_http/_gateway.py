@@ -112,16 +112,37 @@ class Gateway:
         return caller
 
     @staticmethod
-    def authorize(caller: Caller, name: str, *, pattern: bool = False) -> str:
-        """The name (or pattern), valid (else 400) and inside the caller's allow list (else 403)."""
+    def authorize(caller: Caller, name: str) -> str:
+        """The name of a send, valid (else 400) and inside the caller's ``allow`` list (else
+        403)."""
         try:
-            checked = validate_pattern(name) if pattern else validate_name(name)
+            checked = validate_name(name)
         except InvalidInput as exc:
             raise bad_input(exc) from None
         if not caller.may_use(checked):
-            who = repr(caller.name) if caller.name is not None else "an anonymous caller"
-            raise HttpError(403, f"{who} may not use the event name {checked!r}")
+            raise HttpError(403, f"{_who(caller)} may not use the event name {checked!r}")
         return checked
+
+    @staticmethod
+    def authorize_wait(caller: Caller, kind: str, pattern: str) -> str:
+        """The name or pattern of a wait, valid (else 400) and readable by the caller (else 403):
+        external events by its ``allow`` list, internal ones only by its ``read_internal`` list,
+        which anonymous callers never have."""
+        try:
+            checked = validate_pattern(pattern)
+        except InvalidInput as exc:
+            raise bad_input(exc) from None
+        if caller.may_read(kind, checked):
+            return checked
+        if kind != "internal":
+            raise HttpError(403, f"{_who(caller)} may not use the event name {checked!r}")
+        if caller.name is None:
+            raise HttpError(403, "anonymous callers may wait only for external events")
+        raise HttpError(
+            403,
+            f"{_who(caller)} may not read internal events named {checked!r}: no read_internal "
+            "pattern of the principal covers it",
+        )
 
     @contextlib.contextmanager
     def counting(self, ingress: str) -> Iterator[None]:
@@ -171,6 +192,10 @@ class Gateway:
             raise unavailable(exc) from None
         PUBLISH_SECONDS.observe(time.perf_counter() - started)
         return result
+
+
+def _who(caller: Caller) -> str:
+    return repr(caller.name) if caller.name is not None else "an anonymous caller"
 
 
 def _peer(request: Request) -> str:
