@@ -16,6 +16,7 @@ from ._exceptions import (
     InvalidInput,
     InvalidKind,
     InvalidProperties,
+    LimitExceeded,
     PropertiesTooLarge,
     PublishRejected,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "InvalidKind",
     "InvalidProperties",
     "Kind",
+    "LimitExceeded",
     "MemoryBus",
     "PropertiesTooLarge",
     "PublishRejected",

@@ -59,8 +59,8 @@ def make_bus(settings: Settings) -> Bus:
     if settings.amqp.url:
         from ._bus._amqp import AmqpBus
 
-        return AmqpBus(settings.amqp)
-    return MemoryBus(wait_grace=settings.amqp.wait_grace)
+        return AmqpBus(settings.amqp, limits=settings.limits)
+    return MemoryBus(wait_grace=settings.amqp.wait_grace, limits=settings.limits)
 
 
 class Expectation:

@@ -10,6 +10,8 @@ Every error the library raises on purpose derives from ``AdapterError``::
     │   │   └── PropertiesTooLarge   .limit, .size
     │   └── InvalidDeadline          .reason
     ├── ConfigurationError           settings that cannot work (bad URL, unreadable file)
+    ├── LimitExceeded                a bound on what one caller may hold was reached (HTTP 429)
+    │                                .limit, .setting, .retry_after
     ├── BusError                     the message bus failed us
     │   ├── BusUnavailable           not connected, or a confirm was lost; retry later (HTTP 503)
     │   ├── BrokerAuthenticationError the broker refused the credentials; retrying will not help
@@ -31,6 +33,7 @@ __all__ = [
     "InvalidInput",
     "InvalidKind",
     "InvalidProperties",
+    "LimitExceeded",
     "PropertiesTooLarge",
     "PublishRejected",
 ]
@@ -82,6 +85,17 @@ class InvalidDeadline(InvalidInput):
 
 class ConfigurationError(AdapterError):
     """The settings cannot work as given."""
+
+
+class LimitExceeded(AdapterError):
+    """A bound on the resources one caller or process may hold was reached (open waits,
+    resumable waits, connections); nothing was done. Retry after ``retry_after`` seconds."""
+
+    def __init__(self, what: str, *, limit: int, setting: str, retry_after: int = 1) -> None:
+        self.limit = limit
+        self.setting = setting
+        self.retry_after = retry_after
+        super().__init__(f"{what}: the limit is {limit} ({setting}); retry later")
 
 
 class BusError(AdapterError):

@@ -180,6 +180,16 @@ class AuthSettings(_Section):
 class LimitsSettings(_Section):
     max_bytes: int = Field(default=64 * 1024, ge=1, description="properties bytes per event")
     max_properties: int = Field(default=256, ge=1, description="properties per event")
+    max_resumable_waits: int = Field(
+        default=256,
+        ge=1,
+        description="resumable waits open at once in one process (each holds an AMQP channel)",
+    )
+    max_resumable_events: int = Field(
+        default=100,
+        ge=1,
+        description="events a resumable wait keeps while nobody listens; the oldest go first",
+    )
 
 
 class LogSettings(_Section):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,6 +17,7 @@ from adapter import (
     InvalidInput,
     InvalidKind,
     InvalidProperties,
+    LimitExceeded,
     PropertiesTooLarge,
     load_settings,
 )
@@ -187,6 +189,46 @@ async def test_a_resumable_wait_gets_what_was_sent_while_it_was_away(
     assert event is not None and event.properties == {"while": "away"}
     # Finished: the wait's queue is gone, nothing routes to it any more.
     assert (await client.send_custom_event(unique_name)).routed is False
+
+
+@pytest.fixture
+async def small_client(bus_kind: str, request: pytest.FixtureRequest) -> AsyncIterator[Client]:
+    """A client whose resumable waits are capped at 2, each keeping at most 3 events."""
+    url = request.getfixturevalue("amqp_url") if bus_kind == "rabbitmq" else None
+    settings = load_settings(
+        amqp={"url": url, "wait_grace": 1.0},
+        limits={"max_resumable_waits": 2, "max_resumable_events": 3},
+    )
+    async with Client(settings) as opened:
+        yield opened
+
+
+async def test_resumable_waits_are_capped_and_keep_the_newest_events(
+    small_client: Client, unique_name: str
+) -> None:
+    client = small_client
+    ids = [f"cap-{i}-" + unique_name.replace(".", "-")[-40:] for i in range(3)]
+    first = client.expect("internal", unique_name, until=SOON, wait_id=ids[0])
+    second = client.expect("internal", unique_name, until=SOON, wait_id=ids[1])
+    await first.__aenter__()
+    await second.__aenter__()
+    with pytest.raises(LimitExceeded, match=r"limit is 2 \(limits.max_resumable_waits\)"):
+        async with client.expect("internal", unique_name, until=SOON, wait_id=ids[2]):
+            pass
+    # Left without finishing, the first stays alive for a comeback, and still counts.
+    await first.__aexit__(asyncio.CancelledError, asyncio.CancelledError(), None)
+    with pytest.raises(LimitExceeded):
+        async with client.expect("internal", unique_name, until=SOON, wait_id=ids[2]):
+            pass
+    for n in range(1, 6):
+        await client.send_custom_event(unique_name, {"n": str(n)})
+    # Only the newest three were kept while it was away.
+    resumed = await client.wait_custom_event_until("internal", unique_name, SOON, wait_id=ids[0])
+    assert resumed is not None and resumed.properties == {"n": "3"}
+    # It finished, so its place is free.
+    async with client.expect("internal", unique_name, until=SOON, wait_id=ids[2]):
+        pass
+    await second.__aexit__(None, None, None)
 
 
 @pytest.mark.parametrize(

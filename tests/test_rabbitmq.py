@@ -8,13 +8,14 @@ import contextlib
 import json
 import logging
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import aio_pika
 import pytest
 
 from adapter import BrokerAuthenticationError, BusUnavailable, Client, load_settings
 from adapter._bus._amqp import AmqpBus, redact_url
+from tests.support.broker import connection_channels, queues_named
 from tests.support.proxy import Proxy
 
 pytestmark = pytest.mark.rabbitmq
@@ -225,3 +226,62 @@ async def _rabbitmqctl(*args: str) -> None:
     )
     _, err = await process.communicate()
     assert process.returncode == 0, err.decode()
+
+
+async def test_resumable_waits_leave_no_channel_behind(amqp_url: str, unique_name: str) -> None:
+    # Each resumable wait once left a channel open at the broker (its 404 probe, reopened by
+    # aio-pika's robust channel): at channel_max the connection failed for good.
+    name = f"test-{unique_name}"
+    settings = load_settings(amqp={"url": amqp_url})
+    async with Client(settings, bus=AmqpBus(settings.amqp, connection_name=name)) as client:
+        before = await connection_channels(name)
+        for i in range(20):
+            wait_id = f"{unique_name}-{i}"
+            # A new id (the probe finds no queue), then the same id again (it finds one).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.3):
+                    await client.wait_custom_event_until(
+                        "internal", unique_name, timedelta(seconds=10), wait_id=wait_id
+                    )
+            assert (
+                await client.wait_custom_event_until(
+                    "internal", unique_name, timedelta(seconds=0.1), wait_id=wait_id
+                )
+                is None
+            )
+        after = await connection_channels(name)
+        assert after == before
+        assert await queues_named(f"customevent.wait.resumable.{unique_name}") == []
+
+
+async def test_an_unbind_never_overtakes_a_later_bind_of_the_same_key(
+    amqp_url: str, unique_name: str
+) -> None:
+    # One wait leaves a key while another binds it, in the same wait queue: the broker must end
+    # with the binding. Once, the unbind went out after the key's lock was dropped, so the bind
+    # (on another channel) could reach the broker first and be undone: the new waiter missed
+    # its event although the client counted the key as bound.
+    settings = load_settings(amqp={"url": amqp_url, "channels": 8})
+    deadline = datetime.now(UTC) + timedelta(seconds=60)
+    missed = []
+    async with (
+        Client(settings) as client,
+        # Another wait keeps the bucket's queue (and makes the leaving wait unbind at the broker).
+        client.expect("internal", f"{unique_name}.anchor", until=deadline),
+    ):
+        for i in range(40):
+            name = f"{unique_name}.k{i}"
+            old = client.expect("internal", name, until=deadline)
+            await old.__aenter__()
+            new = client.expect("internal", name, until=deadline)
+            await asyncio.gather(old.__aexit__(None, None, None), new.__aenter__())
+            try:
+                if not (await client.send_custom_event(name, {"i": str(i)})).routed:
+                    missed.append(i)
+                    continue
+                async with asyncio.timeout(10):
+                    event = await new
+                assert event is not None and event.properties == {"i": str(i)}
+            finally:
+                await new.__aexit__(None, None, None)
+    assert missed == []

@@ -18,7 +18,8 @@ import logging
 import math
 import ssl
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, cast
@@ -52,9 +53,16 @@ from .._exceptions import (
     PublishRejected,
 )
 from .._names import Kind, routing_key
-from .._settings import AmqpSettings
+from .._settings import AmqpSettings, LimitsSettings
 from .._tls import client_tls_context
-from ._base import Bus, Subscription, SubscriptionIndex, check_wait_id, seconds_until
+from ._base import (
+    Bus,
+    ResumableWaits,
+    Subscription,
+    SubscriptionIndex,
+    check_wait_id,
+    seconds_until,
+)
 
 __all__ = ["AmqpBus", "redact_url"]
 
@@ -98,8 +106,7 @@ class _WaitQueue:
         self.queue: AbstractQueue | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.subscriptions = SubscriptionIndex()
-        self.bindings: dict[str, int] = {}
-        self.binding_locks: dict[str, asyncio.Lock] = {}
+        self.keys: dict[str, _Key] = {}
         self.members = 0
         self.consumer_tag: str | None = None
         # The queue on every wait channel: a channel answers one method at a time, so binds
@@ -149,15 +156,30 @@ class _WaitQueue:
     def _handle(self) -> AbstractRobustQueue:
         return self.handles[next(self._turn) % len(self.handles)]
 
+    @contextlib.asynccontextmanager
+    async def _key(self, key: str) -> AsyncIterator[_Key]:
+        """The key's state, locked: its broker bind or unbind is answered before anyone else
+        changes the key (a bind on another channel cannot overtake an unbind still in flight).
+        The state lives while a wait holds the key or anyone waits for its lock."""
+        state = self.keys.get(key)
+        if state is None:
+            state = self.keys[key] = _Key()
+        state.users += 1
+        try:
+            async with state.lock:
+                yield state
+        finally:
+            state.users -= 1
+            if state.users == 0 and state.count == 0:
+                del self.keys[key]
+
     async def bind(self, key: str) -> None:
-        lock = self.binding_locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            count = self.bindings.get(key, 0)
-            if count == 0:
+        async with self._key(key) as state:
+            if state.count == 0:
                 # Not robust: aio-pika would keep a list of the bindings that it scans on every
-                # unbind (quadratic in the waits held); ``self.bindings`` is the record instead.
+                # unbind (quadratic in the waits held); ``self.keys`` is the record instead.
                 await self._handle().bind(self.bus._exchange_name, key, robust=False)
-            self.bindings[key] = count + 1
+            state.count += 1
 
     async def rebind(self) -> None:
         """Bind every key again after a reconnect. A queue that outlived the outage kept its
@@ -165,23 +187,27 @@ class _WaitQueue:
         longer than its expiry) came back empty from aio-pika's re-declare."""
 
         async def again(key: str) -> None:
-            async with self.binding_locks.setdefault(key, asyncio.Lock()):
-                if self.bindings.get(key, 0) > 0:
+            async with self._key(key) as state:
+                if state.count > 0:
                     await self._handle().bind(self.bus._exchange_name, key, robust=False)
 
-        await asyncio.gather(*(again(key) for key in list(self.bindings)))
+        await asyncio.gather(*(again(key) for key in list(self.keys)))
 
     async def unbind(self, key: str, *, at_broker: bool) -> None:
-        lock = self.binding_locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            count = self.bindings.get(key, 0) - 1
-            if count > 0:
-                self.bindings[key] = count
-                return
-            self.bindings.pop(key, None)
-            self.binding_locks.pop(key, None)
-            if at_broker and self.handles and self.members > 1:
+        async with self._key(key) as state:
+            state.count -= 1
+            if state.count == 0 and at_broker and self.handles and self.members > 1:
                 await self._handle().unbind(self.bus._exchange_name, key)
+
+
+@dataclass(eq=False)
+class _Key:
+    """A binding key of a wait queue: how many waits hold it, and the lock that orders its
+    broker binds and unbinds."""
+
+    count: int = 0
+    users: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 def _decode(message: AbstractIncomingMessage) -> Event:
@@ -241,15 +267,19 @@ class _ResumableSubscription(Subscription):
     ) -> None:
         super().__init__(kind, pattern, deadline)
         self.bus = bus
+        self.wait_id = wait_id
         self.queue_name = f"customevent.wait.resumable.{wait_id}"
         self._channel: AbstractRobustChannel | None = None
         self._queue: AbstractQueue | None = None
         self._pending: dict[str, AbstractIncomingMessage] = {}
         self._consumer_tag: str | None = None
+        self._held = False
 
     async def __aenter__(self) -> Self:
         self.bus._check_open()
         connection = self.bus._require_connection()
+        self.bus._resumable.hold(self.wait_id)
+        self._held = True
         expires = self.deadline + timedelta(seconds=self.bus.settings.wait_grace)
         expires_ms = max(int(seconds_until(expires) * 1000), 1000)
         try:
@@ -258,27 +288,35 @@ class _ResumableSubscription(Subscription):
             self._queue = await self._declare(self._channel, expires_ms)
             await self._queue.bind(self.bus._exchange_name, self.binding_key)
             self._consumer_tag = await self._queue.consume(self._on_message, no_ack=False)
-        except _UNAVAILABLE as exc:
+        except BaseException as exc:
             await self._close_channel()
-            raise BusUnavailable(f"cannot set up the resumable wait: {exc}") from exc
+            self._release(kept=False)
+            if isinstance(exc, _UNAVAILABLE):
+                raise BusUnavailable(f"cannot set up the resumable wait: {exc}") from exc
+            raise
         return self
+
+    def _release(self, *, kept: bool) -> None:
+        if self._held:
+            self._held = False
+            self.bus._resumable.release(self.wait_id, self.deadline if kept else None)
 
     async def _declare(self, channel: AbstractRobustChannel, expires_ms: int) -> AbstractQueue:
         # A queue left by an earlier attempt keeps its own expiry: re-declaring it with another
-        # x-expires would be refused, so look for it first, on a throwaway channel.
-        probe = await self.bus._require_connection().channel()
-        try:
-            await probe.declare_queue(self.queue_name, passive=True)
-            exists = True
-        except aio_pika.exceptions.ChannelNotFoundEntity:
-            exists = False
-        finally:
-            if not probe.is_closed:
-                await probe.close()
-        if exists:
+        # x-expires would be refused, so look for it first.
+        if await self.bus._probe(lambda probe: probe.queue_declare(self.queue_name, passive=True)):
             return await channel.declare_queue(self.queue_name, passive=True)
         return await channel.declare_queue(
-            self.queue_name, durable=True, auto_delete=False, arguments={"x-expires": expires_ms}
+            self.queue_name,
+            durable=True,
+            auto_delete=False,
+            arguments={
+                "x-expires": expires_ms,
+                # The newest events are kept: a waiter that never comes back cannot make the
+                # broker hold more than this, and no publisher is ever refused for it.
+                "x-max-length": self.bus.limits.max_resumable_events,
+                "x-overflow": "drop-head",
+            },
         )
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
@@ -310,6 +348,8 @@ class _ResumableSubscription(Subscription):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        # Left by an error or a cancellation, the queue stays (for a comeback) until it expires.
+        kept = exc_type is not None
         try:
             if exc_type is None and self._queue is not None:
                 # The wait finished (an event, or its deadline): its queue is no longer needed.
@@ -320,6 +360,7 @@ class _ResumableSubscription(Subscription):
         finally:
             # Unacknowledged deliveries go back to the queue when the channel closes.
             await self._close_channel()
+            self._release(kept=kept)
 
 
 class AmqpBus(Bus):
@@ -327,10 +368,18 @@ class AmqpBus(Bus):
 
     name = "RabbitMQ"
 
-    def __init__(self, settings: AmqpSettings, *, connection_name: str = APP_ID) -> None:
+    def __init__(
+        self,
+        settings: AmqpSettings,
+        *,
+        connection_name: str = APP_ID,
+        limits: LimitsSettings | None = None,
+    ) -> None:
         if not settings.url:
             raise ConfigurationError("the RabbitMQ bus needs amqp.url (CUSTOMEVENT_AMQP__URL)")
         self.settings = settings
+        self.limits = limits if limits is not None else LimitsSettings()
+        self._resumable = ResumableWaits(self.limits.max_resumable_waits, settings.wait_grace)
         self._url = settings.url
         self._connection_name = connection_name
         self._exchange_name = settings.exchange
@@ -366,10 +415,11 @@ class AmqpBus(Bus):
     async def _exchange_needs_passive_declare(self) -> bool:
         """Declare the exchange if we may; a user without configure permission (an edge or
         backend account, config/rabbitmq/definitions.json) can still use an existing one."""
-        probe = await self._require_connection().channel()
         try:
-            await probe.declare_exchange(
-                self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+            await self._probe(
+                lambda probe: probe.exchange_declare(
+                    self._exchange_name, exchange_type="topic", durable=True
+                )
             )
         except aiormq.exceptions.ChannelAccessRefused:
             log.info("no configure permission on %r: using it as it is", self._exchange_name)
@@ -379,10 +429,27 @@ class AmqpBus(Bus):
                 f"exchange {self._exchange_name!r} exists with other properties than a durable "
                 f"topic exchange: {exc}"
             ) from None
-        finally:
-            if not probe.is_closed:
-                await probe.close()
         return False
+
+    async def _probe(self, method: Callable[[aiormq.abc.AbstractChannel], Awaitable[Any]]) -> bool:
+        """Run one method that the broker may answer by closing the channel (404 for a passive
+        declare that finds nothing): True if it succeeded, False on 404; other refusals raise.
+
+        It runs on a plain aiormq channel of its own. On a robust channel, aio-pika would reopen
+        the channel the broker closed and keep it open for good: one leaked channel per probe.
+        """
+        transport = self._require_connection().transport
+        if transport is None:
+            raise BusUnavailable("not connected to RabbitMQ")
+        channel = await transport.connection.channel()
+        try:
+            await method(channel)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return False
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        return True
 
     async def _connect(self) -> AbstractRobustConnection:
         shown = redact_url(self._url)

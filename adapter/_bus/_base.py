@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import math
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Self
 
 from .._event import Event
-from .._exceptions import ClientStateError, InvalidInput
+from .._exceptions import ClientStateError, InvalidInput, LimitExceeded
 from .._names import Kind, pattern_matches
 
-__all__ = ["Bus", "Subscription", "SubscriptionIndex", "check_wait_id", "seconds_until"]
+__all__ = [
+    "Bus",
+    "ResumableWaits",
+    "Subscription",
+    "SubscriptionIndex",
+    "check_wait_id",
+    "seconds_until",
+]
 
 _WAIT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
@@ -27,6 +35,43 @@ def check_wait_id(wait_id: str | None) -> str | None:
 
 def seconds_until(deadline: datetime) -> float:
     return (deadline - datetime.now(UTC)).total_seconds()
+
+
+class ResumableWaits:
+    """The resumable waits alive in one process, open or kept for a comeback until their
+    deadline plus the grace, bounded by ``limits.max_resumable_waits``: each holds a queue at the
+    broker (or a mailbox in memory), and an open one an AMQP channel."""
+
+    def __init__(self, limit: int, grace: float) -> None:
+        self.limit = limit
+        self._grace = grace
+        self._alive: dict[str, float] = {}  # wait id -> when it may be forgotten (loop time)
+
+    def hold(self, wait_id: str) -> None:
+        """Count an opening wait; ``LimitExceeded`` if that would pass the limit."""
+        now = asyncio.get_running_loop().time()
+        if wait_id not in self._alive and len(self._alive) >= self.limit:
+            for known, until in list(self._alive.items()):
+                if until <= now:
+                    del self._alive[known]
+            if len(self._alive) >= self.limit:
+                raise LimitExceeded(
+                    "too many resumable waits alive in this process",
+                    limit=self.limit,
+                    setting="limits.max_resumable_waits",
+                )
+        self._alive[wait_id] = math.inf
+
+    def release(self, wait_id: str, kept_until: datetime | None) -> None:
+        """A wait closed: forgotten at once when finished, else once its keeping expires."""
+        if kept_until is None:
+            self._alive.pop(wait_id, None)
+            return
+        until = seconds_until(kept_until + timedelta(seconds=self._grace))
+        self._alive[wait_id] = asyncio.get_running_loop().time() + until
+
+    def __len__(self) -> int:
+        return len(self._alive)
 
 
 class Subscription(abc.ABC):

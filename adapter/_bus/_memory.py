@@ -4,14 +4,23 @@ default and fast tests."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Self
 
 from .._event import Event
 from .._names import Kind, pattern_matches, routing_key
-from ._base import Bus, Subscription, SubscriptionIndex, check_wait_id, seconds_until
+from .._settings import LimitsSettings
+from ._base import (
+    Bus,
+    ResumableWaits,
+    Subscription,
+    SubscriptionIndex,
+    check_wait_id,
+    seconds_until,
+)
 
 __all__ = ["MemoryBus"]
 
@@ -22,7 +31,7 @@ class _Mailbox:
 
     binding_key: str
     expires: float
-    events: list[Event] = field(default_factory=list)
+    events: deque[Event]  # bounded: the oldest go first, as with x-max-length at the broker
     attached: _MemorySubscription | None = None
 
 
@@ -55,10 +64,12 @@ class MemoryBus(Bus):
 
     name = "in-process"
 
-    def __init__(self, *, wait_grace: float = 5.0) -> None:
+    def __init__(self, *, wait_grace: float = 5.0, limits: LimitsSettings | None = None) -> None:
         self._grace = wait_grace
+        self.limits = limits if limits is not None else LimitsSettings()
         self._subscriptions = SubscriptionIndex()
         self._mailboxes: dict[str, _Mailbox] = {}
+        self._resumable = ResumableWaits(self.limits.max_resumable_waits, wait_grace)
 
     async def start(self) -> None:
         return None
@@ -82,14 +93,17 @@ class MemoryBus(Bus):
         for sub in subs:
             sub.deliver(event)
         routed = bool(subs)
-        now = asyncio.get_running_loop().time()
-        for wait_id, box in list(self._mailboxes.items()):
-            if box.expires <= now:
-                del self._mailboxes[wait_id]
-            elif box.attached is None and pattern_matches(box.binding_key, key):
+        self._forget_expired(asyncio.get_running_loop().time())
+        for box in self._mailboxes.values():
+            if box.attached is None and pattern_matches(box.binding_key, key):
                 box.events.append(event)
                 routed = True
         return routed
+
+    def _forget_expired(self, now: float) -> None:
+        for wait_id, box in list(self._mailboxes.items()):
+            if box.expires <= now and box.attached is None:
+                del self._mailboxes[wait_id]
 
     def subscribe(
         self, kind: Kind, pattern: str, deadline: datetime, *, wait_id: str | None = None
@@ -97,14 +111,18 @@ class MemoryBus(Bus):
         return _MemorySubscription(self, kind, pattern, deadline, check_wait_id(wait_id))
 
     def _attach(self, sub: _MemorySubscription, wait_id: str | None) -> None:
-        self._subscriptions.add(sub)
         if wait_id is None:
+            self._subscriptions.add(sub)
             return
+        self._resumable.hold(wait_id)
+        self._subscriptions.add(sub)
         box = self._mailboxes.get(wait_id)
         now = asyncio.get_running_loop().time()
         if box is None or box.expires <= now or box.binding_key != sub.binding_key:
+            self._forget_expired(now)
             expires = now + seconds_until(sub.deadline + timedelta(seconds=self._grace))
-            box = self._mailboxes[wait_id] = _Mailbox(sub.binding_key, expires)
+            events: deque[Event] = deque(maxlen=self.limits.max_resumable_events)
+            box = self._mailboxes[wait_id] = _Mailbox(sub.binding_key, expires, events)
         for event in box.events:
             sub.deliver(event)
         box.events.clear()
@@ -117,6 +135,7 @@ class MemoryBus(Bus):
         box = self._mailboxes.get(wait_id)
         if box is None or box.attached is not sub:
             return
+        self._resumable.release(wait_id, sub.deadline if keep else None)
         if keep:
             # The waiter went away without finishing: keep what it had not taken yet.
             box.attached = None
