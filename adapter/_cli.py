@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import NoReturn, TextIO
 
 from ._bus import Bus, check_wait_id
+from ._bus._base import seconds_until
 from ._client import Client, parse_deadline_text
 from ._exceptions import (
     AdapterError,
@@ -30,7 +31,7 @@ from ._exceptions import (
 )
 from ._names import validate_kind, validate_pattern
 from ._properties import parse_properties
-from ._secrets import hash_secret
+from ._secrets import hash_secret, hash_token
 from ._settings import Settings, load_settings
 
 __all__ = ["main", "parse_until"]
@@ -128,10 +129,18 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     bus_options(wait)
 
-    commands.add_parser(
+    hashing = commands.add_parser(
         "hash-secret",
         help="hash a password or token read on stdin, for the config",
-        description="Read a password or token on stdin and print its hash for auth.principals.",
+        description="Read a password (or, with --token, a bearer token) on stdin and print its "
+        "hash for auth.principals: scrypt for a password_hash, a fast keyed hash for a "
+        "token_hash.",
+    )
+    hashing.add_argument(
+        "--token",
+        action="store_true",
+        help="hash a bearer token of at least 32 random characters (e.g. openssl rand -hex 32) "
+        "for token_hash: checked in microseconds instead of scrypt's tens of milliseconds",
     )
     return parser
 
@@ -241,6 +250,12 @@ async def _countdown(name: str, deadline: datetime, stream: TextIO) -> None:
         stream.flush()
 
 
+def _nothing_came(args: argparse.Namespace, kind: str) -> int:
+    if not args.json:
+        print(f"customevent: no {kind} event {args.name!r} before the deadline", file=sys.stderr)
+    return EXIT_DEADLINE
+
+
 async def _wait(args: argparse.Namespace) -> int:
     settings = _settings(args)
     bus, settings, default_kind = _bus_for(args, settings)
@@ -249,10 +264,21 @@ async def _wait(args: argparse.Namespace) -> int:
     check_wait_id(args.wait_id)
     deadline = parse_until(args.until)
     show_countdown = not args.json and sys.stdout.isatty() and sys.stderr.isatty()
-    async with (
-        Client(settings, bus=bus) as client,
-        client.expect(kind, args.name, until=deadline, wait_id=args.wait_id) as waiter,
-    ):
+    async with contextlib.AsyncExitStack() as stack:
+        if seconds_until(deadline) <= 0:
+            return _nothing_came(args, kind)
+        try:
+            # The deadline bounds the connection attempts too: a wait is answered by then.
+            async with asyncio.timeout(max(seconds_until(deadline), 0.0)):
+                client = await stack.enter_async_context(Client(settings, bus=bus))
+                waiter = await stack.enter_async_context(
+                    client.expect(kind, args.name, until=deadline, wait_id=args.wait_id)
+                )
+        except TimeoutError:
+            raise BusUnavailable(
+                f"could not reach the bus before the deadline ({args.until}); nothing was waited "
+                "for"
+            ) from None
         ticker = (
             asyncio.create_task(_countdown(args.name, deadline, sys.stderr), name="countdown")
             if show_countdown
@@ -266,11 +292,7 @@ async def _wait(args: argparse.Namespace) -> int:
                 with contextlib.suppress(asyncio.CancelledError):
                     await ticker
     if event is None:
-        if not args.json:
-            print(
-                f"customevent: no {kind} event {args.name!r} before the deadline", file=sys.stderr
-            )
-        return EXIT_DEADLINE
+        return _nothing_came(args, kind)
     if args.json:
         print(json.dumps(event.to_json(), ensure_ascii=False))
     else:
@@ -279,17 +301,21 @@ async def _wait(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _hash_secret() -> int:
+def _hash_secret(args: argparse.Namespace) -> int:
+    what = "token" if args.token else "password"
     if sys.stdin.isatty():
-        secret = getpass.getpass("password or token: ")
+        secret = getpass.getpass(f"{what}: ")
         if getpass.getpass("again: ") != secret:
             return _fail("the two entries differ", EXIT_USAGE)
     else:
         secret = sys.stdin.read()
         secret = secret.removesuffix("\n").removesuffix("\r")
     if not secret:
-        return _fail("nothing to hash: give the password or token on stdin", EXIT_USAGE)
-    print(hash_secret(secret))
+        return _fail(f"nothing to hash: give the {what} on stdin", EXIT_USAGE)
+    try:
+        print(hash_token(secret) if args.token else hash_secret(secret))
+    except ConfigurationError as exc:
+        return _fail(str(exc), EXIT_USAGE)
     return EXIT_OK
 
 
@@ -309,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
     try:
         if args.command == "hash-secret":
-            return _hash_secret()
+            return _hash_secret(args)
         if args.command == "serve":
             return _serve(args)
         runner = _send if args.command == "send" else _wait

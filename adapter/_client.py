@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Generator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -9,8 +10,15 @@ from types import TracebackType
 from typing import Any, Self
 
 from ._bus import Bus, MemoryBus, Subscription
+from ._bus._base import seconds_until
 from ._event import Event, SendResult, check_event_id
-from ._exceptions import ClientStateError, ConfigurationError, InvalidDeadline, InvalidInput
+from ._exceptions import (
+    BusUnavailable,
+    ClientStateError,
+    ConfigurationError,
+    InvalidDeadline,
+    InvalidInput,
+)
 from ._names import Kind, validate_kind, validate_name, validate_pattern
 from ._properties import check_limits, check_properties, parse_properties
 from ._settings import Settings, load_settings
@@ -33,15 +41,27 @@ def resolve_deadline(until: datetime | timedelta) -> datetime:
 
 _DURATION = re.compile(r"(?P<value>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+# A bind still in flight at the deadline gets this long to finish: the round trip to a daemon or
+# a broker that answers, not the wait for one that does not.
+_BIND_MARGIN = 1.0
+_SECONDS = re.compile(r"\d+(?:\.\d+)?")
 
 
 def parse_deadline_text(text: str, what: str = "the deadline") -> datetime:
-    """A deadline from text: a duration (``30s``, ``5m``, ``1h30m``, ``250ms``) from now, or an
-    RFC 3339 time with a zone. ``what`` names the option or parameter in the error."""
+    """A deadline from text: a duration (``30s``, ``5m``, ``1h30m``, ``250ms``; a bare number is
+    seconds) from now, or an RFC 3339 time with a zone. ``what`` names the option or parameter in
+    the error."""
     text = text.strip()
+    if _SECONDS.fullmatch(text):
+        text += "s"  # a bare number is seconds, in the CLI as over HTTP
+    if text.startswith("-"):
+        raise InvalidInput(f"{what} {text!r} is negative: give a duration from now or a time")
     if text and _DURATION.sub("", text) == "" and _DURATION.match(text):
         seconds = sum(float(m["value"]) * _UNITS[m["unit"]] for m in _DURATION.finditer(text))
-        return datetime.now(UTC) + timedelta(seconds=seconds)
+        try:
+            return datetime.now(UTC) + timedelta(seconds=seconds)
+        except OverflowError:
+            raise InvalidInput(f"{what} {text!r} is too far in the future") from None
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
@@ -59,7 +79,9 @@ def make_bus(settings: Settings) -> Bus:
     if settings.amqp.url:
         from ._bus._amqp import AmqpBus
 
-        return AmqpBus(settings.amqp, limits=settings.limits)
+        return AmqpBus(
+            settings.amqp, connection_name=settings.amqp.connection_name, limits=settings.limits
+        )
     return MemoryBus(wait_grace=settings.amqp.wait_grace, limits=settings.limits)
 
 
@@ -75,8 +97,7 @@ class Expectation:
 
     async def __aenter__(self) -> Self:
         if self._subscription is not None:
-            await self._subscription.__aenter__()
-            self._client._active_waits += 1
+            await self._client._bind(self._subscription)
         return self
 
     async def __aexit__(
@@ -86,8 +107,7 @@ class Expectation:
         tb: TracebackType | None,
     ) -> None:
         if self._subscription is not None:
-            self._client._active_waits -= 1
-            await self._subscription.__aexit__(exc_type, exc, tb)
+            await self._client._unbind(self._subscription, exc_type, exc, tb)
 
     async def get(self) -> Event | None:
         """The event, or None at the deadline; the same answer on every call."""
@@ -150,7 +170,32 @@ class Client:
 
     @property
     def active_waits(self) -> int:
+        """Waits bound right now through this client."""
         return self._active_waits
+
+    async def _bind(self, subscription: Subscription) -> None:
+        """Bind a wait, by its deadline (plus a moment for the round trip) at the latest: a bus
+        that cannot bind it by then (a broker that stopped answering) is unavailable, and the
+        caller hears so in time."""
+        try:
+            remaining = max(seconds_until(subscription.deadline), 0.0)
+            async with asyncio.timeout(remaining + _BIND_MARGIN):
+                await subscription.__aenter__()
+        except TimeoutError:
+            raise BusUnavailable(
+                f"the {self.bus.name} bus could not bind the wait before its deadline"
+            ) from None
+        self._active_waits += 1
+
+    async def _unbind(
+        self,
+        subscription: Subscription,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._active_waits -= 1
+        await subscription.__aexit__(exc_type, exc, tb)
 
     def prepare_event(
         self,

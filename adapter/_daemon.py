@@ -16,6 +16,7 @@ import math
 import signal
 import socket
 from collections.abc import Callable, Generator
+from typing import Any
 
 import uvicorn
 
@@ -23,9 +24,10 @@ from ._bus._amqp import redact_url
 from ._client import Client
 from ._http import create_app
 from ._http._logging import configure_logging
-from ._settings import Settings
+from ._http._protocol import bounded_protocol, raise_file_limit
+from ._settings import HttpSettings, Settings
 
-__all__ = ["serve"]
+__all__ = ["serve", "server_config"]
 
 log = logging.getLogger("adapter.daemon")
 
@@ -88,20 +90,30 @@ async def _run(settings: Settings) -> None:
 
             await stack.enter_async_context(MqttBridge(settings, client))
         app = create_app(settings, client)
-        http = settings.http
-        config = uvicorn.Config(
-            app,
-            host=http.host,
-            port=http.port,
-            ssl_certfile=http.tls_cert_file,
-            ssl_keyfile=http.tls_key_file,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            server_header=False,
-            timeout_graceful_shutdown=math.ceil(http.drain_seconds),
-        )
-        await _Server(config, app.state.gateway.stopping).serve()
+        raise_file_limit(settings.http)
+        gateway = app.state.gateway
+        try:
+            await _Server(server_config(app, settings.http), gateway.stopping).serve()
+        finally:
+            gateway.auth.close()
+
+
+def server_config(app: Any, http: HttpSettings, **overrides: Any) -> uvicorn.Config:
+    """uvicorn's configuration for the daemon's app: bounded connections (``_protocol``), our
+    logging, no lifespan, the drain on stop."""
+    options: dict[str, Any] = {
+        "host": http.host,
+        "port": http.port,
+        "ssl_certfile": http.tls_cert_file,
+        "ssl_keyfile": http.tls_key_file,
+        "http": bounded_protocol(http),
+        "log_config": None,
+        "access_log": False,
+        "lifespan": "off",
+        "server_header": False,
+        "timeout_graceful_shutdown": math.ceil(http.drain_seconds),
+    }
+    return uvicorn.Config(app, **{**options, **overrides})
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -1,7 +1,9 @@
-"""Hashing of passwords and tokens for the config (``customevent hash-secret``), with scrypt.
+"""Hashing of passwords and tokens for the config (``customevent hash-secret``).
 
-A hash reads ``scrypt$<log2 n>$<r>$<p>$<salt>$<digest>`` (salt and digest base64). Verification is
-constant-time; it is deliberately slow, so the daemon caches what it verified.
+Passwords are guessable, so their hash is slow on purpose: ``scrypt$<log2 n>$<r>$<p>$<salt>$
+<digest>``. Tokens are long random strings that nobody can guess, so a fast keyed hash is as safe
+and costs a microsecond instead of tens of milliseconds: ``hmac-sha256$<salt>$<digest>``, the
+HMAC-SHA256 of the token keyed with the salt (both base64). Every comparison is constant-time.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import secrets
 
 from ._exceptions import ConfigurationError
 
-__all__ = ["hash_secret", "verify_secret"]
+__all__ = ["MIN_TOKEN_LENGTH", "hash_secret", "hash_token", "is_slow_hash", "verify_secret"]
 
 _LOG2_N = 14
 _R = 8
 _P = 1
+_TOKEN_SCHEME = "hmac-sha256"
+MIN_TOKEN_LENGTH = 32
 
 
 def _b64(data: bytes) -> str:
@@ -37,8 +41,41 @@ def hash_secret(secret: str) -> str:
     return f"scrypt${_LOG2_N}${_R}${_P}${_b64(salt)}${_b64(digest)}"
 
 
+def hash_token(token: str) -> str:
+    """A salted HMAC-SHA256 of a bearer token (at least ``MIN_TOKEN_LENGTH`` characters: fast
+    to check, because a token that long and random cannot be guessed)."""
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ConfigurationError(
+            f"a token must be at least {MIN_TOKEN_LENGTH} characters of random text (e.g. "
+            "`openssl rand -hex 32`); hash a password without --token"
+        )
+    salt = secrets.token_bytes(16)
+    digest = hmac.new(salt, token.encode("utf-8"), hashlib.sha256).digest()
+    return f"{_TOKEN_SCHEME}${_b64(salt)}${_b64(digest)}"
+
+
+def is_slow_hash(hashed: str) -> bool:
+    """True for a scrypt hash (checked in a worker thread), False for a token's HMAC."""
+    return not hashed.startswith(_TOKEN_SCHEME + "$")
+
+
+def _verify_token(secret: str, hashed: str) -> bool:
+    try:
+        _, salt_text, digest_text = hashed.split("$")
+        salt, digest = _unb64(salt_text), _unb64(digest_text)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"malformed token hash (make one with 'customevent hash-secret --token'): {exc}"
+        ) from None
+    candidate = hmac.new(salt, secret.encode("utf-8", "surrogateescape"), hashlib.sha256).digest()
+    return hmac.compare_digest(candidate, digest)
+
+
 def verify_secret(secret: str, hashed: str) -> bool:
-    """True if ``secret`` matches ``hashed``; raises ``ConfigurationError`` for a malformed hash."""
+    """True if ``secret`` matches ``hashed`` (scrypt or a token's HMAC); raises
+    ``ConfigurationError`` for a malformed hash."""
+    if not is_slow_hash(hashed):
+        return _verify_token(secret, hashed)
     try:
         scheme, log2_n, r, p, salt_text, digest_text = hashed.split("$")
         if scheme != "scrypt":

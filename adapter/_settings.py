@@ -70,6 +70,11 @@ class AmqpSettings(_Section):
         default=None, description="amqp:// or amqps:// URL of RabbitMQ; unset: the in-process bus"
     )
     exchange: str = Field(default="customevents", description="durable topic exchange for events")
+    connection_name: str = Field(
+        default="customevent-bridge",
+        min_length=1,
+        description="name of the connection as RabbitMQ shows it (management UI, rabbitmqctl)",
+    )
     connect_attempts: int = Field(default=6, ge=1, description="first-connection attempts")
     connect_backoff_max: float = Field(
         default=8.0, gt=0, description="longest pause between first-connection attempts, seconds"
@@ -135,7 +140,18 @@ class HttpSettings(_Section):
         default=None, description="external base URL written into the WSDL; unset: from request"
     )
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, description="request body limit")
+    max_header_bytes: int = Field(
+        default=16 * 1024, ge=1024, description="request line and headers of a request, bytes"
+    )
+    header_timeout: float = Field(
+        default=10.0, gt=0, description="time a client has to send a request's head, seconds"
+    )
+    max_connections: int = Field(default=1024, ge=1, description="HTTP connections open at once")
     max_wait: float = Field(default=3600.0, gt=0, description="longest HTTP wait, seconds")
+    max_waits: int = Field(default=1000, ge=1, description="HTTP waits open at once, in all")
+    max_waits_per_caller: int = Field(
+        default=100, ge=1, description="HTTP waits open at once per principal (anonymous: address)"
+    )
     rate_limit: float = Field(
         default=200.0, ge=0, description="sends per second per principal; 0: unlimited"
     )
@@ -163,6 +179,17 @@ class Principal(_Section):
     def _allow(cls, value: list[str]) -> list[str]:
         return _check_patterns(value)
 
+    @field_validator("password_hash")
+    @classmethod
+    def _password_hash(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("scrypt$"):
+            # A fast hash would let a guessable password be tried millions of times a second.
+            raise ValueError(
+                "password_hash must be a scrypt hash from 'customevent hash-secret' (the fast "
+                "--token hash is for bearer tokens only)"
+            )
+        return value
+
 
 class AuthSettings(_Section):
     anonymous: bool = Field(default=False, description="let anyone send external events")
@@ -170,6 +197,18 @@ class AuthSettings(_Section):
         default_factory=lambda: ["#"], description="patterns anonymous callers may use"
     )
     principals: list[Principal] = Field(default_factory=list, description="who may call")
+    hash_workers: int = Field(
+        default=2, ge=1, le=64, description="threads that check passwords (scrypt)"
+    )
+    max_pending_checks: int = Field(
+        default=64, ge=1, description="password checks waiting for a thread; past it: 503"
+    )
+    failure_rate: float = Field(
+        default=1.0, gt=0, description="failed authentications forgiven per second per address"
+    )
+    failure_burst: int = Field(
+        default=20, ge=1, description="failed authentications per address before 429"
+    )
 
     @field_validator("anonymous_allow")
     @classmethod

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import hashlib
+import logging
+import secrets
+import threading
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
 
 import adapter._http._auth as auth_module
-from adapter import Client
-from adapter._http._auth import Authenticator, NotAuthenticated, covers
+from adapter import Client, ConfigurationError
+from adapter._http._auth import (
+    AuthenticationBusy,
+    Authenticator,
+    NotAuthenticated,
+    TooManyFailures,
+    covers,
+)
+from adapter._secrets import hash_secret, hash_token
 from tests.test_http_support import (
     AUTH,
     HEADERS,
@@ -213,3 +226,94 @@ async def test_secrets_never_reach_the_logs(
     assert PASSWORD not in text
     assert "leak-me" not in text
     assert HEADERS["Authorization"].split()[1] not in text
+
+
+@pytest.fixture
+def scrypt_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every scrypt computation from here on (the password hashes of make_settings are made
+    before the fixture starts counting)."""
+    make_settings()
+    calls: list[bytes] = []
+    real = hashlib.scrypt
+
+    def counting(password: bytes, **kwargs: Any) -> bytes:
+        calls.append(password)
+        return real(password, **kwargs)
+
+    monkeypatch.setattr(hashlib, "scrypt", counting)
+    return calls
+
+
+async def test_unknown_tokens_cost_no_scrypt(scrypt_calls: list[bytes]) -> None:
+    # With scrypt token hashes, 200 random tokens once delayed a real user's login by 8.8 s.
+    authenticator = Authenticator(make_settings().auth)
+    for i in range(200):
+        with pytest.raises(NotAuthenticated):
+            await authenticator.authenticate(f"Bearer {secrets.token_hex(32)}", f"10.0.{i}.1")
+    assert scrypt_calls == []
+    caller = await authenticator.authenticate(f"Bearer {TOKEN}", "10.1.0.1")
+    assert caller.name == "ops"
+    assert scrypt_calls == []
+    assert (await authenticator.authenticate(HEADERS["Authorization"], "10.1.0.1")).name == "ops"
+    assert len(scrypt_calls) == 1  # a password is still checked with scrypt, once
+
+
+async def test_failed_authentication_is_limited_per_address(scrypt_calls: list[bytes]) -> None:
+    settings = make_settings(auth={"failure_burst": 5, "failure_rate": 0.01})
+    authenticator = Authenticator(settings.auth)
+    for i in range(5):
+        with pytest.raises(NotAuthenticated):
+            await authenticator.authenticate(
+                basic("ops", f"guess-{i}")["Authorization"], "10.9.9.9"
+            )
+    checks = len(scrypt_calls)
+    with pytest.raises(TooManyFailures, match=r"too many failed authentications from 10\.9"):
+        await authenticator.authenticate(basic("ops", "guess-5")["Authorization"], "10.9.9.9")
+    assert len(scrypt_calls) == checks  # refused before any check
+    # Another address is not affected; a success gives its token back.
+    for _ in range(6):
+        assert (await authenticator.authenticate(f"Bearer {TOKEN}", "10.8.8.8")).name == "ops"
+
+
+async def test_too_many_failures_is_429_and_a_full_hashing_queue_refuses(
+    monkeypatch: pytest.MonkeyPatch, unique_name: str
+) -> None:
+    settings = make_settings(
+        auth={"failure_burst": 2, "failure_rate": 0.01, "hash_workers": 1, "max_pending_checks": 1}
+    )
+    async with Client("memory://") as memory, asgi_client(memory, settings) as http:
+        statuses = [
+            (await http.post(f"/vco/api/customevent/{unique_name}", headers=basic("ops", f"x{i}")))
+            for i in range(3)
+        ]
+        assert [r.status_code for r in statuses] == [401, 401, 429]
+        assert "retry-after" in statuses[-1].headers
+    release = threading.Event()
+    real = auth_module.verify_secret
+
+    def blocking(secret: str, hashed: str) -> bool:
+        release.wait(10)
+        return real(secret, hashed)
+
+    monkeypatch.setattr(auth_module, "verify_secret", blocking)
+    settings = make_settings(auth={"hash_workers": 1, "max_pending_checks": 1})
+    authenticator = Authenticator(settings.auth)
+    first = asyncio.create_task(authenticator.authenticate(basic("ops", "a")["Authorization"]))
+    await asyncio.sleep(0.05)
+    with pytest.raises(AuthenticationBusy, match=r"auth.max_pending_checks"):
+        await authenticator.authenticate(basic("ops", "b")["Authorization"], "10.7.7.7")
+    release.set()
+    with pytest.raises(NotAuthenticated):
+        await first
+    authenticator.close()
+
+
+def test_scrypt_token_hashes_are_warned_about_and_passwords_must_use_scrypt(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    principal = {"name": "slow", "token_hash": hash_secret("t" * 40), "allow": ["#"]}
+    with caplog.at_level(logging.WARNING, logger="adapter.http.auth"):
+        Authenticator(make_settings(auth={"principals": [principal]}).auth)
+    assert "hash-secret --token" in caplog.text
+    with pytest.raises(ConfigurationError, match="password_hash must be a scrypt hash"):
+        make_settings(auth={"principals": [{"name": "x", "password_hash": hash_token("p" * 40)}]})

@@ -264,7 +264,7 @@ def test_config_and_secrets_mounted_where_the_daemon_reads_them(rendered: Render
 
 
 def test_secret_holds_the_secrets_values(chart: helm.Chart) -> None:
-    principals = json.dumps([{"name": "ops", "password_hash": "h", "allow": ["vm.*"]}])
+    principals = json.dumps([{"name": "ops", "password_hash": "scrypt$h", "allow": ["vm.*"]}])
     result = render(chart, {"secrets": {"amqp__url": AMQP_URL, "auth__principals": principals}})
     secret = result.one("Secret")
     decoded = {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
@@ -289,7 +289,7 @@ def test_pod_loads_settings_like_the_daemon(
     for name in list(os.environ):
         if name.startswith("CUSTOMEVENT_"):
             monkeypatch.delenv(name)
-    principals = [{"name": "ops", "password_hash": "h", "allow": ["vm.*"]}]
+    principals = [{"name": "ops", "password_hash": "scrypt$h", "allow": ["vm.*"]}]
     secrets = {"amqp__url": AMQP_URL, "auth__principals": json.dumps(principals)}
     result = render(chart, {"replicaCount": 2, "secrets": secrets})
     config_file = tmp_path / "customevent.toml"

@@ -13,7 +13,14 @@ from adapter import Client
 from adapter._bus import MemoryBus
 from adapter._event import Event
 from adapter._exceptions import BusUnavailable
-from tests.test_http_support import HEADERS, asgi_client, make_settings, until_waiting
+from tests.test_http_support import (
+    HEADERS,
+    LIMITED,
+    asgi_client,
+    basic,
+    make_settings,
+    until_waiting,
+)
 
 
 @pytest.fixture
@@ -320,3 +327,63 @@ async def test_broker_loss_is_503_then_recovers(amqp_url: str, unique_name: str)
                 while (status := (await http.post(path)).status_code) != 200:
                     assert status == 503
                     await asyncio.sleep(0.05)
+
+
+async def test_open_waits_are_capped_per_caller_and_per_daemon(
+    client: Client, unique_name: str
+) -> None:
+    settings = make_settings(http={"max_waits": 3, "max_waits_per_caller": 2})
+    async with asgi_client(client, settings) as http:
+        http.headers.update(HEADERS)
+        held = [await _wait_task(http, unique_name, timeout="20s") for _ in range(2)]
+        await until_waiting(client, 2)
+        refused = await http.get(f"/api/v1/events/{unique_name}/wait", params={"timeout": "5s"})
+        assert refused.status_code == 429
+        assert refused.headers["retry-after"] == "1"
+        assert "limit is 2 (http.max_waits_per_caller)" in refused.json()["detail"]
+        # Another caller still has room, up to the daemon's bound.
+        limited = basic(*LIMITED)
+        other = asyncio.create_task(
+            http.get("/api/v1/events/t.limited.x/wait?timeout=20s", headers=limited)
+        )
+        await until_waiting(client, 3)
+        full = await http.get("/api/v1/events/t.limited.y/wait?timeout=5s", headers=limited)
+        assert full.status_code == 429
+        assert "(http.max_waits)" in full.json()["detail"]
+        await client.send_custom_event(unique_name, kind="external")
+        assert [(await task).status_code for task in held] == [200, 200]
+        again = await http.get(f"/api/v1/events/{unique_name}/wait", params={"timeout": "0.1s"})
+        assert again.status_code == 204
+        await client.send_custom_event("t.limited.x", kind="external")
+        assert (await other).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "words"),
+    [
+        ("POST", "/api/v1/events/t.%ff", "not valid UTF-8 once percent-decoded"),
+        ("POST", "/vco/api/customevent/t.%c3%28", "not valid UTF-8 once percent-decoded"),
+        ("GET", "/api/v1/events/t.%ff/wait?timeout=1s", "not valid UTF-8 once percent-decoded"),
+        ("POST", "/api/v1/events/t.a/b", "must not contain '/'"),
+        ("POST", "/vco/api/customevent/t.a%2Fb", "must not contain '/'"),
+        ("GET", "/api/v1/events/t.a%2Fb/wait?timeout=1s", "must not contain '/'"),
+        ("GET", "/api/v1/events/t.x/wait?timeout=999999999999s", "too far in the future"),
+        ("GET", "/api/v1/events/t.x/wait?timeout=-5s", "negative"),
+    ],
+)
+async def test_odd_paths_and_deadlines_are_400_naming_the_rule(
+    http: httpx.AsyncClient, method: str, path: str, words: str
+) -> None:
+    # These were a send to a name with U+FFFD in it, a bare 404, and a 500 with a traceback.
+    response = await http.request(method, path)
+    assert response.status_code == 400, response.text
+    assert words in response.json()["detail"]
+
+
+async def test_two_authorization_headers_are_400(http: httpx.AsyncClient) -> None:
+    response = await http.post(
+        "/vco/api/customevent/t.x",
+        headers=[("authorization", HEADERS["Authorization"]), ("authorization", "Bearer x")],
+    )
+    assert response.status_code == 400
+    assert "give one Authorization header, not 2" in response.json()["detail"]

@@ -12,15 +12,14 @@ from functools import cache
 from typing import Any
 
 import httpx
-import uvicorn
 
 from adapter import Client, Settings, load_settings
-from adapter._daemon import _Server
+from adapter._daemon import _Server, server_config
 from adapter._http import create_app
-from adapter._secrets import hash_secret
+from adapter._secrets import hash_secret, hash_token
 
 PASSWORD = "correct horse battery staple"
-TOKEN = "tok-4f1c2a9e7d"
+TOKEN = "tok-4f1c2a9e7d0b8c6e5a4f3d2c1b0a9e8d7c6b5a4f"
 AUTH = ("ops", PASSWORD)
 LIMITED = ("limited", "limited-password")
 
@@ -35,7 +34,7 @@ HEADERS = basic(*AUTH)
 
 @cache
 def _hashes() -> tuple[str, str, str]:
-    return hash_secret(PASSWORD), hash_secret(TOKEN), hash_secret(LIMITED[1])
+    return hash_secret(PASSWORD), hash_token(TOKEN), hash_secret(LIMITED[1])
 
 
 def make_settings(amqp_url: str | None = None, **overrides: Any) -> Settings:
@@ -131,14 +130,8 @@ class ThreadedDaemon:
         self._loop = asyncio.get_running_loop()
         async with Client(self.settings) as client:
             self.app = create_app(self.settings, client)
-            config = uvicorn.Config(
-                self.app,
-                host="127.0.0.1",
-                port=0,
-                log_config=None,
-                access_log=False,
-                lifespan="off",
-                timeout_graceful_shutdown=5,
+            config = server_config(
+                self.app, self.settings.http, host="127.0.0.1", port=0, timeout_graceful_shutdown=5
             )
             self._server = _QuietServer(config, self.app.state.gateway.stopping)
             serving = asyncio.create_task(self._server.serve())

@@ -285,3 +285,20 @@ async def test_an_unbind_never_overtakes_a_later_bind_of_the_same_key(
             finally:
                 await new.__aexit__(None, None, None)
     assert missed == []
+
+
+async def test_a_bug_is_not_mistaken_for_an_outage(
+    amqp_url: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A RuntimeError once became BusUnavailable (HTTP 503): bugs looked like broker outages.
+    async with Client(load_settings(amqp={"url": amqp_url})) as client:
+        bus = client.bus
+        assert isinstance(bus, AmqpBus)
+
+        async def broken(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("a bug")
+
+        channel = await bus._publish_channel().get_underlay_channel()
+        monkeypatch.setattr(channel, "basic_publish", broken)
+        with pytest.raises(RuntimeError, match="a bug"):
+            await client.send_custom_event(unique_name)

@@ -48,6 +48,7 @@ from .._event import APP_ID, Event, encode_body, event_from_message
 from .._exceptions import (
     AdapterError,
     BrokerAuthenticationError,
+    BusError,
     BusUnavailable,
     ConfigurationError,
     PublishRejected,
@@ -69,14 +70,17 @@ __all__ = ["AmqpBus", "redact_url"]
 log = logging.getLogger("adapter.amqp")
 
 BUCKET_SECONDS = 10.0
+# What the broker or the link does to us while it is away. Not RuntimeError in general: a bug
+# must surface as one, not pass for an outage.
 _UNAVAILABLE = (
     aiormq.exceptions.AMQPConnectionError,
     aiormq.exceptions.ChannelInvalidStateError,
-    aiormq.exceptions.ConnectionClosed,
     aiormq.exceptions.ChannelClosed,
     ConnectionError,
-    RuntimeError,
 )
+# A clean-up at the broker (an unbind, a queue delete) waits this long at most: what it would
+# remove expires on its own, and a caller's answer must not wait for it.
+_TIDY_SECONDS = 2.0
 
 
 def redact_url(url: str) -> str:
@@ -134,9 +138,12 @@ class _WaitQueue:
             ]
             self.consumer_tag = await self.queue.consume(self._on_message, no_ack=True)
         except BaseException as exc:
-            self.ready.set_exception(exc)
-            # A waiter sees this exception; the future must not log it as never retrieved.
-            self.ready.exception()
+            if isinstance(exc, asyncio.CancelledError):
+                self.ready.cancel()  # the waits sharing this queue see it as unavailable
+            else:
+                self.ready.set_exception(exc)
+                # A waiter sees this exception; the future must not log it as never retrieved.
+                self.ready.exception()
             raise
         self.ready.set_result(None)
 
@@ -197,7 +204,10 @@ class _WaitQueue:
         async with self._key(key) as state:
             state.count -= 1
             if state.count == 0 and at_broker and self.handles and self.members > 1:
-                await self._handle().unbind(self.bus._exchange_name, key)
+                handle = self._handle()
+                await self.bus._tidy(
+                    f"unbind {key!r}", lambda: handle.unbind(self.bus._exchange_name, key)
+                )
 
 
 @dataclass(eq=False)
@@ -208,6 +218,13 @@ class _Key:
     count: int = 0
     users: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+async def _drop(queue: AbstractQueue, consumer_tag: str | None) -> None:
+    # Cancel first, so the broker does not report our own consumer as cancelled.
+    if consumer_tag is not None:
+        await queue.cancel(consumer_tag)
+    await queue.delete(if_unused=False, if_empty=False)
 
 
 def _decode(message: AbstractIncomingMessage) -> Event:
@@ -228,14 +245,15 @@ class _AmqpSubscription(Subscription):
 
     async def __aenter__(self) -> Self:
         self.bus._check_open()
-        wq = await self.bus._wait_queue_for(self.deadline)
-        wq.subscriptions.add(self)
-        try:
-            await wq.bind(self.binding_key)
-        except BaseException:
-            wq.subscriptions.remove(self)
-            await self.bus._leave(wq)
-            raise
+        async with self.bus._broker_call("the wait was not bound"):
+            wq = await self.bus._wait_queue_for(self.deadline)
+            wq.subscriptions.add(self)
+            try:
+                await wq.bind(self.binding_key)
+            except BaseException:
+                wq.subscriptions.remove(self)
+                await self.bus._leave(wq)
+                raise
         self._wq = wq
         return self
 
@@ -249,11 +267,9 @@ class _AmqpSubscription(Subscription):
         if wq is None:
             return
         wq.subscriptions.remove(self)
-        # Past the deadline the whole bucket's queue goes soon: skip the round trip.
         try:
+            # Past the deadline the whole bucket's queue goes soon: skip the round trip.
             await wq.unbind(self.binding_key, at_broker=not self.expired)
-        except _UNAVAILABLE as exc:
-            log.debug("could not unbind %r: %s", self.binding_key, exc)
         finally:
             await self.bus._leave(wq)
 
@@ -277,22 +293,20 @@ class _ResumableSubscription(Subscription):
 
     async def __aenter__(self) -> Self:
         self.bus._check_open()
-        connection = self.bus._require_connection()
         self.bus._resumable.hold(self.wait_id)
         self._held = True
         expires = self.deadline + timedelta(seconds=self.bus.settings.wait_grace)
         expires_ms = max(int(seconds_until(expires) * 1000), 1000)
         try:
-            self._channel = await connection.channel()
-            await self._channel.set_qos(prefetch_count=16)
-            self._queue = await self._declare(self._channel, expires_ms)
-            await self._queue.bind(self.bus._exchange_name, self.binding_key)
-            self._consumer_tag = await self._queue.consume(self._on_message, no_ack=False)
-        except BaseException as exc:
+            async with self.bus._broker_call("the resumable wait was not set up"):
+                self._channel = await self.bus._new_channel()
+                await self._channel.set_qos(prefetch_count=16)
+                self._queue = await self._declare(self._channel, expires_ms)
+                await self._queue.bind(self.bus._exchange_name, self.binding_key)
+                self._consumer_tag = await self._queue.consume(self._on_message, no_ack=False)
+        except BaseException:
             await self._close_channel()
             self._release(kept=False)
-            if isinstance(exc, _UNAVAILABLE):
-                raise BusUnavailable(f"cannot set up the resumable wait: {exc}") from exc
             raise
         return self
 
@@ -339,8 +353,9 @@ class _ResumableSubscription(Subscription):
     async def _close_channel(self) -> None:
         channel, self._channel = self._channel, None
         if channel is not None and not channel.is_closed:
-            with contextlib.suppress(*_UNAVAILABLE):
-                await channel.close()
+            # Even while disconnected: a robust channel not closed would be reopened for good on
+            # the next reconnect.
+            await self.bus._tidy("close a channel", channel.close, connected_only=False)
 
     async def __aexit__(
         self,
@@ -350,13 +365,13 @@ class _ResumableSubscription(Subscription):
     ) -> None:
         # Left by an error or a cancellation, the queue stays (for a comeback) until it expires.
         kept = exc_type is not None
+        queue = self._queue
         try:
-            if exc_type is None and self._queue is not None:
+            if not kept and queue is not None:
                 # The wait finished (an event, or its deadline): its queue is no longer needed.
-                with contextlib.suppress(*_UNAVAILABLE):
-                    if self._consumer_tag is not None:
-                        await self._queue.cancel(self._consumer_tag)
-                    await self._queue.delete(if_unused=False, if_empty=False)
+                await self.bus._tidy(
+                    f"delete {self.queue_name}", lambda: _drop(queue, self._consumer_tag)
+                )
         finally:
             # Unacknowledged deliveries go back to the queue when the channel closes.
             await self._close_channel()
@@ -549,6 +564,44 @@ class AmqpBus(Bus):
             raise BusUnavailable("not connected to RabbitMQ")
         return self._connection
 
+    async def _new_channel(self) -> AbstractRobustChannel:
+        connection = self._require_connection()
+        if connection.transport is None:  # aio-pika would raise a bare RuntimeError
+            raise BusUnavailable("not connected to RabbitMQ")
+        return await connection.channel()
+
+    @contextlib.asynccontextmanager
+    async def _broker_call(self, what: str) -> AsyncIterator[None]:
+        """Around a caller's set-up at the broker (a wait's queue, binding, channel): refused at
+        once while disconnected (a robust channel would wait for the reconnection, however long),
+        bounded by ``amqp.publish_timeout``, and every broker failure a ``BusError``."""
+        if not self.connected:
+            raise BusUnavailable(f"RabbitMQ is not connected; {what}")
+        try:
+            async with asyncio.timeout(self.settings.publish_timeout):
+                yield
+        except TimeoutError:
+            raise BusUnavailable(
+                f"RabbitMQ did not answer within {self.settings.publish_timeout:g}s; {what}"
+            ) from None
+        except aiormq.exceptions.ChannelAccessRefused as exc:
+            raise BusError(f"RabbitMQ refused it ({exc}); {what}") from None
+        except (*_UNAVAILABLE, aiormq.exceptions.AMQPError) as exc:
+            raise BusUnavailable(f"RabbitMQ failed ({exc or type(exc).__name__}); {what}") from None
+
+    async def _tidy(
+        self, what: str, operation: Callable[[], Awaitable[object]], *, connected_only: bool = True
+    ) -> None:
+        """A clean-up at the broker, which must never hold up a caller: skipped while
+        disconnected (what it removes expires on its own), bounded in time, failures logged."""
+        if connected_only and not self.connected:
+            return
+        try:
+            async with asyncio.timeout(_TIDY_SECONDS):
+                await operation()
+        except (TimeoutError, *_UNAVAILABLE, aiormq.exceptions.AMQPError) as exc:
+            log.debug("could not %s: %s", what, exc or type(exc).__name__)
+
     # -- publishing ------------------------------------------------------------------------
 
     async def publish(self, event: Event) -> bool:
@@ -635,12 +688,10 @@ class AmqpBus(Bus):
             wq.members += 1
             try:
                 await wq.open(self._wait_channels, home, max(int(expires * 1000), 1000))
-            except BaseException as exc:
+            except BaseException:
                 wq.members -= 1
                 if self._wait_queues.get(bucket) is wq:
                     del self._wait_queues[bucket]
-                if isinstance(exc, _UNAVAILABLE):
-                    raise BusUnavailable(f"cannot set up a wait queue: {exc}") from exc
                 raise
             return wq
         wq.members += 1
@@ -648,8 +699,14 @@ class AmqpBus(Bus):
             await asyncio.shield(wq.ready)
         except BaseException as exc:
             wq.members -= 1
-            if isinstance(exc, _UNAVAILABLE):
-                raise BusUnavailable(f"cannot set up a wait queue: {exc}") from exc
+            task = asyncio.current_task()
+            if (
+                isinstance(exc, asyncio.CancelledError)
+                and task is not None
+                and not task.cancelling()
+            ):
+                # Not this wait's cancellation: the wait that was opening the queue gave up.
+                raise BusUnavailable("the wait queue could not be set up") from None
             raise
         return wq
 
@@ -660,12 +717,9 @@ class AmqpBus(Bus):
         for bucket, current in list(self._wait_queues.items()):
             if current is wq:
                 del self._wait_queues[bucket]
-        if wq.queue is not None:
-            with contextlib.suppress(*_UNAVAILABLE, aiormq.exceptions.AMQPError):
-                # Cancel first, so the broker does not report our own consumer as cancelled.
-                if wq.consumer_tag is not None:
-                    await wq.queue.cancel(wq.consumer_tag)
-                await wq.queue.delete(if_unused=False, if_empty=False)
+        queue = wq.queue
+        if queue is not None:
+            await self._tidy(f"delete {wq.name}", lambda: _drop(queue, wq.consumer_tag))
 
     @property
     def active_wait_queues(self) -> int:

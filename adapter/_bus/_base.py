@@ -23,13 +23,19 @@ __all__ = [
     "seconds_until",
 ]
 
-_WAIT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+MAX_WAIT_ID = 128
+_WAIT_ID = re.compile(r"[A-Za-z0-9_.:-]+")
 
 
-def check_wait_id(wait_id: str | None) -> str | None:
-    """A resumable wait's id: 1 to 128 of letters, digits and ``_ . : -``."""
-    if wait_id is not None and not _WAIT_ID.fullmatch(wait_id):
-        raise InvalidInput("wait_id must be 1 to 128 characters of A-Z a-z 0-9 _ . : -")
+def check_wait_id(wait_id: str | None, *, reserved: int = 0) -> str | None:
+    """A resumable wait's id: 1 to 128 of letters, digits and ``_ . : -`` (less ``reserved``,
+    the room a front end needs to make the id private to its caller). The one place that says
+    what a wait id may be."""
+    if wait_id is None:
+        return None
+    longest = MAX_WAIT_ID - reserved
+    if not (isinstance(wait_id, str) and len(wait_id) <= longest and _WAIT_ID.fullmatch(wait_id)):
+        raise InvalidInput(f"wait_id must be 1 to {longest} characters of A-Z a-z 0-9 _ . : -")
     return wait_id
 
 

@@ -10,17 +10,17 @@ from fastapi import FastAPI, Query
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import __version__
-from .._bus import check_wait_id
 from .._client import Client
 from .._exceptions import InvalidInput
 from .._properties import loads_json_object
 from .._settings import Settings
-from ._gateway import BUS_RETRY_AFTER, Gateway, HttpError, read_body
+from ._gateway import BUS_RETRY_AFTER, Gateway, HttpError, caller_key, path_name, read_body
 from ._logging import RequestContext
 from ._metrics import RECONNECTS
 from ._soap import soap_router
@@ -35,6 +35,22 @@ _SECURITY_SCHEMES = {
     "basic": {"type": "http", "scheme": "basic"},
     "bearer": {"type": "http", "scheme": "bearer"},
 }
+
+
+class _Anything(Convertor[str]):
+    """A path parameter that takes any text, '/' and line breaks included, so that the name
+    rules refuse it with 400 and their reason, instead of a route that does not match (404)."""
+
+    regex = r"(?s:.+)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anything", _Anything())
 
 
 class SendRequest(BaseModel):
@@ -223,7 +239,7 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
                 raise HttpError(400, "the query gives properties more than once")
             body = await read_body(request, limit)
             text = _properties_text(request, body, queries[0] if queries else None)
-            name = request.path_params["eventName"]
+            name = path_name(request, "eventName")
             result = await gateway.send(request, caller, name, text, source="http")
         return Response(status_code=200, headers={"x-event-id": result.event_id})
 
@@ -241,7 +257,7 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
             result = await gateway.send(
                 request,
                 caller,
-                request.path_params["name"],
+                path_name(request, "name"),
                 payload.properties,
                 source="http",
                 event_id=payload.event_id,
@@ -252,18 +268,18 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
     # machinery cost more than the rest of a send together. Their OpenAPI entries are written
     # out in _SEND_OPERATIONS instead.
     app.router.routes[:0] = [
-        Route(VRO_PATH, vro_send, methods=["POST"]),
-        Route(JSON_PATH, json_send, methods=["POST"]),
+        Route(VRO_PATH.replace("}", ":anything}"), vro_send, methods=["POST"]),
+        Route(JSON_PATH.replace("}", ":anything}"), json_send, methods=["POST"]),
     ]
 
     @app.get(
-        "/api/v1/events/{name}/wait",
+        "/api/v1/events/{name:anything}/wait",
         summary="Wait for an event until a deadline (long poll)",
         response_model=EventOut,
         responses={
             200: {"description": "the event (stream=true: bound; the outcome follows in the body)"},
             204: {"description": "the deadline passed with no event"},
-            **_problems(400, 401, 403, 503),
+            **_problems(400, 401, 403, 429, 503),
         },
         openapi_extra={"security": _SECURITY},
     )
@@ -285,12 +301,8 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
         ),
     ) -> Response:
         caller = await gateway.caller(request)
-        pattern = gateway.authorize_wait(caller, kind, name)
+        pattern = gateway.authorize_wait(caller, kind, path_name(request, "name"))
         deadline = parse_deadline(duration, until, settings.http.max_wait)
-        try:
-            check_wait_id(wait_id)
-        except InvalidInput as exc:
-            raise HttpError(400, str(exc)) from None
         return WaitResponse(
             gateway,
             kind,
@@ -298,6 +310,7 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
             deadline,
             wait_id=scoped(wait_id, caller.name),
             stream=stream,
+            caller_key=caller_key(request, caller),
         )
 
     app.include_router(soap_router(gateway))

@@ -1,9 +1,10 @@
 """Who is calling: HTTP Basic and bearer tokens checked against ``auth.principals``, and what
 event names a caller may use (its ``allow`` patterns).
 
-Secrets are scrypt hashes, slow on purpose. A verified credential is remembered under an HMAC of it
-(keyed with a random per-process key, so the cache never holds anything that reveals the secret);
-a refused one is remembered briefly, so repeating a bad credential costs no scrypt.
+Passwords are scrypt hashes, slow on purpose; tokens a keyed hash, fast (``adapter._secrets``). A
+verified credential is remembered under an HMAC of it (keyed with a random per-process key, so the
+cache never holds anything that reveals the secret); a refused one is remembered briefly, so
+repeating a bad credential costs no check.
 """
 
 from __future__ import annotations
@@ -14,19 +15,29 @@ import binascii
 import hashlib
 import hmac
 import logging
+import math
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
 from .._exceptions import ConfigurationError
 from .._names import pattern_covers as covers
-from .._secrets import hash_secret, verify_secret
+from .._secrets import hash_secret, is_slow_hash, verify_secret
 from .._settings import AuthSettings, Principal
+from ._ratelimit import RateLimiter
 
-__all__ = ["CHALLENGE", "Authenticator", "Caller", "NotAuthenticated", "covers"]
+__all__ = [
+    "CHALLENGE",
+    "AuthenticationBusy",
+    "Authenticator",
+    "Caller",
+    "NotAuthenticated",
+    "TooManyFailures",
+    "covers",
+]
 
 log = logging.getLogger("adapter.http.auth")
 T = TypeVar("T")
@@ -39,6 +50,18 @@ _REFUSED_SECONDS = 5.0
 
 class NotAuthenticated(Exception):
     """No valid credential; the edge answers 401."""
+
+
+class TooManyFailures(Exception):
+    """The calling address failed to authenticate too often; the edge answers 429."""
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class AuthenticationBusy(Exception):
+    """Too many password checks are waiting for a hashing thread; the edge answers 503."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +88,14 @@ def _credential_key(key: bytes, scheme: bytes, credential: bytes) -> bytes:
 
 
 class Authenticator:
-    """Checks ``Authorization`` headers against the configured principals."""
+    """Checks ``Authorization`` headers against the configured principals.
+
+    Work is bounded whatever callers send: a token is checked by a keyed hash (microseconds);
+    a password by scrypt in ``auth.hash_workers`` threads, with at most ``auth.max_pending_checks``
+    waiting (past it: ``AuthenticationBusy``); and a credential not verified before costs the
+    calling address one of its ``auth.failure_burst`` failures (refilled at ``auth.failure_rate``
+    per second, given back on success): past them, ``TooManyFailures`` without any check.
+    """
 
     def __init__(self, settings: AuthSettings) -> None:
         self._settings = settings
@@ -79,13 +109,32 @@ class Authenticator:
         self._refused: OrderedDict[bytes, float] = OrderedDict()
         self._pending: dict[bytes, asyncio.Future[Caller | None]] = {}
         self._decoy: str | None = None
+        self._failures = RateLimiter(settings.failure_rate, settings.failure_burst)
+        self._workers: ThreadPoolExecutor | None = None
+        self._slow_checks = 0
+        for principal in self._with_token:
+            assert principal.token_hash is not None
+            if is_slow_hash(principal.token_hash):
+                log.warning(
+                    "principal %r has a scrypt token_hash: every bearer request with an unknown "
+                    "token then costs a scrypt check; hash the token with "
+                    "'customevent hash-secret --token' instead",
+                    principal.name,
+                )
 
     @property
     def anonymous(self) -> bool:
         return self._anonymous is not None
 
-    async def authenticate(self, authorization: str | None) -> Caller:
-        """The caller named by an ``Authorization`` header; raises ``NotAuthenticated``.
+    def close(self) -> None:
+        """Stop the hashing threads (a check in progress finishes)."""
+        workers, self._workers = self._workers, None
+        if workers is not None:
+            workers.shutdown(wait=False, cancel_futures=True)
+
+    async def authenticate(self, authorization: str | None, peer: str = "unknown") -> Caller:
+        """The caller named by an ``Authorization`` header from address ``peer``; raises
+        ``NotAuthenticated``, ``TooManyFailures`` or ``AuthenticationBusy``.
 
         Without a header the caller is anonymous when ``auth.anonymous`` is on. A header that is
         present but wrong is refused even then: a typo must not silently drop privileges.
@@ -105,6 +154,14 @@ class Authenticator:
         if caller is not None:
             self._verified.move_to_end(key)
             return caller
+        # Anything else may be a guess: it costs the address one of its failures up front, so
+        # that concurrent guesses cannot all be checked before the first one fails.
+        delay = self._failures.acquire(peer)
+        if delay > 0:
+            raise TooManyFailures(
+                f"too many failed authentications from {peer}; retry in {math.ceil(delay)}s",
+                retry_after=math.ceil(delay),
+            )
         refused_until = self._refused.get(key)
         if refused_until is not None and refused_until > time.monotonic():
             raise NotAuthenticated("invalid credentials")
@@ -118,6 +175,7 @@ class Authenticator:
         if found is None:
             self._remember(self._refused, key, time.monotonic() + _REFUSED_SECONDS, _REFUSED_MAX)
             raise NotAuthenticated("invalid credentials")
+        self._failures.refund(peer)
         self._remember(self._verified, key, found, _VERIFIED_MAX)
         return found
 
@@ -141,15 +199,12 @@ class Authenticator:
             hashed = principal.password_hash if principal is not None else None
             if principal is None or hashed is None:
                 # Spend the same time as a real check, so a probe cannot tell users apart.
-                await asyncio.to_thread(verify_secret, password or "-", await self._decoy_hash())
+                await self._check_secret(password or "-", await self._decoy_hash())
                 return None
             return await self._check(principal, password, hashed, "password_hash")
-        return await self._check_token(credential, self._with_token)
-
-    async def _check_token(self, token: str, candidates: Sequence[Principal]) -> Caller | None:
-        for principal in candidates:
+        for principal in self._with_token:
             assert principal.token_hash is not None
-            found = await self._check(principal, token, principal.token_hash, "token_hash")
+            found = await self._check(principal, credential, principal.token_hash, "token_hash")
             if found is not None:
                 return found
         return None
@@ -158,13 +213,32 @@ class Authenticator:
         self, principal: Principal, secret: str, hashed: str, field: str
     ) -> Caller | None:
         try:
-            ok = await asyncio.to_thread(verify_secret, secret, hashed)
+            ok = await self._check_secret(secret, hashed)
         except ConfigurationError as exc:
             log.error("principal %r has an unusable %s: %s", principal.name, field, exc)
             return None
         if not ok:
             return None
         return Caller(principal.name, tuple(principal.allow), tuple(principal.read_internal))
+
+    async def _check_secret(self, secret: str, hashed: str) -> bool:
+        if not is_slow_hash(hashed):
+            return verify_secret(secret, hashed)
+        if self._slow_checks >= self._settings.max_pending_checks:
+            raise AuthenticationBusy(
+                f"{self._slow_checks} password checks are already waiting "
+                "(auth.max_pending_checks); retry in a moment"
+            )
+        if self._workers is None:
+            self._workers = ThreadPoolExecutor(
+                self._settings.hash_workers, thread_name_prefix="customevent-scrypt"
+            )
+        self._slow_checks += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._workers, verify_secret, secret, hashed)
+        finally:
+            self._slow_checks -= 1
 
     async def _decoy_hash(self) -> str:
         if self._decoy is None:

@@ -9,6 +9,7 @@ import contextlib
 import math
 import time
 from collections.abc import Iterator, Mapping
+from urllib.parse import unquote_to_bytes
 
 from starlette.requests import Request
 
@@ -18,15 +19,31 @@ from .._exceptions import (
     BusError,
     ClientStateError,
     InvalidInput,
+    LimitExceeded,
     PropertiesTooLarge,
 )
 from .._names import validate_name, validate_pattern
 from .._settings import Settings
-from ._auth import CHALLENGE, Authenticator, Caller, NotAuthenticated
+from ._auth import (
+    CHALLENGE,
+    AuthenticationBusy,
+    Authenticator,
+    Caller,
+    NotAuthenticated,
+    TooManyFailures,
+)
 from ._metrics import PUBLISH_SECONDS, SENDS
 from ._ratelimit import RateLimiter
 
-__all__ = ["BUS_RETRY_AFTER", "Gateway", "HttpError", "read_body"]
+__all__ = [
+    "BUS_RETRY_AFTER",
+    "Gateway",
+    "HttpError",
+    "WaitCounter",
+    "caller_key",
+    "path_name",
+    "read_body",
+]
 
 BUS_RETRY_AFTER = 1
 _OUTCOMES = {
@@ -76,6 +93,20 @@ def unavailable(exc: Exception) -> HttpError:
     )
 
 
+def path_name(request: Request, parameter: str) -> str:
+    """An event name from the path, refused (400) when its percent-encoding is not UTF-8: the
+    server decodes such bytes to U+FFFD, which would send (or wait on) another name."""
+    name: str = request.path_params[parameter]
+    if "\ufffd" in name:
+        try:
+            unquote_to_bytes(request.scope.get("raw_path", b"")).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise HttpError(
+                400, f"the event name is not valid UTF-8 once percent-decoded ({exc.reason})"
+            ) from None
+    return name
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, read in pieces and refused (413) as soon as it passes ``limit``."""
     declared = request.headers.get("content-length")
@@ -91,6 +122,43 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+class WaitCounter:
+    """The HTTP waits open at once, per daemon (``http.max_waits``) and per caller
+    (``http.max_waits_per_caller``)."""
+
+    def __init__(self, total: int, per_caller: int) -> None:
+        self.total = total
+        self.per_caller = per_caller
+        self._open = 0
+        self._by_caller: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def holding(self, caller: str) -> Iterator[None]:
+        """One wait of ``caller`` for the block; ``LimitExceeded`` if it does not fit."""
+        held = self._by_caller.get(caller, 0)
+        if held >= self.per_caller:
+            raise LimitExceeded(
+                "too many waits open for this caller",
+                limit=self.per_caller,
+                setting="http.max_waits_per_caller",
+            )
+        if self._open >= self.total:
+            raise LimitExceeded(
+                "too many waits open in this daemon", limit=self.total, setting="http.max_waits"
+            )
+        self._open += 1
+        self._by_caller[caller] = held + 1
+        try:
+            yield
+        finally:
+            self._open -= 1
+            left = self._by_caller[caller] - 1
+            if left:
+                self._by_caller[caller] = left
+            else:
+                del self._by_caller[caller]
+
+
 class Gateway:
     """Authentication, authorization, rate limiting and publishing for the HTTP front ends."""
 
@@ -99,15 +167,28 @@ class Gateway:
         self.client = client
         self.auth = Authenticator(settings.auth)
         self.limiter = RateLimiter(settings.http.rate_limit, settings.http.rate_burst)
+        self.waits = WaitCounter(settings.http.max_waits, settings.http.max_waits_per_caller)
         # Set when the daemon begins to stop: open waits end, readiness turns false.
         self.stopping = asyncio.Event()
 
     async def caller(self, request: Request) -> Caller:
-        """The authenticated caller of a request, or 401."""
+        """The authenticated caller of a request, or 401 (400 for two credentials)."""
+        given = request.headers.getlist("authorization")
+        if len(given) > 1:
+            raise HttpError(400, f"give one Authorization header, not {len(given)}")
         try:
-            caller = await self.auth.authenticate(request.headers.get("authorization"))
+            caller = await self.auth.authenticate(given[0] if given else None, _peer(request))
         except NotAuthenticated as exc:
             raise HttpError(401, str(exc), headers={"WWW-Authenticate": CHALLENGE}) from None
+        except TooManyFailures as exc:
+            raise HttpError(429, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
+        except AuthenticationBusy as exc:
+            raise HttpError(
+                503,
+                f"authentication is busy: {exc}",
+                headers={"Retry-After": str(BUS_RETRY_AFTER)},
+                fault="Server",
+            ) from None
         request.state.principal = caller.name
         return caller
 
@@ -166,8 +247,7 @@ class Gateway:
     ) -> SendResult:
         """Publish an external event for the caller; returns once the bus confirmed it."""
         self.authorize(caller, name)
-        rate_key = caller.name if caller.name is not None else f"anonymous@{_peer(request)}"
-        delay = self.limiter.acquire(rate_key)
+        delay = self.limiter.acquire(caller_key(request, caller))
         if delay > 0:
             raise HttpError(
                 429,
@@ -192,6 +272,11 @@ class Gateway:
             raise unavailable(exc) from None
         PUBLISH_SECONDS.observe(time.perf_counter() - started)
         return result
+
+
+def caller_key(request: Request, caller: Caller) -> str:
+    """What per-caller bounds count by: the principal, or an anonymous caller's address."""
+    return caller.name if caller.name is not None else f"anonymous@{_peer(request)}"
 
 
 def _who(caller: Caller) -> str:

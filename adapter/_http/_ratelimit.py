@@ -42,6 +42,12 @@ class RateLimiter:
             return 0.0
         return (1.0 - bucket.tokens) / self.rate
 
+    def refund(self, key: str) -> None:
+        """Give back a token taken by ``acquire`` (the work it paid for turned out free)."""
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            bucket.tokens = min(self.burst, bucket.tokens + 1.0)
+
     def _forget_full(self, now: float) -> None:
         # A bucket that has refilled is the same as a new one: dropping it loses nothing.
         for key, bucket in list(self._buckets.items()):

@@ -22,9 +22,10 @@ from typing import Any
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from .._bus import check_wait_id
 from .._client import parse_deadline_text
 from .._event import Event
-from .._exceptions import BusError, ClientStateError, InvalidInput
+from .._exceptions import BusError, ClientStateError, InvalidInput, LimitExceeded
 from .._names import Kind
 from ._gateway import BUS_RETRY_AFTER, Gateway, HttpError
 from ._metrics import ACTIVE_WAITS, WAITS
@@ -34,7 +35,6 @@ __all__ = ["HEARTBEAT_SECONDS", "WAIT_BOUND_HEADER", "WaitResponse", "parse_dead
 HEARTBEAT_SECONDS = 15.0
 WAIT_BOUND_HEADER = "x-customevent-wait"
 WAIT_BOUND = WAIT_BOUND_HEADER.encode()
-MAX_WAIT_ID = 100
 _STOPPING = "the daemon is shutting down; wait again (with the same wait_id to resume)"
 
 
@@ -44,8 +44,6 @@ def parse_deadline(timeout: str | None, until: str | None, max_wait: float) -> d
         raise HttpError(400, "give the deadline as either timeout= (30s, 5m) or until= (RFC 3339)")
     text = timeout if timeout is not None else until
     assert text is not None
-    if timeout is not None and timeout.replace(".", "", 1).isdigit():
-        text = f"{timeout}s"
     try:
         deadline = parse_deadline_text(text, "timeout" if timeout is not None else "until")
     except InvalidInput as exc:
@@ -56,13 +54,17 @@ def parse_deadline(timeout: str | None, until: str | None, max_wait: float) -> d
 
 
 def scoped(wait_id: str | None, principal: str | None) -> str | None:
-    """A wait id private to its principal, so nobody resumes another caller's wait."""
+    """A wait id private to its principal, so nobody resumes another caller's wait; 400 for an
+    id that is not one."""
     if wait_id is None:
         return None
-    if len(wait_id) > MAX_WAIT_ID:
-        raise HttpError(400, f"wait_id must be at most {MAX_WAIT_ID} characters")
     owner = hashlib.sha256((principal or "").encode("utf-8", "surrogateescape")).hexdigest()
-    return f"h{owner[:16]}-{wait_id}"
+    prefix = f"h{owner[:16]}-"
+    try:
+        check_wait_id(wait_id, reserved=len(prefix))
+    except InvalidInput as exc:
+        raise HttpError(400, str(exc)) from None
+    return prefix + wait_id
 
 
 class _Interrupted(Exception):
@@ -90,9 +92,11 @@ class WaitResponse(Response):
         *,
         wait_id: str | None,
         stream: bool,
+        caller_key: str,
     ) -> None:
         super().__init__(status_code=200)
         self._gateway = gateway
+        self._caller_key = caller_key
         self._kind = kind
         self._pattern = pattern
         self._deadline = deadline
@@ -102,7 +106,11 @@ class WaitResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await self._wait(receive, send)
+            with self._gateway.waits.holding(self._caller_key):
+                await self._wait(receive, send)
+        except LimitExceeded as exc:
+            WAITS.labels("refused").inc()
+            await self._finish(send, 429, {"detail": str(exc)}, retry_after=exc.retry_after)
         except _Interrupted as stop:
             if stop.args:
                 WAITS.labels("interrupted").inc()
@@ -162,14 +170,27 @@ class WaitResponse(Response):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    async def _start(self, send: Send, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    async def _start(
+        self,
+        send: Send,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        retry_after: int = BUS_RETRY_AFTER,
+    ) -> None:
         headers = [(b"cache-control", b"no-store"), *headers]
-        if status == 503:
-            headers.append((b"retry-after", str(BUS_RETRY_AFTER).encode()))
+        if status in (429, 503):
+            headers.append((b"retry-after", str(retry_after).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         self._started = True
 
-    async def _finish(self, send: Send, status: int, body: dict[str, Any] | None) -> None:
+    async def _finish(
+        self,
+        send: Send,
+        status: int,
+        body: dict[str, Any] | None,
+        *,
+        retry_after: int = BUS_RETRY_AFTER,
+    ) -> None:
         if self._started:
             # Stream mode: the status line went out when the wait was bound; the outcome is in
             # the body.
@@ -187,5 +208,5 @@ class WaitResponse(Response):
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(content)).encode()),
             ]
-        await self._start(send, status, headers)
+        await self._start(send, status, headers, retry_after)
         await send({"type": "http.response.body", "body": content})

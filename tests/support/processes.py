@@ -36,12 +36,12 @@ class Daemon:
         self.url = f"http://127.0.0.1:{self.port}"
         LOGS.mkdir(parents=True, exist_ok=True)
         self.log_path = LOGS / f"{name}.log"
-        self.env = clean_env(
-            CUSTOMEVENT_HTTP__PORT=str(self.port),
-            CUSTOMEVENT_HTTP__RATE_LIMIT="0",
-            CUSTOMEVENT_AUTH__ANONYMOUS="true",
-            **env,
-        )
+        defaults = {
+            "CUSTOMEVENT_HTTP__PORT": str(self.port),
+            "CUSTOMEVENT_HTTP__RATE_LIMIT": "0",
+            "CUSTOMEVENT_AUTH__ANONYMOUS": "true",
+        }
+        self.env = clean_env(**{**defaults, **env})
         self.process: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
 

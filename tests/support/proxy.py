@@ -27,6 +27,8 @@ class Proxy:
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     @classmethod
     def in_front_of(cls, url: str, *, server_ssl: ssl.SSLContext | None = None) -> Proxy:
@@ -78,6 +80,13 @@ class Proxy:
     def restore(self) -> None:
         self.accepting = True
 
+    def stall(self) -> None:
+        """Keep every connection open but pass nothing on: a broker that stopped answering."""
+        self._flowing.clear()
+
+    def unstall(self) -> None:
+        self._flowing.set()
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if not self.accepting:
             writer.transport.abort()
@@ -102,6 +111,7 @@ class Proxy:
     ) -> None:
         try:
             while data := await source.read(65536):
+                await self._flowing.wait()
                 sink.write(data)
                 await sink.drain()
         except (OSError, ssl.SSLError, asyncio.IncompleteReadError):
