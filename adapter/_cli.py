@@ -172,7 +172,7 @@ def _bus_for(args: argparse.Namespace, settings: Settings) -> tuple[Bus | None, 
             )
         return None, settings, "internal"
     if url.startswith(("http://", "https://")):
-        from ._remote import HttpBus
+        from ._bus._http import HttpBus
 
         return HttpBus(url, token=os.environ.get("CUSTOMEVENT_TOKEN")), settings, "external"
     raise ConfigurationError(f"--url must be amqp://, amqps://, http:// or https://, not {url!r}")

@@ -68,8 +68,24 @@ def bus_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
+def kind(bus_kind: str) -> str:
+    """The kind a behaviour test sends and waits on: through a bridge daemon (``http``) only
+    external events travel; elsewhere the library's default, internal."""
+    return "external" if bus_kind == "http" else "internal"
+
+
+@pytest.fixture
 async def client(bus_kind: str, request: pytest.FixtureRequest) -> AsyncIterator[Client]:
-    """A client on the in-process bus or on the real RabbitMQ: one behaviour suite for both."""
+    """A client on the in-process bus or on the real RabbitMQ: one behaviour suite for both.
+    A test that also holds through a bridge daemon parametrizes ``bus_kind`` with ``http``: the
+    client is then ``Client("http://ops:...@daemon")`` against a daemon on the in-process bus."""
+    if bus_kind == "http":
+        from tests.test_http_support import ThreadedDaemon, make_settings, url_with_credentials
+
+        with ThreadedDaemon(make_settings(None, http={"max_wait": 600.0})) as daemon:
+            async with Client(url_with_credentials(daemon)) as opened:
+                yield opened
+        return
     if bus_kind == "rabbitmq":
         url = request.getfixturevalue("amqp_url")
         settings = load_settings(amqp={"url": url, "wait_grace": 2.0})

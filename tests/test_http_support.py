@@ -10,6 +10,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from functools import cache
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import uvicorn
@@ -133,6 +134,8 @@ class ThreadedDaemon:
                 self.app,
                 host="127.0.0.1",
                 port=0,
+                ssl_certfile=self.settings.http.tls_cert_file,
+                ssl_keyfile=self.settings.http.tls_key_file,
                 log_config=None,
                 access_log=False,
                 lifespan="off",
@@ -146,7 +149,8 @@ class ThreadedDaemon:
                     raise RuntimeError("the daemon stopped while starting")
                 await asyncio.sleep(0.01)
             self.port = self._server.servers[0].sockets[0].getsockname()[1]
-            self.url = f"http://127.0.0.1:{self.port}"
+            scheme = "https" if self.settings.http.tls_cert_file else "http"
+            self.url = f"{scheme}://127.0.0.1:{self.port}"
             self._ready.set()
             await serving
 
@@ -168,6 +172,14 @@ def bound_wait(
         assert response.status_code == 200, response.read()
         assert response.headers["x-customevent-wait"] == "bound"
         yield lambda: json.loads(response.read())
+
+
+def url_with_credentials(
+    daemon: ThreadedDaemon, user: str = "ops", password: str = PASSWORD
+) -> str:
+    """The daemon's URL with Basic credentials in it, as ``Client`` and ``--url`` take them."""
+    scheme, _, address = daemon.url.partition("://")
+    return f"{scheme}://{user}:{quote(password, safe='')}@{address}"
 
 
 def daemon_settings(bus_kind: str, amqp_url: str | None, **overrides: Any) -> Settings:
