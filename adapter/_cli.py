@@ -70,7 +70,12 @@ def _build_parser() -> argparse.ArgumentParser:
         description="vRO-style custom events on RabbitMQ and MQTT: serve the bridge, "
         "send events, wait for them.",
     )
-    parser.add_argument("--version", action="version", version=f"customevent {__version__}")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"customevent {__version__}",
+        help="print the installed package's version and exit",
+    )
     parser.add_argument(
         "--config", metavar="FILE", help="TOML settings file (default: $CUSTOMEVENT_CONFIG)"
     )

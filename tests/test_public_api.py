@@ -57,4 +57,3 @@ def test_adapter_testing_all_is_pinned() -> None:
     assert sorted(adapter.testing.__all__) == TESTING
     for name in adapter.testing.__all__:
         assert hasattr(adapter.testing, name), name
-
