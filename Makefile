@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: install serve test lint bench docs
+.PHONY: install serve test lint bench docs image
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,3 +33,9 @@ docs: install
 
 bench: install
 	$(PY) bench/run.py all
+
+# The daemon's image, tagged with the package version: `make image IMAGE=registry.example.com/x`.
+# Needs docker (with its engine running) or podman; says what to do instead when neither can build.
+IMAGE ?= customevent-bridge
+image:
+	scripts/build-image.sh $(IMAGE)

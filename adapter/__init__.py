@@ -33,8 +33,7 @@ from ._names import (
 from ._properties import parse_properties, serialize_properties
 from ._settings import Settings, load_settings
 from ._sync import SyncClient
-
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "KINDS",

@@ -2,7 +2,9 @@
 
 Exit codes: 0 done; 2 ``wait`` reached its deadline with nothing received; 64 bad usage or input;
 69 the bus or daemon is unavailable; 77 the broker or daemon refused the credentials; 78 bad
-configuration; 1 anything else.
+configuration, or ``serve`` cannot listen on ``http.host:http.port`` (a port in use: choose
+another with ``http.port`` or ``CUSTOMEVENT_HTTP__PORT``); 130 interrupted (Ctrl-C); 1 anything
+else.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import NoReturn, TextIO
 
 from ._bus import Bus, check_wait_id
 from ._bus._base import seconds_until
-from ._client import Client, parse_deadline_text
+from ._client import Client, make_bus, parse_deadline_text
 from ._exceptions import (
     AdapterError,
     BrokerAuthenticationError,
@@ -33,8 +35,9 @@ from ._names import validate_kind, validate_pattern
 from ._properties import parse_properties
 from ._secrets import hash_secret, hash_token
 from ._settings import Settings, load_settings
+from ._version import __version__
 
-__all__ = ["main", "parse_until"]
+__all__ = ["main", "parse_until", "subcommands"]
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -43,10 +46,16 @@ EXIT_USAGE = 64
 EXIT_UNAVAILABLE = 69
 EXIT_NOPERM = 77
 EXIT_CONFIG = 78
+EXIT_INTERRUPTED = 130
 
 
 def parse_until(text: str) -> datetime:
     """A deadline from ``--until``: a duration (``30s``, ``5m``, ``1h30m``) or an RFC 3339 time."""
+    if text.strip().startswith("-"):
+        raise InvalidInput(
+            f"--until {text!r}: a deadline cannot be negative; give a duration from now "
+            "(30s, 5m, 1h) or an RFC 3339 time (2026-01-02T15:04:05Z)"
+        )
     return parse_deadline_text(text, "--until")
 
 
@@ -61,6 +70,12 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="customevent",
         description="vRO-style custom events on RabbitMQ and MQTT: serve the bridge, "
         "send events, wait for them.",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"customevent {__version__}",
+        help="print the installed package's version and exit",
     )
     parser.add_argument(
         "--config", metavar="FILE", help="TOML settings file (default: $CUSTOMEVENT_CONFIG)"
@@ -166,25 +181,28 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(getattr(args, "sub_config", None) or args.config)
 
 
-def _bus_for(args: argparse.Namespace, settings: Settings) -> tuple[Bus | None, Settings, str]:
-    """The bus to use and the default kind for it."""
-    url = args.url or settings.amqp.url
-    if url is None:
+def _bus_for(args: argparse.Namespace, settings: Settings) -> tuple[Bus, str]:
+    """The bus ``send`` and ``wait`` use (``--url``, else ``amqp.url``, else the local daemon),
+    and what chose it, for the user."""
+    if args.url:
+        url, origin = args.url, "--url"
+        if not url.startswith(("amqp://", "amqps://", "http://", "https://")):
+            raise ConfigurationError(
+                f"--url must be amqp://, amqps://, http:// or https://, not {url!r}"
+            )
+    elif settings.amqp.url:
+        url = settings.amqp.url
+        origin = (
+            "set by CUSTOMEVENT_AMQP__URL"
+            if os.environ.get("CUSTOMEVENT_AMQP__URL")
+            else "amqp.url in the settings"
+        )
+    else:
         host = settings.http.host
         host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
         scheme = "https" if settings.http.tls_cert_file else "http"
-        url = f"{scheme}://{host}:{settings.http.port}"
-    if url.startswith(("amqp://", "amqps://")):
-        if url != settings.amqp.url:
-            settings = settings.model_copy(
-                update={"amqp": settings.amqp.model_copy(update={"url": url})}
-            )
-        return None, settings, "internal"
-    if url.startswith(("http://", "https://")):
-        from ._remote import HttpBus
-
-        return HttpBus(url, token=os.environ.get("CUSTOMEVENT_TOKEN")), settings, "external"
-    raise ConfigurationError(f"--url must be amqp://, amqps://, http:// or https://, not {url!r}")
+        url, origin = f"{scheme}://{host}:{settings.http.port}", "no amqp.url is set"
+    return make_bus(settings, url), origin
 
 
 def _collect_properties(args: argparse.Namespace, settings: Settings) -> dict[str, str]:
@@ -216,9 +234,9 @@ def _collect_properties(args: argparse.Namespace, settings: Settings) -> dict[st
 
 async def _send(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    bus, settings, default_kind = _bus_for(args, settings)
+    bus, _ = _bus_for(args, settings)
     properties = _collect_properties(args, settings)
-    kind = args.kind or default_kind
+    kind = args.kind or bus.default_kind
     client = Client(settings, bus=bus)
     # Validate before connecting: bad input should not wait for the broker's retries.
     event = client.prepare_event(
@@ -236,6 +254,11 @@ async def _send(args: argparse.Namespace) -> int:
             "was bound, so nobody received it"
         )
     return EXIT_OK
+
+
+def _until_text(deadline: datetime) -> str:
+    left = (deadline - datetime.now(UTC)).total_seconds()
+    return f"up to {max(0, round(left))}s (until {deadline:%Y-%m-%dT%H:%M:%SZ})"
 
 
 async def _countdown(name: str, deadline: datetime, stream: TextIO) -> None:
@@ -258,11 +281,21 @@ def _nothing_came(args: argparse.Namespace, kind: str) -> int:
 
 async def _wait(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    bus, settings, default_kind = _bus_for(args, settings)
-    kind = validate_kind(args.kind or default_kind)
+    bus, origin = _bus_for(args, settings)
+    kind = validate_kind(args.kind or bus.default_kind)
     validate_pattern(args.name)
     check_wait_id(args.wait_id)
     deadline = parse_until(args.until)
+    if not args.json:
+        # Which bus and kind: a wait on the wrong one (a leftover CUSTOMEVENT_AMQP__URL) would
+        # otherwise look like an event that never came.
+        what = "matching" if "*" in args.name or "#" in args.name else "named"
+        print(
+            f"customevent: waiting {_until_text(deadline)} for an {kind} event {what} "
+            f"{args.name!r} on {bus.where} ({origin})",
+            file=sys.stderr,
+            flush=True,
+        )
     show_countdown = not args.json and sys.stdout.isatty() and sys.stderr.isatty()
     async with contextlib.AsyncExitStack() as stack:
         if seconds_until(deadline) <= 0:
@@ -326,13 +359,65 @@ def _serve(args: argparse.Namespace) -> int:
     return code
 
 
+class _OwnRecords(logging.Filter):
+    """Lets through only this package's log records: aio-pika, aiormq, httpx and asyncio log
+    what the CLI already says in its own words (each failed connection attempt, a lost
+    transport), and their lines would only confuse a terminal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name == "adapter" or record.name.startswith("adapter.")
+
+
+def _configure_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("customevent: %(message)s"))
+    handler.addFilter(_OwnRecords())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+
+
+def _option_values_first(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``--until -5s`` as ``--until=-5s``: argparse reads a value that starts with ``-`` as an
+    option ("expected one argument"); joined, the value reaches the command's own check."""
+    commands = [parser, *subcommands(parser).values()]
+    known = {flag for command in commands for flag in command._option_string_actions}
+    takes_value = {
+        flag
+        for command in commands
+        for action in command._actions
+        if action.nargs is None
+        for flag in action.option_strings
+    }
+    joined: list[str] = []
+    for position, item in enumerate(argv):
+        if item == "--":
+            return joined + argv[position:]
+        previous = joined[-1] if joined else None
+        if previous in takes_value and item.startswith("-") and item not in known:
+            joined[-1] = f"{previous}={item}"
+        else:
+            joined.append(item)
+    return joined
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parser's subcommands by name (also read by the docs' CLI reference)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``customevent`` command."""
-    args = _build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="customevent: %(message)s")
-    # aio-pika logs each failed connection attempt again; our retry loop already says it once.
-    for noisy in ("aio_pika", "aiormq"):
-        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    parser = _build_parser()
+    args = parser.parse_args(
+        _option_values_first(parser, list(sys.argv[1:] if argv is None else argv))
+    )
+    _configure_logging()
     try:
         if args.command == "hash-secret":
             return _hash_secret(args)
@@ -343,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AdapterError as exc:
         return _fail(str(exc), _exit_code(exc))
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections.abc import Generator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -74,15 +75,39 @@ def parse_deadline_text(text: str, what: str = "the deadline") -> datetime:
     return resolve_deadline(moment)
 
 
-def make_bus(settings: Settings) -> Bus:
-    """The bus the settings ask for: RabbitMQ when ``amqp.url`` is set, else in-process."""
-    if settings.amqp.url:
-        from ._bus._amqp import AmqpBus
+_BUS_SCHEMES = ("amqp://", "amqps://", "http://", "https://", "memory://")
 
-        return AmqpBus(
-            settings.amqp, connection_name=settings.amqp.connection_name, limits=settings.limits
+
+def _check_bus_url(url: str) -> str:
+    if not url.startswith(_BUS_SCHEMES):
+        raise ConfigurationError(
+            "a bus URL is amqp://, amqps:// (RabbitMQ), http://, https:// (a bridge daemon) or "
+            f"memory:// (in-process), not {url.split(':')[0]!r}"
         )
-    return MemoryBus(wait_grace=settings.amqp.wait_grace, limits=settings.limits)
+    return url
+
+
+def make_bus(settings: Settings, url: str | None = None, *, token: str | None = None) -> Bus:
+    """The bus for ``url``: ``amqp(s)://`` RabbitMQ, ``http(s)://`` a bridge daemon (``token``
+    a bearer token, default ``$CUSTOMEVENT_TOKEN``), ``memory://`` in-process. Without a URL, the
+    bus the settings ask for: RabbitMQ when ``amqp.url`` is set, else in-process."""
+    url = _check_bus_url(url) if url is not None else settings.amqp.url
+    if token is not None and not (url or "").startswith(("http://", "https://")):
+        raise ConfigurationError("a token is for a bridge daemon: give an http(s):// URL with it")
+    if url is None or url.startswith("memory://"):
+        return MemoryBus(wait_grace=settings.amqp.wait_grace, limits=settings.limits)
+    if url.startswith(("http://", "https://")):
+        from ._bus._http import HttpBus
+
+        if token is None:
+            token = os.environ.get("CUSTOMEVENT_TOKEN")
+        return HttpBus(url, token=token)
+    from ._bus._amqp import AmqpBus
+
+    amqp = settings.amqp
+    if url != amqp.url:
+        amqp = amqp.model_copy(update={"url": url})
+    return AmqpBus(amqp, connection_name=amqp.connection_name, limits=settings.limits)
 
 
 class Expectation:
@@ -124,24 +149,26 @@ class Expectation:
 class Client:
     """Sends custom events and waits for them.
 
-    ``Client()`` reads the settings (environment, ``CUSTOMEVENT_CONFIG``); ``Client(url)`` takes an
-    ``amqp://`` URL or ``memory://`` for the in-process bus; ``Client(settings)`` takes settings.
+    ``Client()`` reads the settings (environment, ``CUSTOMEVENT_CONFIG``); ``Client(url)`` takes
+    an ``amqp://`` URL for RabbitMQ, ``memory://`` for the in-process bus, or ``http://`` /
+    ``https://`` for a bridge daemon (``http://user:password@host:8280``, or ``token=`` for a
+    bearer token; only external events over HTTP); ``Client(settings)`` takes settings.
     Use it as ``async with Client(...) as client``; a client is opened once.
     """
 
-    def __init__(self, settings: Settings | str | None = None, *, bus: Bus | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | str | None = None,
+        *,
+        bus: Bus | None = None,
+        token: str | None = None,
+    ) -> None:
+        url = None
         if isinstance(settings, str):
-            url = settings
-            if url.startswith("memory:"):
-                settings = load_settings(amqp={"url": None})
-            elif url.startswith(("amqp://", "amqps://")):
-                settings = load_settings(amqp={"url": url})
-            else:
-                raise ConfigurationError(
-                    f"Client takes an amqp://, amqps:// or memory:// URL, not {url.split(':')[0]!r}"
-                )
+            url = _check_bus_url(settings)
+            settings = load_settings(amqp={"url": url if url.startswith("amqp") else None})
         self.settings = settings if settings is not None else load_settings()
-        self.bus = bus if bus is not None else make_bus(self.settings)
+        self.bus = bus if bus is not None else make_bus(self.settings, url, token=token)
         self._state = "unopened"
         self._active_waits = 0
 

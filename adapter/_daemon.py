@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import math
 import signal
@@ -22,6 +23,7 @@ import uvicorn
 
 from ._bus._amqp import redact_url
 from ._client import Client
+from ._exceptions import ConfigurationError
 from ._http import create_app
 from ._http._logging import configure_logging
 from ._http._protocol import bounded_protocol, raise_file_limit
@@ -82,8 +84,61 @@ def _announce(settings: Settings) -> None:
         )
 
 
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """Bound sockets for every address ``host`` resolves to, as asyncio's ``create_server``
+    would bind them, so that a busy port is refused before the daemon connects to its bus, with
+    a message that says what to do."""
+    try:
+        addresses = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise ConfigurationError(
+            f"http.host {host!r} is not an address of this machine ({exc.strerror})"
+        ) from None
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(addresses):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            reason = "the port is already in use (another customevent serve, or another program)"
+        elif exc.errno == errno.EACCES:
+            reason = "permission denied (ports below 1024 need privileges)"
+        else:
+            reason = exc.strerror or str(exc)
+        raise ConfigurationError(
+            f"cannot listen on {_address(host, port)}: {reason}; choose another port with "
+            f"http.port in the config file or the environment (CUSTOMEVENT_HTTP__PORT="
+            f"{port + 1 if port else 8281}), or another address with http.host "
+            "(CUSTOMEVENT_HTTP__HOST)"
+        ) from None
+    return sockets
+
+
 async def _run(settings: Settings) -> None:
+    # Listen first: a busy port is an answer the user needs at once, not after the bus connected.
+    sockets = _listen(settings.http.host, settings.http.port)
     _announce(settings)
+    try:
+        await _serve(settings, sockets)
+    finally:
+        for sock in sockets:  # uvicorn closes them too; this covers a failure before it started
+            sock.close()
+
+
+async def _serve(settings: Settings, sockets: list[socket.socket]) -> None:
     async with Client(settings) as client, contextlib.AsyncExitStack() as stack:
         if settings.mqtt.url:
             from ._mqtt import MqttBridge
@@ -91,9 +146,13 @@ async def _run(settings: Settings) -> None:
             await stack.enter_async_context(MqttBridge(settings, client))
         app = create_app(settings, client)
         raise_file_limit(settings.http)
+        http = settings.http
+        scheme = "https" if http.tls_cert_file else "http"
+        for sock in sockets:
+            log.info("listening on %s://%s", scheme, _address(*sock.getsockname()[:2]))
         gateway = app.state.gateway
         try:
-            await _Server(server_config(app, settings.http), gateway.stopping).serve()
+            await _Server(server_config(app, http), gateway.stopping).serve(sockets=sockets)
         finally:
             gateway.auth.close()
 
@@ -131,7 +190,8 @@ def serve(settings: Settings) -> int:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(_run(settings))
     except SystemExit as exc:
-        # uvicorn exits this way when it cannot listen (it has logged why).
-        return exc.code if isinstance(exc.code, int) else 1
+        # uvicorn exits this way when it cannot start (it has logged why), with a status of its
+        # own (3) that the CLI does not document: any failure to start is a plain 1.
+        return 0 if exc.code in (0, None) else 1
     log.info("stopped")
     return 0

@@ -1,4 +1,5 @@
-"""Events, send results, and the message format on the bus (DESIGN.md, "Message on the bus")."""
+"""Events, send results, and the message format on the bus (docs/contract.md, "The message on
+the bus")."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The serializedProperties codec: vRO's ``name1=value1\\nname2=value2`` wire format.
 
-This module is the only place that implements the rules of DESIGN.md; everything that reads or
-writes serializedProperties (REST, SOAP, MQTT, CLI) calls it.
+This module is the only place that implements the rules of docs/contract.md; everything that
+reads or writes serializedProperties (REST, SOAP, MQTT, CLI) calls it.
 """
 
 from __future__ import annotations

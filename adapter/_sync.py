@@ -26,8 +26,9 @@ class SyncClient:
     Takes the same arguments as ``Client``.
     """
 
-    def __init__(self, settings: Settings | str | None = None) -> None:
+    def __init__(self, settings: Settings | str | None = None, *, token: str | None = None) -> None:
         self._settings = settings
+        self._token = token
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._client: Client | None = None
@@ -48,7 +49,7 @@ class SyncClient:
         return self
 
     async def _open(self) -> Client:
-        client = Client(self._settings)
+        client = Client(self._settings, token=self._token)
         await client.__aenter__()
         return client
 

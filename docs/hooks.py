@@ -48,13 +48,6 @@ def _table(header: tuple[str, ...], rows: Sequence[tuple[object, ...]]) -> str:
 # -- CLI ------------------------------------------------------------------------------------------
 
 
-def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}
-
-
 def _metavar(action: argparse.Action) -> str:
     metavar = action.metavar or action.dest.upper()
     return " ".join(metavar) if isinstance(metavar, tuple) else metavar
@@ -101,7 +94,7 @@ def exit_codes() -> list[tuple[int, str]]:
 
 
 def cli_reference() -> str:
-    from adapter._cli import _build_parser
+    from adapter._cli import _build_parser, subcommands
 
     parser = _build_parser()
     parser.formatter_class = lambda prog: argparse.HelpFormatter(prog, width=100)
@@ -114,7 +107,7 @@ def cli_reference() -> str:
         "",
         _table(("Option", "Description"), _option_rows(parser)),
     ]
-    commands = _subcommands(parser)
+    commands = subcommands(parser)
     if not commands:
         raise GenerationError("the customevent parser has no subcommands")
     for name, command in commands.items():

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from adapter import Client, load_settings
+from adapter.testing import BridgeDaemon, memory_client
 
 settings.register_profile("default", max_examples=300, deadline=None)
 # CI runs the property tests at least 10,000 examples; `HYPOTHESIS_PROFILE=long` is for campaigns.
@@ -68,12 +69,27 @@ def bus_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
+def kind(bus_kind: str) -> str:
+    """The kind a behaviour test sends and waits on: through a bridge daemon (``http``) only
+    external events travel; elsewhere the library's default, internal."""
+    return "external" if bus_kind == "http" else "internal"
+
+
+@pytest.fixture
 async def client(bus_kind: str, request: pytest.FixtureRequest) -> AsyncIterator[Client]:
-    """A client on the in-process bus or on the real RabbitMQ: one behaviour suite for both."""
-    if bus_kind == "rabbitmq":
+    """A client on the in-process bus or on the real RabbitMQ: one behaviour suite for both.
+    A test that also holds through a bridge daemon parametrizes ``bus_kind`` with ``http``: the
+    client is then ``Client("http://ops:...@daemon")`` against a daemon on the in-process bus."""
+    if bus_kind == "http":
+        from tests.test_http_support import make_settings, url_with_credentials
+
+        with BridgeDaemon(make_settings(None, http={"max_wait": 600.0})) as daemon:
+            async with Client(url_with_credentials(daemon)) as opened:
+                yield opened
+    elif bus_kind == "rabbitmq":
         url = request.getfixturevalue("amqp_url")
-        settings = load_settings(amqp={"url": url, "wait_grace": 2.0})
+        async with Client(load_settings(amqp={"url": url, "wait_grace": 2.0})) as opened:
+            yield opened
     else:
-        settings = load_settings(amqp={"url": None, "wait_grace": 2.0})
-    async with Client(settings) as opened:
-        yield opened
+        async with memory_client(load_settings(amqp={"url": None, "wait_grace": 2.0})) as opened:
+            yield opened

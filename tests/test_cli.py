@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
+import adapter
+from adapter import _cli
 from adapter._cli import parse_until
 from adapter._exceptions import InvalidInput
 from adapter._secrets import verify_secret
@@ -145,7 +150,12 @@ def test_plain_wait_prints_key_value_lines(amqp_url: str, unique_name: str) -> N
         waiter.kill()
     assert waiter.returncode == 0, err
     assert out == "k=v\nx=1=2\n"
-    assert err == ""  # piped: no countdown
+    # One line says which bus and kind it waits on (never the password); piped: no countdown.
+    assert err.count("\n") == 1, err
+    assert f"for an external event named {unique_name!r} on RabbitMQ at amqp://" in err
+    assert "(set by CUSTOMEVENT_AMQP__URL)" in err
+    password = urlsplit(amqp_url).password
+    assert password and f":{password}@" not in err
 
 
 @pytest.mark.rabbitmq
@@ -198,6 +208,8 @@ def test_unreachable_broker_exits_69_after_bounded_retries() -> None:
     )
     assert "attempt 1 of 2 failed" in result.stderr
     assert "pw-not-shown" not in result.stderr
+    # Only the CLI's own lines: aiormq's "error when creating transport" never shows.
+    assert all(line.startswith("customevent: ") for line in result.stderr.splitlines())
 
 
 @pytest.mark.rabbitmq
@@ -206,3 +218,95 @@ def test_refused_credentials_exit_77(amqp_url: str) -> None:
     result = run(["send", "x"], env={"CUSTOMEVENT_AMQP__URL": bad})
     assert result.returncode == 77
     assert "refused the credentials" in result.stderr
+
+
+def test_version_is_the_installed_package_version() -> None:
+    installed = importlib.metadata.version("customevent-bridge")
+    result = run(["--version"])
+    assert result.returncode == 0
+    assert result.stdout == f"customevent {installed}\n"
+    assert adapter.__version__ == installed
+
+
+@pytest.mark.parametrize("until", ["-5s", "-5", "-1h30m"])
+def test_a_negative_until_is_refused_in_the_cli_s_own_words(until: str) -> None:
+    result = run(["wait", "x", "--until", until])
+    assert result.returncode == 64, result.stderr
+    assert f"--until {until!r}: a deadline cannot be negative" in result.stderr
+    assert "expected one argument" not in result.stderr
+
+
+def test_values_that_start_with_a_dash_reach_their_option() -> None:
+    # `-p -flag=1` is a property named "-flag"; the send then fails only for want of a daemon.
+    result = run(["send", "x", "-p", "-flag=1", "--url", f"http://127.0.0.1:{_free_port()}"])
+    assert result.returncode == 69, result.stderr
+    assert "is 'customevent serve' running there?" in result.stderr
+    # An option after an option that takes a value is still an option.
+    result = run(["wait", "x", "--until", "--json"])
+    assert result.returncode == 64
+    assert "expected one argument" in result.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_a_busy_port_exits_78_saying_how_to_choose_another() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run(
+            ["serve"],
+            env={"CUSTOMEVENT_HTTP__PORT": str(port), "CUSTOMEVENT_AUTH__ANONYMOUS": "true"},
+        )
+    assert result.returncode == 78, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: the port is already in use" in result.stderr
+    assert "http.port" in result.stderr and "CUSTOMEVENT_HTTP__PORT=" in result.stderr
+    assert "Errno" not in result.stderr  # uvicorn's raw message is not what the user reads
+
+
+def test_wait_says_which_bus_and_kind_before_it_waits() -> None:
+    port = _free_port()  # nobody listens: the line comes first, then the error
+    result = run(
+        ["wait", "demo.hello", "--until", "60s"], env={"CUSTOMEVENT_HTTP__PORT": str(port)}
+    )
+    assert result.returncode == 69
+    first, *rest = result.stderr.splitlines()
+    assert first.startswith("customevent: waiting up to 60s (until ")
+    assert first.endswith(
+        f"for an external event named 'demo.hello' on the bridge daemon at "
+        f"http://127.0.0.1:{port} (no amqp.url is set)"
+    )
+    assert rest and "is 'customevent serve' running there?" in rest[-1]
+    quiet = run(
+        ["wait", "demo.hello", "--until", "60s", "--json"],
+        env={"CUSTOMEVENT_HTTP__PORT": str(port)},
+    )
+    assert quiet.returncode == 69
+    assert "waiting" not in quiet.stderr
+
+
+def test_library_log_records_never_reach_the_terminal() -> None:
+    script = (
+        "import logging; from adapter._cli import _configure_logging; _configure_logging()\n"
+        "for name in ('aiormq.connection', 'aio_pika.robust_connection', 'asyncio', 'httpx'):\n"
+        "    logging.getLogger(name).error('error when creating transport: <Error>')\n"
+        "logging.getLogger('adapter.amqp').warning('our own words')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "customevent: our own words\n"
+
+
+def test_every_exit_code_is_in_the_reference_table() -> None:
+    from tests.test_docs import _hooks
+
+    documented = {code for code, _ in _hooks().exit_codes()}
+    returned = {value for name, value in vars(_cli).items() if name.startswith("EXIT_")}
+    assert returned == documented
+    assert 78 in documented and 130 in documented

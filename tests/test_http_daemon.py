@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -164,26 +163,3 @@ def test_serves_https_with_the_configured_certificate(tmp_path: Path) -> None:
         assert process.wait(30) == 0
     warnings = [json.loads(line) for line in process.stderr.read().splitlines() if line.strip()]
     assert any("auth.anonymous is on" in entry["message"] for entry in warnings)
-
-
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "clients.md"
-
-
-def _curl_examples() -> list[str]:
-    blocks = re.findall(r"```sh\n(.*?)```", DOCS.read_text(), flags=re.DOTALL)
-    return [block for block in blocks if block.lstrip().startswith("curl")]
-
-
-@pytest.mark.parametrize("example", _curl_examples(), ids=lambda block: block.split()[-1][:40])
-def test_the_curl_examples_in_the_docs_work(example: str) -> None:
-    from adapter._secrets import hash_secret
-    from tests.test_http_support import ThreadedDaemon, make_settings
-
-    principal = {"name": "ops", "password_hash": hash_secret("s3cret"), "allow": ["vm.*"]}
-    settings = make_settings(auth={"principals": [principal]}, http={"max_wait": 60.0})
-    with ThreadedDaemon(settings) as daemon:
-        script = example.replace("http://127.0.0.1:8280", daemon.url).replace("=30s", "=1s")
-        done = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=60
-        )
-    assert done.returncode == 0, done.stderr

@@ -1,22 +1,23 @@
 """Helpers for the HTTP daemon tests (no tests here): settings with principals, the app over
-httpx's ASGI transport, and a real daemon (uvicorn on a free port) in a thread of its own."""
+httpx's ASGI transport, and a real daemon (``adapter.testing.BridgeDaemon``: uvicorn on a free
+port) in a thread of its own."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import contextlib
-import threading
 from collections.abc import AsyncIterator, Iterator
 from functools import cache
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 from adapter import Client, Settings, load_settings
-from adapter._daemon import _Server, server_config
 from adapter._http import create_app
 from adapter._secrets import hash_secret, hash_token
+from adapter.testing import BridgeDaemon
 
 PASSWORD = "correct horse battery staple"
 TOKEN = "tok-4f1c2a9e7d0b8c6e5a4f3d2c1b0a9e8d7c6b5a4f"
@@ -80,70 +81,8 @@ async def until_waiting(client: Client, count: int = 1) -> None:
             await asyncio.sleep(0.005)
 
 
-class _QuietServer(_Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        # Signals belong to the test runner, not to a daemon inside it.
-        yield
-
-
-class ThreadedDaemon:
-    """The daemon (client, app, uvicorn) on a free port, in its own thread and event loop."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.url = ""
-        self.port = 0
-        self.app: Any = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._server: _QuietServer | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.Thread(target=self._run, name="daemon", daemon=True)
-
-    def __enter__(self) -> ThreadedDaemon:
-        self._thread.start()
-        if not self._ready.wait(30):
-            raise RuntimeError("the daemon did not start within 30 s")
-        if self._error is not None:
-            raise self._error
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        """Stop as on SIGTERM (open waits end with 503), and wait for the thread."""
-        loop, server, self._loop = self._loop, self._server, None
-        if loop is not None and server is not None:
-            loop.call_soon_threadsafe(setattr, server, "should_exit", True)
-        self._thread.join(30)
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        async with Client(self.settings) as client:
-            self.app = create_app(self.settings, client)
-            config = server_config(
-                self.app, self.settings.http, host="127.0.0.1", port=0, timeout_graceful_shutdown=5
-            )
-            self._server = _QuietServer(config, self.app.state.gateway.stopping)
-            serving = asyncio.create_task(self._server.serve())
-            while not self._server.started:
-                if serving.done():
-                    await serving
-                    raise RuntimeError("the daemon stopped while starting")
-                await asyncio.sleep(0.01)
-            self.port = self._server.servers[0].sockets[0].getsockname()[1]
-            self.url = f"http://127.0.0.1:{self.port}"
-            self._ready.set()
-            await serving
+# The daemon in a thread of the test process: the one adapter.testing offers users.
+ThreadedDaemon = BridgeDaemon
 
 
 @contextlib.contextmanager
@@ -163,6 +102,12 @@ def bound_wait(
         assert response.status_code == 200, response.read()
         assert response.headers["x-customevent-wait"] == "bound"
         yield lambda: json.loads(response.read())
+
+
+def url_with_credentials(daemon: BridgeDaemon, user: str = "ops", password: str = PASSWORD) -> str:
+    """The daemon's URL with Basic credentials in it, as ``Client`` and ``--url`` take them."""
+    scheme, _, address = daemon.url.partition("://")
+    return f"{scheme}://{user}:{quote(password, safe='')}@{address}"
 
 
 def daemon_settings(bus_kind: str, amqp_url: str | None, **overrides: Any) -> Settings:

@@ -1,4 +1,4 @@
-"""The serializedProperties codec: DESIGN.md's rules, and property-based round trips."""
+"""The serializedProperties codec: the rules of docs/contract.md, and property-based round trips."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """SOAP clients built by zeep against a real daemon: from the WSDL the daemon serves, and from a
-real vCO server's WSDL with its address pointed at the daemon."""
+vCO server's WSDL (a fixture shaped like the real ones) with its address pointed at the daemon.
+
+CI also runs scripts/check_vco_wsdls.py against real vCO servers' WSDLs when it has them."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from zeep.transports import Transport
 
 from tests.test_http_support import AUTH, ThreadedDaemon, bound_wait, daemon_settings
 
-VRO_WSDL = Path(__file__).resolve().parents[2] / "shared" / "vro-wsdl" / "vco-gae_vmo.wsdl"
+VCO_WSDL = Path(__file__).resolve().parent / "fixtures" / "vco-webcontrol.wsdl"
+NAMESPACE = "http://webservice.vso.dunes.ch"
 
 
 @pytest.fixture
@@ -77,14 +80,34 @@ def test_zeep_without_credentials_gets_401(daemon: ThreadedDaemon) -> None:
     assert "credentials required" in str(refused.value.message)
 
 
-def test_zeep_from_a_real_vco_wsdl(daemon: ThreadedDaemon, unique_name: str) -> None:
-    client = zeep.Client(str(VRO_WSDL), transport=_transport())
+def test_the_fixture_has_the_shape_of_a_vco_wsdl() -> None:
+    """What the test below relies on: a client built from this file is a vCO client, not one
+    built from the daemon's own WSDL."""
+    client = zeep.Client(str(VCO_WSDL))
+    service = client.wsdl.services["VSOWebControlService"]
+    port = service.ports["webservice"]
+    assert port.binding.name.text == f"{{{NAMESPACE}}}WebService"
+    assert port.binding.port_type.name.text == f"{{{NAMESPACE}}}VSOWebControl"
+    assert set(port.binding.port_type.operations) == {"echo", "sendCustomEvent"}
+    assert port.binding_options["address"].startswith("http://vco.example.invalid:8280/")
+    request = client.get_element(f"{{{NAMESPACE}}}sendCustomEvent")
+    assert [name for name, _ in request.type.elements] == ["eventName", "serializedProperties"]
+    assert not request.type.elements[1][1].is_optional  # required, unlike the daemon's WSDL
+
+
+def test_zeep_from_a_vco_wsdl(daemon: ThreadedDaemon, unique_name: str) -> None:
+    client = zeep.Client(str(VCO_WSDL), transport=_transport())
     service = client.create_service(
-        "{http://webservice.vso.dunes.ch}WebService",
-        f"{daemon.url}/vmware-vmo-webcontrol/webservice",
+        f"{{{NAMESPACE}}}WebService", f"{daemon.url}/vmware-vmo-webcontrol/webservice"
     )
     with bound_wait(daemon.url, unique_name) as outcome:
         service.sendCustomEvent(eventName=unique_name, serializedProperties="a=1\nb=two words")
         received = outcome()
     assert received["event"]["properties"] == {"a": "1", "b": "two words"}
     assert received["event"]["kind"] == "external"
+    assert received["event"]["source"] == "soap"
+    # The other vCO operations are not the bridge's: a fault that says so.
+    with pytest.raises(zeep.exceptions.Fault) as fault:
+        service.echo(message="hello")
+    assert fault.value.code == "soapenv:Client"
+    assert "echo" in fault.value.message

@@ -409,6 +409,10 @@ class AmqpBus(Bus):
         self._tasks: set[asyncio.Task[None]] = set()
         self.on_reconnect: list[Callable[[], None]] = []
 
+    @property
+    def where(self) -> str:
+        return f"RabbitMQ at {redact_url(self._url)}"
+
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:

@@ -176,7 +176,14 @@ class Bus(abc.ABC):
     """A topic bus for events. Use it as an async context manager; it is opened once."""
 
     name: str = "bus"
+    #: The kind a send or wait uses when the caller (the CLI) names none.
+    default_kind: Kind = "internal"
     _state = "unopened"
+
+    @property
+    def where(self) -> str:
+        """Where this bus's events travel, for messages to the user (never a password)."""
+        return f"the {self.name} bus"
 
     async def __aenter__(self) -> Self:
         if self._state != "unopened":

@@ -1,9 +1,10 @@
-"""``HttpBus``: the bus as seen through a bridge daemon's HTTP API, for ``customevent send`` and
-``customevent wait --url http://...``.
+"""``HttpBus``: the bus as seen through a bridge daemon's HTTP API, for a service or a script with
+no AMQP access: ``Client("http://user:pass@host:8280")`` and ``customevent ... --url http://...``.
 
 Sends are ``POST /api/v1/events/{name}``. A wait is a stream-mode long poll: the daemon answers
 200 only once the wait is bound, so ``async with`` returns exactly when events can be caught, and
-the outcome follows in the body (see ``adapter/_http/_wait.py``).
+the outcome follows in the body (see ``adapter/_http/_wait.py``). Only external events travel
+this way: the daemon never lets its edge produce an internal one.
 """
 
 from __future__ import annotations
@@ -16,16 +17,16 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import httpx
 
-from ._bus import Bus, Subscription, check_wait_id
-from ._event import Event
-from ._exceptions import (
+from .._event import Event
+from .._exceptions import (
     BrokerAuthenticationError,
     BusError,
     BusUnavailable,
     ClientStateError,
     InvalidInput,
 )
-from ._names import Kind, validate_kind, validate_name
+from .._names import Kind, validate_kind, validate_name
+from ._base import Bus, Subscription, check_wait_id
 
 __all__ = ["HttpBus"]
 
@@ -69,6 +70,7 @@ class HttpBus(Bus):
     with ``token=`` for a bearer token. Only external events can be sent this way."""
 
     name = "HTTP"
+    default_kind: Kind = "external"
 
     def __init__(self, base_url: str, *, token: str | None = None) -> None:
         self.url, self._auth = _split_credentials(base_url)
@@ -84,6 +86,10 @@ class HttpBus(Bus):
             auth=self._auth,
             headers=self._headers,
             timeout=httpx.Timeout(60.0, connect=10.0),
+            # Each wait holds a connection until its outcome: httpx's default pool of 100 would
+            # make the 101st wait hang, then fail as "cannot reach". The daemon bounds what
+            # one caller may hold, and says so (429/503).
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
         )
 
     async def close(self) -> None:
@@ -94,6 +100,10 @@ class HttpBus(Bus):
     @property
     def connected(self) -> bool:
         return self._connected
+
+    @property
+    def where(self) -> str:
+        return f"the bridge daemon at {self.url}"
 
     def _client(self) -> httpx.AsyncClient:
         self._check_open()
@@ -129,8 +139,8 @@ class HttpBus(Bus):
     async def publish(self, event: Event) -> bool:
         if event.kind != "external":
             raise InvalidInput(
-                "a bridge daemon accepts only external events over HTTP; send internal events "
-                "over AMQP (--url amqp://...), or use --kind external"
+                f"{self.where} accepts only external events (kind='external', --kind external); "
+                "send internal events over AMQP (an amqp:// URL)"
             )
         body = {"properties": event.properties, "event_id": event.event_id}
         try:
