@@ -83,7 +83,9 @@ async def client(bus_kind: str, request: pytest.FixtureRequest) -> AsyncIterator
     if bus_kind == "http":
         from tests.test_http_support import make_settings, url_with_credentials
 
-        with BridgeDaemon(make_settings(None, http={"max_wait": 600.0})) as daemon:
+        # Up to 200 waits at once from one test: room beyond the per-caller default of 100.
+        http = {"max_wait": 600.0, "max_waits_per_caller": 1000}
+        with BridgeDaemon(make_settings(None, http=http)) as daemon:
             async with Client(url_with_credentials(daemon)) as opened:
                 yield opened
     elif bus_kind == "rabbitmq":

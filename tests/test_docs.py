@@ -287,7 +287,8 @@ def test_the_quickstart_daemon(quickstart: QuickstartDaemon) -> None:
     [ops] = settings.auth.principals
     assert ops.name == "ops" and ops.allow == ["#"]
     assert ops.password_hash and verify_secret("s3cret", ops.password_hash)
-    assert ops.token_hash and verify_secret("ops-demo-token-printed-in-the-docs-0001", ops.token_hash)
+    token = "ops-demo-token-printed-in-the-docs-0001"
+    assert ops.token_hash and verify_secret(token, ops.token_hash)
     events = f"{quickstart.url}/api/v1/events/vm.created"
     assert httpx.post(events, json={}, auth=("ops", "s3cret")).status_code == 202
     assert httpx.post(events, json={}, auth=("ops", "wrong")).status_code == 401

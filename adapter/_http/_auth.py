@@ -154,19 +154,20 @@ class Authenticator:
         if caller is not None:
             self._verified.move_to_end(key)
             return caller
-        # Anything else may be a guess: it costs the address one of its failures up front, so
-        # that concurrent guesses cannot all be checked before the first one fails.
-        delay = self._failures.acquire(peer)
-        if delay > 0:
-            raise TooManyFailures(
-                f"too many failed authentications from {peer}; retry in {math.ceil(delay)}s",
-                retry_after=math.ceil(delay),
-            )
         refused_until = self._refused.get(key)
         if refused_until is not None and refused_until > time.monotonic():
             raise NotAuthenticated("invalid credentials")
         pending = self._pending.get(key)
+        started = pending is None
         if pending is None:
+            # A new credential may be a guess: checking it costs the address one of its failures
+            # up front, so that concurrent guesses cannot all be checked before one fails.
+            delay = self._failures.acquire(peer)
+            if delay > 0:
+                raise TooManyFailures(
+                    f"too many failed authentications from {peer}; retry in {math.ceil(delay)}s",
+                    retry_after=math.ceil(delay),
+                )
             # Concurrent requests with the same new credential share one verification.
             pending = asyncio.ensure_future(self._verify(scheme, credential))
             self._pending[key] = pending
@@ -175,7 +176,8 @@ class Authenticator:
         if found is None:
             self._remember(self._refused, key, time.monotonic() + _REFUSED_SECONDS, _REFUSED_MAX)
             raise NotAuthenticated("invalid credentials")
-        self._failures.refund(peer)
+        if started:
+            self._failures.refund(peer)
         self._remember(self._verified, key, found, _VERIFIED_MAX)
         return found
 
