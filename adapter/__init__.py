@@ -20,6 +20,7 @@ from ._exceptions import (
     PropertiesTooLarge,
     PublishRejected,
 )
+from ._groups import DeadLetter, Delivery, GroupSubscription
 from ._names import (
     KINDS,
     Kind,
@@ -45,8 +46,11 @@ __all__ = [
     "Client",
     "ClientStateError",
     "ConfigurationError",
+    "DeadLetter",
+    "Delivery",
     "Event",
     "Expectation",
+    "GroupSubscription",
     "InvalidDeadline",
     "InvalidEventName",
     "InvalidInput",

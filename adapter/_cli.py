@@ -1,4 +1,4 @@
-"""The ``customevent`` command: serve, send, wait, hash-secret.
+"""The ``customevent`` command: serve, send, wait, listen, dead, hash-secret.
 
 Exit codes: 0 done; 2 ``wait`` reached its deadline with nothing received; 64 bad usage or input;
 69 the bus or daemon is unavailable; 77 the broker or daemon refused the credentials; 78 bad
@@ -16,6 +16,7 @@ import getpass
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -23,7 +24,8 @@ from typing import NoReturn, TextIO
 
 from ._bus import Bus, check_wait_id
 from ._bus._base import seconds_until
-from ._client import Client, make_bus, parse_deadline_text
+from ._client import Client, make_bus, parse_deadline_text, parse_duration_text
+from ._event import Event
 from ._exceptions import (
     AdapterError,
     BrokerAuthenticationError,
@@ -31,6 +33,8 @@ from ._exceptions import (
     ConfigurationError,
     InvalidInput,
 )
+from ._groups import check_group_name
+from ._listen import listen
 from ._names import validate_kind, validate_pattern
 from ._properties import parse_properties
 from ._secrets import hash_secret, hash_token
@@ -143,6 +147,46 @@ def _build_parser() -> argparse.ArgumentParser:
         "--wait-id", help="resumable wait: a restarted waiter with the same id gets what it missed"
     )
     bus_options(wait)
+
+    listening = commands.add_parser(
+        "listen",
+        usage="customevent listen PATTERN --group GROUP [options] [-- COMMAND [ARGS ...]]",
+        help="handle every event of a group: print it, or run a command per event",
+        description="Join the group GROUP (created on first use, durable) and handle each event "
+        "whose name matches PATTERN: print it (as wait does; JSON lines with --json) or run "
+        "COMMAND with the event as JSON on stdin and CUSTOMEVENT_NAME, CUSTOMEVENT_EVENT_ID, "
+        "CUSTOMEVENT_KIND in its environment. Exit 0 acknowledges the event, anything else "
+        "retries it after a backoff. SIGTERM or Ctrl-C lets the running command finish, then "
+        "stops. Needs RabbitMQ (amqp.url or --url amqp://...).",
+    )
+    listening.add_argument("pattern", help="event name, or a pattern with * and # words")
+    listening.add_argument("--group", required=True, help="the group's name (its queue's)")
+    listening.add_argument(
+        "--timeout",
+        default="5m",
+        help="stop a command still running after this long and retry its event (default 5m)",
+    )
+    bus_options(listening)
+
+    dead = commands.add_parser(
+        "dead",
+        help="list or replay a group's dead letters",
+        description="The events a group gave up on (after max_attempts, or dead-lettered by "
+        "their handler), with the reason.",
+    )
+    dead_commands = dead.add_subparsers(dest="dead_command", metavar="ACTION", parser_class=_Parser)
+    dead_commands.required = True
+    dead_list = dead_commands.add_parser(
+        "list", help="print the dead letters (JSON lines with --json); they stay where they are"
+    )
+    dead_list.add_argument("group", help="the group's name")
+    bus_options(dead_list)
+    dead_replay = dead_commands.add_parser(
+        "replay", help="deliver the dead letters to the group again, as first attempts"
+    )
+    dead_replay.add_argument("group", help="the group's name")
+    dead_replay.add_argument("--event-id", help="replay only the dead letter of this event")
+    bus_options(dead_replay)
 
     hashing = commands.add_parser(
         "hash-secret",
@@ -326,11 +370,83 @@ async def _wait(args: argparse.Namespace) -> int:
                     await ticker
     if event is None:
         return _nothing_came(args, kind)
-    if args.json:
-        print(json.dumps(event.to_json(), ensure_ascii=False))
+    _print_event(event, args.json)
+    return EXIT_OK
+
+
+def _print_event(event: Event, as_json: bool) -> None:
+    """An event on stdout: its properties as ``key=value`` lines, or one JSON object."""
+    if as_json:
+        print(json.dumps(event.to_json(), ensure_ascii=False), flush=True)
     else:
         for key, value in event.properties.items():
             print(f"{key}={value}")
+        sys.stdout.flush()
+
+
+async def _listen(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    bus, _ = _bus_for(args, settings)
+    kind = validate_kind(args.kind or bus.default_kind)
+    validate_pattern(args.pattern)
+    check_group_name(args.group)
+    timeout = parse_duration_text(args.timeout, "--timeout")
+    if timeout <= 0:
+        raise InvalidInput("--timeout must be longer than 0s")
+    command: list[str] = args.run
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    def show(event: Event) -> None:
+        _print_event(event, args.json)
+        if not args.json:
+            print(flush=True)  # a blank line between events
+
+    async with Client(settings, bus=bus) as client:
+        if not args.json:
+            what = f"running {' '.join(command)!r}" if command else "printing"
+            print(
+                f"customevent: listening as group {args.group!r} for {kind} events matching "
+                f"{args.pattern!r} on {bus.where}, {what} each; Ctrl-C stops",
+                file=sys.stderr,
+                flush=True,
+            )
+        await listen(
+            client,
+            args.pattern,
+            group=args.group,
+            kind=kind,
+            command=command or None,
+            command_timeout=timeout,
+            show=show,
+            stop=stop,
+        )
+    return EXIT_OK
+
+
+async def _dead(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    bus, _ = _bus_for(args, settings)
+    group = check_group_name(args.group)
+    async with Client(settings, bus=bus) as client:
+        if args.dead_command == "list":
+            for letter in await client.dead_letters(group):
+                if args.json:
+                    print(json.dumps(letter.to_json(), ensure_ascii=False))
+                else:
+                    event = letter.event
+                    print(
+                        f"{event.event_id}  {event.kind} {event.name}  attempts={letter.attempts}"
+                        f"  reason={letter.reason}"
+                    )
+            return EXIT_OK
+        replayed = await client.replay(group, event_id=args.event_id)
+    if args.json:
+        print(json.dumps({"replayed": replayed}))
+    else:
+        print(f"replayed {replayed} dead letter(s) of group {group!r}")
     return EXIT_OK
 
 
@@ -414,17 +530,22 @@ def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``customevent`` command."""
     parser = _build_parser()
-    args = parser.parse_args(
-        _option_values_first(parser, list(sys.argv[1:] if argv is None else argv))
-    )
+    given = list(sys.argv[1:] if argv is None else argv)
+    # listen's COMMAND follows '--': everything after it is the command's, never options.
+    run: list[str] = []
+    if "--" in given and "listen" in given[: given.index("--")]:
+        cut = given.index("--")
+        given, run = given[:cut], given[cut + 1 :]
+    args = parser.parse_args(_option_values_first(parser, given))
+    args.run = run
     _configure_logging()
     try:
         if args.command == "hash-secret":
             return _hash_secret(args)
         if args.command == "serve":
             return _serve(args)
-        runner = _send if args.command == "send" else _wait
-        return asyncio.run(runner(args))
+        runners = {"send": _send, "wait": _wait, "listen": _listen, "dead": _dead}
+        return asyncio.run(runners[args.command](args))
     except AdapterError as exc:
         return _fail(str(exc), _exit_code(exc))
     except KeyboardInterrupt:

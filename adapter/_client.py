@@ -20,11 +20,19 @@ from ._exceptions import (
     InvalidDeadline,
     InvalidInput,
 )
+from ._groups import DeadLetter, GroupOptions, GroupSubscription, check_group_name
 from ._names import Kind, validate_kind, validate_name, validate_pattern
 from ._properties import check_limits, check_properties, parse_properties
 from ._settings import Settings, load_settings
 
-__all__ = ["Client", "Expectation", "make_bus", "parse_deadline_text", "resolve_deadline"]
+__all__ = [
+    "Client",
+    "Expectation",
+    "make_bus",
+    "parse_deadline_text",
+    "parse_duration_text",
+    "resolve_deadline",
+]
 
 
 def resolve_deadline(until: datetime | timedelta) -> datetime:
@@ -48,17 +56,34 @@ _BIND_MARGIN = 1.0
 _SECONDS = re.compile(r"\d+(?:\.\d+)?")
 
 
+def _duration_seconds(text: str, what: str) -> float | None:
+    """Seconds of a duration (``30s``, ``5m``, ``1h30m``, ``250ms``; a bare number is seconds,
+    in the CLI as over HTTP), or None for text that is no duration."""
+    text = text.strip()
+    if _SECONDS.fullmatch(text):
+        text += "s"
+    if text.startswith("-"):
+        raise InvalidInput(f"{what} {text!r} is negative: give a duration from now or a time")
+    if text and _DURATION.sub("", text) == "" and _DURATION.match(text):
+        return sum(float(m["value"]) * _UNITS[m["unit"]] for m in _DURATION.finditer(text))
+    return None
+
+
+def parse_duration_text(text: str, what: str) -> float:
+    """Seconds from a duration (``30s``, ``5m``, ``1h30m``, ``250ms``, or bare seconds)."""
+    seconds = _duration_seconds(text, what)
+    if seconds is None:
+        raise InvalidInput(f"{what} {text.strip()!r} is not a duration (30s, 5m, 1h)")
+    return seconds
+
+
 def parse_deadline_text(text: str, what: str = "the deadline") -> datetime:
     """A deadline from text: a duration (``30s``, ``5m``, ``1h30m``, ``250ms``; a bare number is
     seconds) from now, or an RFC 3339 time with a zone. ``what`` names the option or parameter in
     the error."""
     text = text.strip()
-    if _SECONDS.fullmatch(text):
-        text += "s"  # a bare number is seconds, in the CLI as over HTTP
-    if text.startswith("-"):
-        raise InvalidInput(f"{what} {text!r} is negative: give a duration from now or a time")
-    if text and _DURATION.sub("", text) == "" and _DURATION.match(text):
-        seconds = sum(float(m["value"]) * _UNITS[m["unit"]] for m in _DURATION.finditer(text))
+    seconds = _duration_seconds(text, what)
+    if seconds is not None:
         try:
             return datetime.now(UTC) + timedelta(seconds=seconds)
         except OverflowError:
@@ -301,6 +326,51 @@ class Client:
         if deadline <= datetime.now(UTC):
             return Expectation(self, None)
         return Expectation(self, self.bus.subscribe(checked_kind, name, deadline, wait_id=wait_id))
+
+    def subscribe(
+        self,
+        pattern: str,
+        *,
+        group: str,
+        kind: str = "internal",
+        prefetch: int | None = None,
+        max_attempts: int | None = None,
+        dedup_window: float | timedelta | None = None,
+    ) -> GroupSubscription:
+        """Join the group ``group``: every event whose name matches ``pattern`` is handed to one
+        consumer of the group, at least once, whichever process runs it.
+
+        ``async with client.subscribe("vm.*", group="reload") as deliveries:`` then
+        ``async for d in deliveries:`` and settle each with ``await d.ack()``,
+        ``await d.retry(reason)`` or ``await d.dead_letter(reason)``. The options default to the
+        ``[groups]`` settings and are fixed when the group is first made.
+        """
+        self._check_open()
+        defaults = self.settings.groups
+        window = dedup_window if dedup_window is not None else defaults.dedup_window
+        options = GroupOptions(
+            prefetch=prefetch if prefetch is not None else defaults.prefetch,
+            max_attempts=max_attempts if max_attempts is not None else defaults.max_attempts,
+            dedup_window=window.total_seconds() if isinstance(window, timedelta) else window,
+            dedup_max=defaults.dedup_max,
+            retry_initial=defaults.retry_initial,
+            retry_max=defaults.retry_max,
+            max_length=defaults.max_length,
+        )
+        return self.bus.subscribe_group(
+            check_group_name(group), validate_kind(kind), validate_pattern(pattern), options
+        )
+
+    async def dead_letters(self, group: str) -> list[DeadLetter]:
+        """The dead letters of ``group``, oldest first (they stay where they are)."""
+        self._check_open()
+        return await self.bus.dead_letters(check_group_name(group))
+
+    async def replay(self, group: str, *, event_id: str | None = None) -> int:
+        """Deliver the dead letters of ``group`` (only ``event_id``'s, if given) to the group
+        again; the number replayed."""
+        self._check_open()
+        return await self.bus.replay(check_group_name(group), event_id)
 
     async def wait_custom_event_until(
         self,

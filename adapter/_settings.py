@@ -28,6 +28,7 @@ from ._names import validate_pattern
 __all__ = [
     "AmqpSettings",
     "AuthSettings",
+    "GroupSettings",
     "HttpSettings",
     "LimitsSettings",
     "LogSettings",
@@ -231,6 +232,27 @@ class LimitsSettings(_Section):
     )
 
 
+class GroupSettings(_Section):
+    prefetch: int = Field(
+        default=16, ge=1, le=10_000, description="deliveries a group consumer holds at once"
+    )
+    max_attempts: int = Field(
+        default=8, ge=1, description="attempts before a retried delivery is dead-lettered"
+    )
+    dedup_window: float = Field(
+        default=600.0,
+        ge=0,
+        description="seconds an acknowledged event id is remembered; 0: no de-duplication, "
+        "consumers compete",
+    )
+    dedup_max: int = Field(default=100_000, ge=1, description="event ids remembered at most")
+    retry_initial: float = Field(default=1.0, gt=0, description="first retry delay, seconds")
+    retry_max: float = Field(default=300.0, gt=0, description="longest retry delay, seconds")
+    max_length: int = Field(
+        default=100_000, ge=1, description="events a group holds; past it sends are refused"
+    )
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
     format: Literal["json", "text"] = Field(default="json", description="log line format")
@@ -252,6 +274,7 @@ class Settings(BaseSettings):
     http: HttpSettings = Field(default_factory=HttpSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    groups: GroupSettings = Field(default_factory=GroupSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 
     @classmethod

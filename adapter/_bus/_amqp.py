@@ -53,9 +53,11 @@ from .._exceptions import (
     ConfigurationError,
     PublishRejected,
 )
+from .._groups import DeadLetter, GroupOptions, GroupSubscription
 from .._names import Kind, routing_key
 from .._settings import AmqpSettings, LimitsSettings
 from .._tls import client_tls_context
+from ._amqp_groups import AmqpGroups
 from ._base import (
     Bus,
     ResumableWaits,
@@ -395,6 +397,7 @@ class AmqpBus(Bus):
         self.settings = settings
         self.limits = limits if limits is not None else LimitsSettings()
         self._resumable = ResumableWaits(self.limits.max_resumable_waits, settings.wait_grace)
+        self._groups = AmqpGroups(self)
         self._url = settings.url
         self._connection_name = connection_name
         self._exchange_name = settings.exchange
@@ -629,10 +632,13 @@ class AmqpBus(Bus):
         timestamp: datetime,
         headers: dict[str, str],
         what: str,
+        exchange: str | None = None,
     ) -> bool:
         """Publish persistent bytes with a confirm and ``mandatory``; True if a queue was bound.
 
-        ``publish`` sends events through here; the MQTT edge sends its dead letters.
+        ``publish`` sends events through here; the MQTT edge sends its dead letters, and groups
+        their retries and dead letters (``exchange=""``: the default exchange, straight to the
+        queue named by ``key``). The events exchange unless ``exchange`` is given.
         """
         self._check_open()
         if not self.connected:
@@ -654,7 +660,7 @@ class AmqpBus(Bus):
             # rate of concurrent publishes (bench/bench_core.py).
             result = await channel.basic_publish(
                 body,
-                exchange=self._exchange_name,
+                exchange=self._exchange_name if exchange is None else exchange,
                 routing_key=key,
                 properties=properties,
                 mandatory=True,
@@ -678,6 +684,20 @@ class AmqpBus(Bus):
             assert wait_id is not None
             return _ResumableSubscription(self, kind, pattern, deadline, wait_id)
         return _AmqpSubscription(self, kind, pattern, deadline)
+
+    def subscribe_group(
+        self, group: str, kind: Kind, pattern: str, options: GroupOptions
+    ) -> GroupSubscription:
+        self._check_open()
+        return self._groups.subscribe(group, kind, pattern, options)
+
+    async def dead_letters(self, group: str) -> list[DeadLetter]:
+        self._check_open()
+        return await self._groups.dead_letters(group)
+
+    async def replay(self, group: str, event_id: str | None = None) -> int:
+        self._check_open()
+        return await self._groups.replay(group, event_id)
 
     async def _wait_queue_for(self, deadline: datetime) -> _WaitQueue:
         end_epoch = math.ceil(deadline.timestamp() / BUCKET_SECONDS) * BUCKET_SECONDS

@@ -12,6 +12,7 @@ from typing import Self
 
 from .._event import Event
 from .._exceptions import ClientStateError, InvalidInput, LimitExceeded
+from .._groups import DeadLetter, GroupOptions, GroupSubscription
 from .._names import Kind, pattern_matches
 
 __all__ = [
@@ -238,3 +239,19 @@ class Bus(abc.ABC):
         With ``wait_id``, the subscription is resumable: events caught while nobody listens are
         kept until the deadline (plus a grace) for the next subscription with the same id.
         """
+
+    @abc.abstractmethod
+    def subscribe_group(
+        self, group: str, kind: Kind, pattern: str, options: GroupOptions
+    ) -> GroupSubscription:
+        """A consumer of the group ``group`` (created on first use, bound to
+        ``<kind>.<pattern>``); join it with ``async with``."""
+
+    @abc.abstractmethod
+    async def dead_letters(self, group: str) -> list[DeadLetter]:
+        """The group's dead letters, oldest first, left where they are."""
+
+    @abc.abstractmethod
+    async def replay(self, group: str, event_id: str | None = None) -> int:
+        """Deliver the group's dead letters (those of ``event_id`` only, if given) to the group
+        again, as new first attempts; the number replayed."""

@@ -23,8 +23,10 @@ from .._exceptions import (
     BusError,
     BusUnavailable,
     ClientStateError,
+    ConfigurationError,
     InvalidInput,
 )
+from .._groups import DeadLetter, GroupOptions, GroupSubscription
 from .._names import Kind, validate_kind, validate_name
 from ._base import Bus, Subscription, check_wait_id
 
@@ -160,6 +162,27 @@ class HttpBus(Bus):
         return _HttpSubscription(
             self, validate_kind(kind), pattern, deadline, check_wait_id(wait_id)
         )
+
+    def subscribe_group(
+        self, group: str, kind: Kind, pattern: str, options: GroupOptions
+    ) -> GroupSubscription:
+        raise _no_groups()
+
+    async def dead_letters(self, group: str) -> list[DeadLetter]:
+        raise _no_groups()
+
+    async def replay(self, group: str, event_id: str | None = None) -> int:
+        raise _no_groups()
+
+
+def _no_groups() -> ConfigurationError:
+    # A group is a durable queue of the broker's: a daemon cannot lend one over HTTP. Its
+    # webhooks ([[triggers]]) are how HTTP services receive a group's events.
+    return ConfigurationError(
+        "groups need RabbitMQ (an amqp:// URL) or the in-process bus, not a bridge daemon; "
+        "to have a daemon deliver a group's events to an HTTP service, configure a [[triggers]] "
+        "webhook"
+    )
 
 
 class _HttpSubscription(Subscription):

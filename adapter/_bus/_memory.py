@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import Self
 
 from .._event import Event
+from .._groups import DeadLetter, GroupOptions, GroupSubscription
 from .._names import Kind, pattern_matches, routing_key
 from .._settings import LimitsSettings
 from ._base import (
@@ -21,6 +22,7 @@ from ._base import (
     check_wait_id,
     seconds_until,
 )
+from ._memory_groups import MemoryGroups
 
 __all__ = ["MemoryBus"]
 
@@ -70,6 +72,7 @@ class MemoryBus(Bus):
         self._subscriptions = SubscriptionIndex()
         self._mailboxes: dict[str, _Mailbox] = {}
         self._resumable = ResumableWaits(self.limits.max_resumable_waits, wait_grace)
+        self._groups = MemoryGroups()
 
     async def start(self) -> None:
         return None
@@ -77,6 +80,7 @@ class MemoryBus(Bus):
     async def close(self) -> None:
         self._subscriptions.clear()
         self._mailboxes.clear()
+        self._groups.close()
 
     @property
     def connected(self) -> bool:
@@ -89,10 +93,11 @@ class MemoryBus(Bus):
     async def publish(self, event: Event) -> bool:
         self._check_open()
         key = routing_key(event.kind, event.name)
+        routed = self._groups.route(key, event)  # first: a full group refuses the whole send
         subs = self._subscriptions.matching(key)
         for sub in subs:
             sub.deliver(event)
-        routed = bool(subs)
+        routed = routed or bool(subs)
         self._forget_expired(asyncio.get_running_loop().time())
         for box in self._mailboxes.values():
             if box.attached is None and pattern_matches(box.binding_key, key):
@@ -109,6 +114,20 @@ class MemoryBus(Bus):
         self, kind: Kind, pattern: str, deadline: datetime, *, wait_id: str | None = None
     ) -> Subscription:
         return _MemorySubscription(self, kind, pattern, deadline, check_wait_id(wait_id))
+
+    def subscribe_group(
+        self, group: str, kind: Kind, pattern: str, options: GroupOptions
+    ) -> GroupSubscription:
+        self._check_open()
+        return self._groups.subscribe(group, kind, pattern, options)
+
+    async def dead_letters(self, group: str) -> list[DeadLetter]:
+        self._check_open()
+        return self._groups.dead_letters(group)
+
+    async def replay(self, group: str, event_id: str | None = None) -> int:
+        self._check_open()
+        return self._groups.replay(group, event_id)
 
     def _attach(self, sub: _MemorySubscription, wait_id: str | None) -> None:
         if wait_id is None:

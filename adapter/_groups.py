@@ -1,0 +1,200 @@
+"""Groups: events that start work. A group is a named, durable subscription whose consumers share
+its events (each event to one of them), at least once, with retries after a backoff, dead letters
+after ``max_attempts``, and de-duplication by event id.
+
+``client.subscribe(pattern, group=G, kind=K)`` gives a ``GroupSubscription``; iterating it gives
+``Delivery`` objects that the handler settles exactly once: ``ack``, ``retry`` or
+``dead_letter``. A delivery left unsettled when its consumer goes away is delivered again. The
+buses implement the transport (``_bus/_amqp_groups.py``, ``_bus/_memory_groups.py``); what is the
+same for both lives here.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+
+from tenacity import RetryCallState, wait_exponential
+
+from ._event import Event
+from ._exceptions import ClientStateError, InvalidInput
+
+__all__ = [
+    "DeadLetter",
+    "Delivery",
+    "GroupOptions",
+    "GroupSubscription",
+    "RetryPolicy",
+    "SeenIds",
+    "check_group_name",
+]
+
+_GROUP = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
+
+
+def check_group_name(group: str) -> str:
+    """A group's name: 1 to 100 of letters, digits and ``_ . : -`` (it names queues)."""
+    if not isinstance(group, str) or not _GROUP.fullmatch(group):
+        raise InvalidInput(
+            f"group must be 1 to 100 characters of A-Z a-z 0-9 _ . : -, not {group!r}"
+        )
+    return group
+
+
+@dataclass(frozen=True, slots=True)
+class GroupOptions:
+    """How a group behaves; fixed when its queue is first made (``[groups]`` in the settings)."""
+
+    prefetch: int = 16
+    max_attempts: int = 8
+    dedup_window: float = 600.0
+    dedup_max: int = 100_000
+    retry_initial: float = 1.0
+    retry_max: float = 300.0
+    max_length: int = 100_000
+
+    @property
+    def dedup(self) -> bool:
+        return self.dedup_window > 0
+
+
+class RetryPolicy:
+    """The delay before a retried delivery comes again: tenacity's exponential backoff from
+    ``retry_initial`` doubling up to ``retry_max``, in whole milliseconds (each distinct delay is
+    a queue at the broker, so the ladder is short)."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self._wait = wait_exponential(multiplier=initial, min=initial, max=maximum)
+        self.maximum = maximum
+
+    def delay_ms(self, attempt: int, *, at_least: float = 0.0) -> int:
+        """The delay after failed attempt ``attempt`` (1-based), and not less than ``at_least``
+        seconds (a receiver's ``Retry-After``), rounded up to a step of the ladder."""
+        state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+        for step in range(max(attempt, 1), 64):
+            state.attempt_number = step
+            seconds = float(self._wait(state))
+            if seconds >= at_least or seconds >= self.maximum:
+                return round(seconds * 1000)
+        return round(self.maximum * 1000)  # pragma: no cover - the ladder ends first
+
+
+class SeenIds:
+    """Event ids acknowledged within the last ``window`` seconds, at most ``limit`` of them (the
+    oldest go first: past the limit, de-duplication forgets early)."""
+
+    def __init__(self, window: float, limit: int) -> None:
+        self.window = window
+        self.limit = limit
+        self._until: OrderedDict[str, float] = OrderedDict()
+
+    def __contains__(self, event_id: object) -> bool:
+        until = self._until.get(event_id)  # type: ignore[call-overload]
+        return until is not None and until > time.monotonic()
+
+    def add(self, event_id: str) -> None:
+        now = time.monotonic()
+        self._until[event_id] = now + self.window
+        self._until.move_to_end(event_id)
+        while self._until:
+            oldest, until = next(iter(self._until.items()))
+            if until > now and len(self._until) <= self.limit:
+                break
+            del self._until[oldest]
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An event a group gave up on, with why and when."""
+
+    event: Event
+    reason: str
+    attempts: int
+    first_failure: datetime | None
+    last_failure: datetime | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "event": self.event.to_json(),
+            "reason": self.reason,
+            "attempts": self.attempts,
+            "first_failure": self.first_failure.isoformat() if self.first_failure else None,
+            "last_failure": self.last_failure.isoformat() if self.last_failure else None,
+        }
+
+
+@dataclass(eq=False)
+class Delivery(abc.ABC):
+    """One event handed to one consumer of a group. Settle it exactly once."""
+
+    event: Event
+    attempt: int
+    settled: str | None = field(default=None, init=False)
+
+    def _settle(self, how: str) -> None:
+        if self.settled is not None:
+            raise ClientStateError(
+                f"the delivery of {self.event.event_id!r} was already settled ({self.settled})"
+            )
+        self.settled = how
+
+    async def ack(self) -> None:
+        """The event was handled: it is not delivered again (nor, within the de-duplication
+        window, any copy of it)."""
+        self._settle("ack")
+        await self._ack()
+
+    async def retry(self, reason: str, *, at_least: float = 0.0) -> None:
+        """Deliver it again after a backoff (not sooner than ``at_least`` seconds); past the
+        group's ``max_attempts`` it is dead-lettered instead."""
+        self._settle("retry")
+        await self._retry(reason, at_least)
+
+    async def dead_letter(self, reason: str) -> None:
+        """Give up on it: it goes to the group's dead letters, with the reason."""
+        self._settle("dead_letter")
+        await self._dead_letter(reason)
+
+    @abc.abstractmethod
+    async def _ack(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _retry(self, reason: str, at_least: float) -> None: ...
+
+    @abc.abstractmethod
+    async def _dead_letter(self, reason: str) -> None: ...
+
+
+class GroupSubscription(abc.ABC):
+    """A consumer of a group: ``async with`` joins it, ``async for delivery in sub`` takes its
+    deliveries, leaving hands back the ones not settled (they are delivered again)."""
+
+    def __init__(self, group: str, kind: str, pattern: str, options: GroupOptions) -> None:
+        self.group = group
+        self.kind = kind
+        self.pattern = pattern
+        self.options = options
+
+    @abc.abstractmethod
+    async def __aenter__(self) -> Self: ...
+
+    @abc.abstractmethod
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    @abc.abstractmethod
+    def __aiter__(self) -> AsyncIterator[Delivery]: ...

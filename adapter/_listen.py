@@ -1,0 +1,142 @@
+"""``customevent listen``: a group's consumer that prints each event, or runs a command per event.
+
+With a command, the event goes to the command as JSON on stdin, with ``CUSTOMEVENT_NAME``,
+``CUSTOMEVENT_EVENT_ID``, ``CUSTOMEVENT_KIND``, ``CUSTOMEVENT_GROUP`` and ``CUSTOMEVENT_ATTEMPT``
+in its environment. Exit status 0 acknowledges the event; anything else retries it (after the
+group's backoff; past ``max_attempts``, a dead letter); a command still running after its
+timeout is stopped (SIGTERM to its process group, SIGKILL 5 s later) and the event retried.
+
+One event is in hand at a time (prefetch 1), so a stop (SIGTERM, SIGINT) lets the running command
+finish and settles its event before leaving: nothing is delivered again because of a stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable, Sequence
+
+from ._client import Client
+from ._event import Event
+from ._exceptions import ConfigurationError
+from ._groups import Delivery
+
+__all__ = ["listen"]
+
+log = logging.getLogger("adapter.listen")
+
+_KILL_GRACE = 5.0
+
+
+async def listen(
+    client: Client,
+    pattern: str,
+    *,
+    group: str,
+    kind: str,
+    command: Sequence[str] | None,
+    command_timeout: float,
+    show: Callable[[Event], None],
+    stop: asyncio.Event,
+) -> int:
+    """Consume ``group`` until ``stop`` is set; the number of events handled (acknowledged)."""
+    handled = 0
+    async with client.subscribe(pattern, group=group, kind=kind, prefetch=1) as deliveries:
+        incoming = aiter(deliveries)
+        while not stop.is_set():
+            delivery = await _next_or_stop(incoming, stop)
+            if delivery is None:
+                break
+            if command is None:
+                show(delivery.event)
+                await delivery.ack()
+                handled += 1
+                continue
+            failure = await run_command(command, delivery, group=group, limit=command_timeout)
+            if failure is None:
+                await delivery.ack()
+                handled += 1
+            else:
+                log.warning(
+                    "event %s (%s, attempt %d): %s; it will be retried",
+                    delivery.event.event_id,
+                    delivery.event.name,
+                    delivery.attempt,
+                    failure,
+                )
+                await delivery.retry(failure)
+    return handled
+
+
+async def _next_or_stop(incoming: object, stop: asyncio.Event) -> Delivery | None:
+    taking = asyncio.ensure_future(anext(incoming))  # type: ignore[call-overload]
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        done, _ = await asyncio.wait({taking, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if taking in done:
+        delivery: Delivery = taking.result()
+        return delivery
+    taking.cancel()
+    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+        await taking
+    return None
+
+
+async def run_command(
+    command: Sequence[str], delivery: Delivery, *, group: str, limit: float
+) -> str | None:
+    """Run the command for one delivery, for ``limit`` seconds at most: None when it exits 0,
+    else why it failed."""
+    event = delivery.event
+    env = {
+        **os.environ,
+        "CUSTOMEVENT_NAME": event.name,
+        "CUSTOMEVENT_EVENT_ID": event.event_id,
+        "CUSTOMEVENT_KIND": event.kind,
+        "CUSTOMEVENT_GROUP": group,
+        "CUSTOMEVENT_ATTEMPT": str(delivery.attempt),
+    }
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            stdin=asyncio.subprocess.PIPE,
+            env=env,
+            # Its own process group: a Ctrl-C meant for the listener does not reach it (the
+            # listener lets it finish), and a timeout stops everything it started.
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise ConfigurationError(f"cannot run {command[0]!r}: {exc.strerror or exc}") from None
+    payload = json.dumps(event.to_json(), ensure_ascii=False).encode("utf-8") + b"\n"
+    try:
+        async with asyncio.timeout(limit):
+            await process.communicate(payload)
+    except TimeoutError:
+        await _stop(process)
+        return f"the command was still running after {limit:g}s and was stopped"
+    if process.returncode == 0:
+        return None
+    if process.returncode is not None and process.returncode < 0:
+        return f"the command was killed by signal {-process.returncode}"
+    return f"the command exited {process.returncode}"
+
+
+async def _stop(process: asyncio.subprocess.Process) -> None:
+    for sig, grace in ((signal.SIGTERM, _KILL_GRACE), (signal.SIGKILL, None)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        if grace is None:
+            await process.wait()
+            return
+        try:
+            async with asyncio.timeout(grace):
+                await process.wait()
+            return
+        except TimeoutError:
+            continue
