@@ -144,6 +144,10 @@ async def _serve(settings: Settings, sockets: list[socket.socket]) -> None:
             from ._mqtt import MqttBridge
 
             await stack.enter_async_context(MqttBridge(settings, client))
+        if settings.triggers:
+            from ._triggers import Triggers
+
+            await stack.enter_async_context(Triggers(settings, client))
         app = create_app(settings, client)
         raise_file_limit(settings.http)
         http = settings.http

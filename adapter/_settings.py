@@ -9,11 +9,19 @@ or ``CUSTOMEVENT_CONFIG``; the secrets directory (``CUSTOMEVENT_SECRETS_DIR``, d
 from __future__ import annotations
 
 import os
+import typing
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NestedSecretsSettingsSource,
@@ -22,7 +30,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from ._exceptions import ConfigurationError, InvalidEventName
+from ._exceptions import ConfigurationError, InvalidEventName, InvalidInput
+from ._groups import check_group_name
 from ._names import validate_pattern
 
 __all__ = [
@@ -35,7 +44,9 @@ __all__ = [
     "MqttSettings",
     "Principal",
     "Settings",
+    "Trigger",
     "load_settings",
+    "section_models",
 ]
 
 DEFAULT_SECRETS_DIR = "/run/secrets/customevent"
@@ -258,6 +269,78 @@ class LogSettings(_Section):
     format: Literal["json", "text"] = Field(default="json", description="log line format")
 
 
+class Trigger(_Section):
+    """A webhook: every event of the group ``name`` is POSTed to ``url`` as a signed CloudEvent."""
+
+    name: str = Field(description="the trigger's name, also its group's")
+    pattern: str = Field(description="event names it delivers (a name or a topic pattern)")
+    kind: Literal["internal", "external"] = Field(default="internal", description="event kind")
+    url: str = Field(description="http:// or https:// URL the events are POSTed to")
+    secret: str | None = Field(default=None, description="HMAC-SHA256 signing key")
+    secret_file: Path | None = Field(default=None, description="a file holding the secret")
+    mode: Literal["binary", "structured"] = Field(
+        default="binary", description="CloudEvents HTTP mode: binary or structured"
+    )
+    timeout: float = Field(default=10.0, gt=0, description="wait for an answer, seconds")
+    max_attempts: int | None = Field(
+        default=None, ge=1, description="attempts before a dead letter; default groups.*"
+    )
+    max_in_flight: int = Field(
+        default=16, ge=1, le=1000, description="deliveries under way at once"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        try:
+            return check_group_name(value)
+        except InvalidInput as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        return _check_patterns([value])[0]
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        checked = _check_url(value, ("https", "http"), "triggers.url")
+        if checked is None:
+            raise ValueError("triggers.url is required")
+        return checked
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> Trigger:
+        if (self.secret is None) == (self.secret_file is None):
+            raise ValueError(
+                f"trigger {self.name!r}: give its signing key as secret or as secret_file "
+                "(one of them)"
+            )
+        if self.secret is not None and len(self.secret) < 16:
+            raise ValueError(f"trigger {self.name!r}: the secret must be at least 16 characters")
+        return self
+
+    def read_secret(self) -> bytes:
+        """The signing key, from ``secret`` or ``secret_file``; ``ConfigurationError`` if the
+        file cannot be read or holds fewer than 16 characters."""
+        if self.secret is not None:
+            return self.secret.encode("utf-8")
+        assert self.secret_file is not None
+        try:
+            text = self.secret_file.read_text("utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigurationError(
+                f"trigger {self.name!r}: cannot read secret_file {str(self.secret_file)!r}: {exc}"
+            ) from None
+        if len(text) < 16:
+            raise ConfigurationError(
+                f"trigger {self.name!r}: secret_file {str(self.secret_file)!r} holds fewer than "
+                "16 characters"
+            )
+        return text.encode("utf-8")
+
+
 class Settings(BaseSettings):
     """All configuration of the library, the CLI and the daemon."""
 
@@ -275,6 +358,9 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     groups: GroupSettings = Field(default_factory=GroupSettings)
+    triggers: list[Trigger] = Field(
+        default_factory=list, description="webhooks: groups delivered to HTTP services"
+    )
     log: LogSettings = Field(default_factory=LogSettings)
 
     @classmethod
@@ -300,6 +386,19 @@ class Settings(BaseSettings):
         if cls.config_file is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls.config_file))
         return tuple(sources)
+
+
+def section_models() -> dict[str, tuple[type[BaseModel], bool]]:
+    """Each settings section's model, and whether the section is a list of them (a TOML array
+    of tables, like ``[[triggers]]``): what the references and the chart's schema describe."""
+    sections: dict[str, tuple[type[BaseModel], bool]] = {}
+    for name, field in Settings.model_fields.items():
+        annotation = field.annotation
+        is_list = typing.get_origin(annotation) is list
+        model = typing.get_args(annotation)[0] if is_list else annotation
+        assert isinstance(model, type) and issubclass(model, BaseModel), name
+        sections[name] = (model, is_list)
+    return sections
 
 
 def _describe(error: ValidationError) -> str:

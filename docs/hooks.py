@@ -175,12 +175,9 @@ def _constraints(field: FieldInfo) -> str:
 
 def settings_fields() -> Iterator[tuple[str, str, FieldInfo]]:
     """Every (section, key, field) of the settings model, in declaration order."""
-    from adapter import Settings
+    from adapter._settings import section_models
 
-    for section, section_field in Settings.model_fields.items():
-        model = section_field.annotation
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            raise GenerationError(f"settings section {section!r} is not a model")
+    for section, (model, _) in section_models().items():
         for key, field in model.model_fields.items():
             yield section, key, field
 
@@ -197,12 +194,23 @@ def _field_rows(fields: list[tuple[str, FieldInfo]]) -> list[tuple[str, ...]]:
 
 
 def settings_reference() -> str:
-    from adapter import Settings
-    from adapter._settings import Principal
+    from adapter._settings import Principal, section_models
 
     parts = []
-    for section in Settings.model_fields:
+    for section, (_, is_list) in section_models().items():
         fields = [(key, field) for s, key, field in settings_fields() if s == section]
+        if is_list:
+            # An array of tables: one entry per item, given whole (JSON) in the environment.
+            parts += [f"## `[[{section}]]`", ""]
+            parts.append(_table(("Key", "Type", "Default", "Description"), _field_rows(fields)))
+            parts += [
+                "",
+                f"Each `[[{section}]]` table is one entry. In the environment the whole list is "
+                f"one JSON value: `CUSTOMEVENT_{section.upper()}='[{{...}}, ...]'`; as a secrets "
+                f"file, `{section}`.",
+                "",
+            ]
+            continue
         parts += [f"## `[{section}]`", ""]
         parts.append(_table(("Key", "Type", "Default", "Description"), _field_rows(fields)))
         parts += ["", "| Key | Environment variable | Secrets file |", "| --- | --- | --- |"]

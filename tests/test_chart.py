@@ -23,7 +23,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from adapter._settings import Settings, load_settings
+from adapter._settings import Settings, load_settings, section_models
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART_DIR = ROOT / "charts" / "customevent-bridge"
@@ -319,6 +319,46 @@ def test_pod_loads_settings_like_the_daemon(
     assert settings.mqtt.shared_group == FULLNAME
 
 
+def test_triggers_take_their_signing_keys_from_secrets_by_reference(
+    chart: helm.Chart, tmp_path: Path
+) -> None:
+    triggers = [
+        {
+            "name": "reload",
+            "pattern": "vm.*",
+            "url": "https://reloader.example.com/events",
+            "secretRef": {"name": "reloader-webhook", "key": "hmac"},
+            "mode": "structured",
+            "maxInFlight": 4,
+        }
+    ]
+    result = render(chart, with_amqp({"triggers": triggers}))
+    (trigger,) = result.config()["triggers"]
+    assert trigger == {
+        "name": "reload",
+        "pattern": "vm.*",
+        "url": "https://reloader.example.com/events",
+        "secret_file": "/etc/customevent/triggers/reload/secret",
+        "mode": "structured",
+        "max_in_flight": 4,
+    }
+    volumes = {volume["name"]: volume for volume in result.pod_spec()["volumes"]}
+    assert volumes["trigger-reload"]["secret"] == {
+        "secretName": "reloader-webhook",
+        "defaultMode": 288,
+        "items": [{"key": "hmac", "path": "secret"}],
+    }
+    mounts = {m["name"]: m for m in result.container()["volumeMounts"]}
+    assert mounts["trigger-reload"]["mountPath"] == "/etc/customevent/triggers/reload"
+    # The daemon reads the rendered file, the key where the Secret is mounted.
+    secret = tmp_path / "secret"
+    secret.write_text("a-signing-key-from-a-secret\n")
+    settings = Settings.model_validate(result.config())
+    moved = settings.triggers[0].model_copy(update={"secret_file": secret})
+    assert moved.read_secret() == b"a-signing-key-from-a-secret"
+    validate_all(result)
+
+
 def test_chart_lints_clean() -> None:
     for values in (None, yaml.safe_load(PRODUCTION_VALUES.read_text())):
         report = helm.lint(CHART_DIR, values, strict=True, kube_version=f"v{KUBE_VERSION}.0")
@@ -448,10 +488,13 @@ def test_schema_config_sections_mirror_the_settings_model() -> None:
     # Settings forbid unknown keys: the schema must allow exactly what the daemon accepts.
     schema = json.loads((CHART_DIR / "values.schema.json").read_text())
     sections = schema["properties"]["config"]["properties"]
-    assert set(sections) == set(Settings.model_fields)
+    models = section_models()
+    assert set(sections) == set(models)
     for name, section in sections.items():
-        model = Settings.model_fields[name].annotation
-        assert model is not None
+        model, is_list = models[name]
+        if is_list:
+            assert section["type"] == "array", name
+            section = section["items"]
         assert set(section["properties"]) == set(model.model_fields), name
         assert section["additionalProperties"] is False
 
@@ -476,9 +519,9 @@ def test_chart_readme_documents_every_value() -> None:
     missing = [key for key in leaf_keys(values) if key not in documented]
     assert not missing, f"values missing from the README's table: {missing}"
     config_keys = {
-        f"config.{section}.{key}"
-        for section, field in Settings.model_fields.items()
-        for key in field.annotation.model_fields  # type: ignore[union-attr]
+        f"config.{section}" if is_list else f"config.{section}.{key}"
+        for section, (model, is_list) in section_models().items()
+        for key in model.model_fields
     }
     assert not config_keys - documented, "config keys missing from the README"
 

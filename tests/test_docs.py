@@ -43,6 +43,7 @@ import pytest
 from adapter import Event, load_settings
 from adapter._cli import _build_parser
 from adapter._secrets import verify_secret
+from adapter._settings import section_models
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -53,6 +54,7 @@ SPECIAL_EXAMPLES = {
     "wait_through_the_daemon": "test_the_daemon_example_runs_against_the_quickstart_daemon",
     "publish_with_any_amqp_client": "test_any_amqp_client_is_a_sender",
     "test_my_service": "test_the_fixtures_work_in_a_project_of_its_own",
+    "webhook_receiver": "test_the_webhook_receiver_example_checks_what_a_trigger_sends",
 }
 ALL_EXAMPLES = sorted((DOCS / "examples").glob("*.py"))
 EXAMPLES = [path for path in ALL_EXAMPLES if path.stem not in SPECIAL_EXAMPLES]
@@ -66,6 +68,7 @@ EXPECTED: dict[str, Any] = {
     "sync_script": {"status": "ok", "size": "12GiB"},
     "resumable_wait": {"status": "ok"},
     "provision_vm": {"ip": "10.0.0.42"},
+    "group_worker": ["web-1", "web-2"],
 }
 
 
@@ -109,10 +112,26 @@ def test_example_runs(path: Path, example_bus: str, unique_name: str) -> None:
     main = _load(path).main
     # Examples that name their events take a unique name, so runs never see each other's events.
     args = [unique_name] if inspect.signature(main).parameters else []
-    result = asyncio.run(main(*args)) if inspect.iscoroutinefunction(main) else main(*args)
+    try:
+        result = asyncio.run(main(*args)) if inspect.iscoroutinefunction(main) else main(*args)
+    finally:
+        if example_bus == "rabbitmq":
+            _delete_example_groups()
     assert result, f"{path.name} returned {result!r}"
     if isinstance(result, Event) and path.stem in EXPECTED:
         assert result.properties == EXPECTED[path.stem]
+    elif path.stem in EXPECTED:
+        assert result == EXPECTED[path.stem]
+
+
+def _delete_example_groups() -> None:
+    """The durable queues the group examples made (``example-*`` groups)."""
+    listing = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "name"], capture_output=True, text=True, timeout=60
+    )
+    for queue in listing.stdout.split():
+        if queue.startswith("customevent.group.example-"):
+            subprocess.run(["rabbitmqctl", "-q", "delete_queue", queue], capture_output=True)
 
 
 def test_examples_are_in_the_docs_and_snippets_exist() -> None:
@@ -174,6 +193,8 @@ def test_quickstart_commands_parse() -> None:
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_page_uses_real_cli_options(page: Path) -> None:
     for argv in customevent_commands(page):
+        if "--" in argv and argv[0] == "listen":
+            argv = argv[: argv.index("--")]  # listen's COMMAND: not the CLI's to parse
         try:
             _build_parser().parse_args(argv)
         except SystemExit as exc:
@@ -422,7 +443,7 @@ def _test_names() -> set[str]:
     return {
         match[1]
         for path in (ROOT / "tests").glob("test_*.py")
-        for match in re.finditer(r"^def (test_\w+)\(", path.read_text(), re.MULTILINE)
+        for match in re.finditer(r"^(?:async )?def (test_\w+)\(", path.read_text(), re.MULTILINE)
     }
 
 
@@ -530,7 +551,12 @@ def test_metrics_reference_matches_the_registry() -> None:
 def test_settings_reference_names_every_key() -> None:
     hooks = _hooks()
     text = hooks.settings_reference()
+    lists = {section for section, (_, is_list) in section_models().items() if is_list}
     for section, key, _ in hooks.settings_fields():
+        if section in lists:  # a list of tables is given whole: one variable, one file
+            assert f"## `[[{section}]]`" in text and f"| `{key}` |" in text
+            assert f"`CUSTOMEVENT_{section.upper()}='[" in text
+            continue
         assert f"`CUSTOMEVENT_{section.upper()}__{key.upper()}`" in text
         assert f"`{section}__{key}`" in text
 

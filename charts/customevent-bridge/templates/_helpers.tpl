@@ -100,7 +100,27 @@ drain from the helpers above, the shared MQTT subscription group when several po
 {{- end }}
 {{- $_ := set $config "mqtt" $mqtt }}
 {{- end }}
+{{- /* Triggers: their signing keys are files the deployment mounts from the referenced
+       Secrets (customevent-bridge.triggerSecretDir). */}}
+{{- if .Values.triggers }}
+{{- $triggers := list }}
+{{- range .Values.triggers }}
+{{- $trigger := dict "name" .name "pattern" .pattern "url" .url "secret_file" (printf "%s/secret" (include "customevent-bridge.triggerSecretDir" .name)) }}
+{{- if .kind }}{{ $_ := set $trigger "kind" .kind }}{{ end }}
+{{- if .mode }}{{ $_ := set $trigger "mode" .mode }}{{ end }}
+{{- if .timeout }}{{ $_ := set $trigger "timeout" .timeout }}{{ end }}
+{{- if .maxAttempts }}{{ $_ := set $trigger "max_attempts" .maxAttempts }}{{ end }}
+{{- if .maxInFlight }}{{ $_ := set $trigger "max_in_flight" .maxInFlight }}{{ end }}
+{{- $triggers = append $triggers $trigger }}
+{{- end }}
+{{- $_ := set $config "triggers" (concat ($config.triggers | default list) $triggers) }}
+{{- end }}
 {{- toJson $config }}
+{{- end }}
+
+{{/* Where the signing key of the trigger named . is mounted. */}}
+{{- define "customevent-bridge.triggerSecretDir" -}}
+/etc/customevent/triggers/{{ . }}
 {{- end }}
 
 {{/*
@@ -111,6 +131,18 @@ no null and the daemon's default applies.
 */}}
 {{- define "customevent-bridge.toml" -}}
 {{- range $section, $body := . }}
+{{- if kindIs "slice" $body }}
+{{- /* An array of tables: [[triggers]] */}}
+{{- range $body }}
+[[{{ include "customevent-bridge.tomlKey" $section }}]]
+{{- range $key, $value := . }}
+{{- if not (kindIs "invalid" $value) }}
+{{ include "customevent-bridge.tomlKey" $key }} = {{ include "customevent-bridge.tomlValue" $value }}
+{{- end }}
+{{- end }}
+{{/* blank line between tables */}}
+{{- end }}
+{{- else }}
 {{- if not (kindIs "map" $body) }}
 {{- fail (printf "config.%s must be a table (section), not %s" $section (kindOf $body)) }}
 {{- end }}
@@ -121,6 +153,7 @@ no null and the daemon's default applies.
 {{- end }}
 {{- end }}
 {{/* blank line between sections */}}
+{{- end }}
 {{- end }}
 {{- end }}
 

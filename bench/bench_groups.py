@@ -1,0 +1,254 @@
+"""Groups and webhook triggers, each beside its reference, in one run.
+
+    .venv/bin/python bench/run.py groups [--quick] [--rounds N]
+
+- **group consume**: N events waiting in a group (a de-duplicating one, the default) handed to a
+  no-op handler that acknowledges each, against raw aio-pika consuming the same N messages from a
+  quorum queue with manual acks and the same prefetch. Goal >= 0.7x.
+- **de-duplication**: the same group consume with de-duplication (one active consumer that
+  remembers ids) against without it (``dedup_window = 0``). Goal >= 0.8x.
+- **webhooks**: N events delivered by a trigger to a local no-op receiver, against the same N
+  events POSTed by a plain httpx loop (one at a time, as a script would). Goal >= 1.0x (the
+  trigger has deliveries under way at once).
+
+Needs RabbitMQ (``--amqp-url``, default ``$CUSTOMEVENT_AMQP__URL`` or 127.0.0.1:5672).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import httpx
+import uvicorn
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+for path in (str(HERE), str(ROOT)):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+from _common import Figure, Stopwatch, amqp_url, median, rate, run_id  # noqa: E402
+
+from adapter import Client, load_settings  # noqa: E402
+from adapter._cloudevents import to_http  # noqa: E402
+from adapter._event import Event  # noqa: E402
+from adapter._triggers import SIGNATURE_HEADER, Triggers, sign  # noqa: E402
+from adapter.testing import free_port  # noqa: E402
+
+PREFETCH = 64
+SECRET = "bench-webhook-secret-0123456789"
+
+
+def log(message: str) -> None:
+    print(f"groups: {message}", file=sys.stderr, flush=True)
+
+
+async def _publish(url: str, name: str, count: int) -> None:
+    async with Client(load_settings(amqp={"url": url})) as client:
+        pending = [client.send_custom_event(name, {"n": str(i)}) for i in range(count)]
+        for start in range(0, count, 500):
+            await asyncio.gather(*pending[start : start + 500])
+
+
+async def group_consume(url: str, count: int, *, dedup: bool) -> float:
+    """Seconds for a group's consumer to ack ``count`` events waiting in the group."""
+    group = f"bench-{run_id()}"
+    name = f"bench.groups.{group}"
+    window = 600.0 if dedup else 0.0
+    groups = {"prefetch": PREFETCH, "dedup_window": window}
+    settings = load_settings(amqp={"url": url}, groups=groups)
+    async with Client(settings) as client:
+        async with client.subscribe(name, group=group):
+            pass
+        await _publish(url, name, count)
+        done = 0
+        async with client.subscribe(name, group=group) as deliveries:
+            with Stopwatch() as watch:
+                async for delivery in deliveries:
+                    await delivery.ack()
+                    done += 1
+                    if done == count:
+                        break
+    await _delete(url, f"customevent.group.{group}", f"customevent.group.{group}.dead")
+    return watch.seconds
+
+
+async def raw_consume(url: str, count: int) -> float:
+    """Seconds for raw aio-pika to consume ``count`` messages from a quorum queue, acking each."""
+    queue_name = f"bench.groups.raw.{run_id()}"
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_queue(queue_name, durable=True, arguments={"x-queue-type": "quorum"})
+        await _publish_raw(channel, queue_name, count)
+        consumer = await connection.channel()
+        await consumer.set_qos(prefetch_count=PREFETCH)
+        queue = await consumer.get_queue(queue_name)
+        done = 0
+        finished = asyncio.Event()
+
+        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            nonlocal done
+            await message.ack()
+            done += 1
+            if done == count:
+                finished.set()
+
+        with Stopwatch() as watch:
+            await queue.consume(on_message)
+            await finished.wait()
+        await channel.queue_delete(queue_name)
+    return watch.seconds
+
+
+async def _publish_raw(channel: aio_pika.abc.AbstractChannel, queue: str, count: int) -> None:
+    body = b'{"n":"0"}'
+    for start in range(0, count, 500):
+        await asyncio.gather(
+            *(
+                channel.default_exchange.publish(
+                    aio_pika.Message(body, message_id=str(uuid.uuid4()), delivery_mode=2), queue
+                )
+                for _ in range(start, min(start + 500, count))
+            )
+        )
+
+
+async def _delete(url: str, *queues: str) -> None:
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        for queue in queues:
+            with contextlib.suppress(Exception):
+                await channel.queue_delete(queue)
+
+
+@contextlib.asynccontextmanager
+async def receiver(expected: int) -> AsyncIterator[tuple[str, asyncio.Event, list[int]]]:
+    """A no-op HTTP receiver answering 204; the event is set after ``expected`` requests."""
+    seen = [0]
+    enough = asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        message = await receive()
+        while message.get("more_body"):
+            message = await receive()
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        seen[0] += 1
+        if seen[0] >= expected:
+            enough.set()
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_config=None, lifespan="off", interface="asgi3"
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}/hook", enough, seen
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def webhook_deliveries(url: str, count: int) -> float:
+    group = f"bench-hook-{run_id()}"
+    name = f"bench.hooks.{group}"
+    async with receiver(count) as (hook, enough, _):
+        trigger = {"name": group, "pattern": name, "url": hook, "secret": SECRET}
+        settings = load_settings(amqp={"url": url}, triggers=[trigger])
+        async with Client(settings) as client:
+            async with client.subscribe(name, group=group):
+                pass
+            await _publish(url, name, count)
+            with Stopwatch() as watch:
+                async with Triggers(settings, client):
+                    await enough.wait()
+    await _delete(url, f"customevent.group.{group}", f"customevent.group.{group}.dead")
+    return watch.seconds
+
+
+async def plain_posts(count: int) -> float:
+    """Seconds for a plain httpx loop to POST ``count`` signed CloudEvents, one at a time."""
+    events = [
+        Event(name="bench.plain", kind="internal", properties={"n": str(i)}) for i in range(count)
+    ]
+    async with receiver(count) as (hook, enough, _), httpx.AsyncClient() as http:
+        with Stopwatch() as watch:
+            for event in events:
+                headers, body = to_http(event)
+                headers[SIGNATURE_HEADER] = sign(SECRET.encode(), body)
+                response = await http.post(hook, content=body, headers=headers)
+                response.raise_for_status()
+            await enough.wait()
+    return watch.seconds
+
+
+async def main(args: argparse.Namespace) -> list[Figure]:
+    url = amqp_url(args)
+    quick = getattr(args, "quick", False)
+    rounds = 1 if quick else max(1, getattr(args, "rounds", 3))
+    count = 2000 if quick else 10_000
+    hooks = 500 if quick else 2000
+    group_rates: list[float] = []
+    raw_rates: list[float] = []
+    plain_group: list[float] = []
+    hook_rates: list[float] = []
+    post_rates: list[float] = []
+    for r in range(rounds):
+        log(f"round {r + 1}/{rounds}: {count:,} events through groups and raw aio-pika")
+        # Alternate the order so that neither side always runs on a warmer broker.
+        if r % 2 == 0:
+            raw_rates.append(rate(count, await raw_consume(url, count)))
+            group_rates.append(rate(count, await group_consume(url, count, dedup=True)))
+            plain_group.append(rate(count, await group_consume(url, count, dedup=False)))
+        else:
+            plain_group.append(rate(count, await group_consume(url, count, dedup=False)))
+            group_rates.append(rate(count, await group_consume(url, count, dedup=True)))
+            raw_rates.append(rate(count, await raw_consume(url, count)))
+        log(f"round {r + 1}/{rounds}: {hooks:,} webhook deliveries and plain posts")
+        hook_rates.append(rate(hooks, await webhook_deliveries(url, hooks)))
+        post_rates.append(rate(hooks, await plain_posts(hooks)))
+    return [
+        Figure(
+            "group consume to a no-op handler (dedup on)",
+            median(group_rates),
+            "events/s",
+            reference=median(raw_rates),
+            reference_name="raw aio-pika, one quorum queue, manual acks",
+            at_least=0.7,
+            samples=tuple(group_rates),
+        ),
+        Figure(
+            "group consume with de-duplication",
+            median(group_rates),
+            "events/s",
+            reference=median(plain_group),
+            reference_name="the same group without de-duplication",
+            at_least=0.8,
+            samples=tuple(group_rates),
+        ),
+        Figure(
+            "webhook deliveries to a no-op receiver",
+            median(hook_rates),
+            "events/s",
+            reference=median(post_rates),
+            reference_name="a plain httpx loop posting the same CloudEvents",
+            at_least=1.0,
+            samples=tuple(hook_rates),
+        ),
+    ]
