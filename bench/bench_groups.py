@@ -21,13 +21,11 @@ import asyncio
 import contextlib
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import aio_pika
 import httpx
-import uvicorn
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -131,44 +129,57 @@ async def _delete(url: str, *queues: str) -> None:
                 await channel.queue_delete(queue)
 
 
-@contextlib.asynccontextmanager
-async def receiver(expected: int) -> AsyncIterator[tuple[str, asyncio.Event, list[int]]]:
-    """A no-op HTTP receiver answering 204; the event is set after ``expected`` requests."""
-    seen = [0]
-    enough = asyncio.Event()
-
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
+RECEIVER = """
+import sys, uvicorn
+seen = 0
+async def app(scope, receive, send):
+    global seen
+    if scope["type"] != "http":
+        return
+    message = await receive()
+    while message.get("more_body"):
         message = await receive()
-        while message.get("more_body"):
-            message = await receive()
-        await send({"type": "http.response.start", "status": 204, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-        seen[0] += 1
-        if seen[0] >= expected:
-            enough.set()
+    if scope["method"] == "GET":
+        body = str(seen).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+        return
+    seen += 1
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", lifespan="off")
+"""
 
+
+@contextlib.asynccontextmanager
+async def receiver(expected: int) -> AsyncIterator[tuple[str, Callable[[], Awaitable[None]]]]:
+    """A no-op HTTP receiver in a process of its own (as a real one would be), answering 204;
+    yields its URL and a coroutine function that returns once it has had ``expected`` POSTs."""
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_config=None, lifespan="off", interface="asgi3"
-        )
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}/hook", enough, seen
-    finally:
-        server.should_exit = True
-        await task
+    process = await asyncio.create_subprocess_exec(sys.executable, "-c", RECEIVER, str(port))
+    url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient() as http:
+        for _ in range(200):
+            with contextlib.suppress(httpx.HTTPError):
+                await http.get(url)
+                break
+            await asyncio.sleep(0.05)
+
+        async def received() -> None:
+            while int((await http.get(url)).text) < expected:
+                await asyncio.sleep(0.02)
+
+        try:
+            yield f"{url}/hook", received
+        finally:
+            process.terminate()
+            await process.wait()
 
 
 async def webhook_deliveries(url: str, count: int) -> float:
     group = f"bench-hook-{run_id()}"
     name = f"bench.hooks.{group}"
-    async with receiver(count) as (hook, enough, _):
+    async with receiver(count) as (hook, received):
         trigger = {"name": group, "pattern": name, "url": hook, "secret": SECRET}
         settings = load_settings(amqp={"url": url}, triggers=[trigger])
         async with Client(settings) as client:
@@ -177,7 +188,7 @@ async def webhook_deliveries(url: str, count: int) -> float:
             await _publish(url, name, count)
             with Stopwatch() as watch:
                 async with Triggers(settings, client):
-                    await enough.wait()
+                    await received()
     await _delete(url, f"customevent.group.{group}", f"customevent.group.{group}.dead")
     return watch.seconds
 
@@ -187,14 +198,14 @@ async def plain_posts(count: int) -> float:
     events = [
         Event(name="bench.plain", kind="internal", properties={"n": str(i)}) for i in range(count)
     ]
-    async with receiver(count) as (hook, enough, _), httpx.AsyncClient() as http:
+    async with receiver(count) as (hook, received), httpx.AsyncClient() as http:
         with Stopwatch() as watch:
             for event in events:
                 headers, body = to_http(event)
                 headers[SIGNATURE_HEADER] = sign(SECRET.encode(), body)
                 response = await http.post(hook, content=body, headers=headers)
                 response.raise_for_status()
-            await enough.wait()
+            await received()
     return watch.seconds
 
 
