@@ -94,7 +94,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--config", metavar="FILE", dest="sub_config", help="TOML settings file")
 
-    def bus_options(command: argparse.ArgumentParser) -> None:
+    def bus_options(command: argparse.ArgumentParser, *, kind: bool = True) -> None:
         command.add_argument(
             "--config", metavar="FILE", dest="sub_config", help="TOML settings file"
         )
@@ -104,11 +104,12 @@ def _build_parser() -> argparse.ArgumentParser:
             "for a bridge daemon (default: amqp.url from the settings, else the local daemon "
             "at http.host:http.port; a bearer token comes from $CUSTOMEVENT_TOKEN)",
         )
-        command.add_argument(
-            "--kind",
-            choices=("internal", "external"),
-            help="event kind (default: internal over AMQP; over HTTP always external)",
-        )
+        if kind:
+            command.add_argument(
+                "--kind",
+                choices=("internal", "external"),
+                help="event kind (default: internal over AMQP; over HTTP always external)",
+            )
         command.add_argument("--json", action="store_true", help="print JSON only")
 
     send = commands.add_parser(
@@ -177,16 +178,23 @@ def _build_parser() -> argparse.ArgumentParser:
     dead_commands = dead.add_subparsers(dest="dead_command", metavar="ACTION", parser_class=_Parser)
     dead_commands.required = True
     dead_list = dead_commands.add_parser(
-        "list", help="print the dead letters (JSON lines with --json); they stay where they are"
+        "list",
+        help="print the dead letters (JSON lines with --json); they stay where they are",
+        description="Print the group's dead letters, oldest first: event id, kind, name, attempts "
+        "and reason, or with --json one JSON object a line (the event, reason, attempts, first "
+        "and last failure). They stay where they are.",
     )
     dead_list.add_argument("group", help="the group's name")
-    bus_options(dead_list)
+    bus_options(dead_list, kind=False)
     dead_replay = dead_commands.add_parser(
-        "replay", help="deliver the dead letters to the group again, as first attempts"
+        "replay",
+        help="deliver the dead letters to the group again, as first attempts",
+        description="Give the group's dead letters (or only the one of --event-id) back to the "
+        "group, as first attempts; print how many.",
     )
     dead_replay.add_argument("group", help="the group's name")
     dead_replay.add_argument("--event-id", help="replay only the dead letter of this event")
-    bus_options(dead_replay)
+    bus_options(dead_replay, kind=False)
 
     hashing = commands.add_parser(
         "hash-secret",

@@ -110,10 +110,18 @@ def cli_reference() -> str:
     commands = subcommands(parser)
     if not commands:
         raise GenerationError("the customevent parser has no subcommands")
-    for name, command in commands.items():
+    # A command with subcommands of its own (``dead list``, ``dead replay``) is shown as those.
+    stack = [(f"customevent {name}", command) for name, command in commands.items()]
+    while stack:
+        title, command = stack.pop(0)
+        nested = subcommands(command)
         command.formatter_class = parser.formatter_class
-        parts += ["", f"## `customevent {name}`", "", command.description or "", ""]
+        parts += ["", f"## `{title}`", "", command.description or "", ""]
         parts += ["```text", command.format_usage().strip(), "```", ""]
+        if nested:
+            parts.append("Actions: " + ", ".join(f"`{title} {sub}`" for sub in nested) + ".")
+            stack[:0] = [(f"{title} {sub}", cmd) for sub, cmd in nested.items()]
+            continue
         rows = _option_rows(command)
         parts.append(_table(("Argument", "Description"), rows) if rows else "No options.")
     parts += ["", "## Exit codes", ""]
