@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from ._cloudevents import check_cloudevent_attributes
 from ._exceptions import InvalidInput
 from ._names import Kind, parse_routing_key, validate_kind, validate_name
 from ._properties import check_properties, loads_json_object, string_object
@@ -32,10 +33,13 @@ class Event:
     sent_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     source: str = "amqp"
     principal: str | None = None
+    #: The CloudEvent attributes it came with that the CloudEvents mapping does not give
+    #: (``source``, ``subject``, ``dataschema``, extensions); empty unless sent as a CloudEvent.
+    cloudevent_attributes: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The event as a JSON-ready dict (the shape of ``customevent wait --json``)."""
-        return {
+        data: dict[str, Any] = {
             "name": self.name,
             "kind": self.kind,
             "properties": dict(self.properties),
@@ -44,6 +48,9 @@ class Event:
             "source": self.source,
             "principal": self.principal,
         }
+        if self.cloudevent_attributes:
+            data["cloudevent_attributes"] = dict(self.cloudevent_attributes)
+        return data
 
     @classmethod
     def from_json(cls, data: Any) -> Event:
@@ -57,6 +64,9 @@ class Event:
                 sent_at=datetime.fromisoformat(data["sent_at"]),
                 source=str(data.get("source") or "http"),
                 principal=data.get("principal"),
+                cloudevent_attributes=check_cloudevent_attributes(
+                    data.get("cloudevent_attributes") or {}
+                ),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InvalidInput(f"not an event: {type(exc).__name__}: {exc}") from None
