@@ -16,9 +16,7 @@ async def main(name: str = "job.done") -> adapter.Event | None:
     url = os.environ.get("CUSTOMEVENT_AMQP__URL", "memory://")
     async with adapter.Client(url) as client:
         # Nobody waits yet: without retain, this event would reach nobody.
-        result = await client.send_custom_event(
-            name, {"ok": "1"}, retain=timedelta(seconds=60)
-        )
+        result = await client.send_custom_event(name, {"ok": "1"}, retain=timedelta(seconds=60))
         print(f"sent {result.event_id}, a waiter was bound: {result.routed}")  # False
         # A wait that starts within the minute gets it at once.
         event = await client.wait_custom_event_until("internal", name, timedelta(seconds=5))
