@@ -67,6 +67,21 @@ async def _alternate(
     return results
 
 
+def _versus(
+    name: str, results: dict[str, list[float]], unit: str, reference: str, note: str = ""
+) -> Figure:
+    """The retained variant's median beside the plain one's."""
+    return Figure(
+        name,
+        median(results["retained"]),
+        unit,
+        reference=median(results["plain"]),
+        reference_name=reference,
+        samples=tuple(results["retained"]),
+        note=note,
+    )
+
+
 async def main(args: argparse.Namespace) -> list[Figure]:
     url = amqp_url(args)
     quick = getattr(args, "quick", False)
@@ -94,16 +109,7 @@ async def main(args: argparse.Namespace) -> list[Figure]:
                 )
 
             latency = await _alternate(rounds, {"plain": plain_send, "retained": retained_send})
-            figures.append(
-                Figure(
-                    "retained send latency",
-                    median(latency["retained"]),
-                    "ms",
-                    reference=median(latency["plain"]),
-                    reference_name="plain send",
-                    samples=tuple(latency["retained"]),
-                )
-            )
+            figures.append(_versus("retained send latency", latency, "ms", "plain send"))
 
             log(f"send rate: {n_rate} sends, 100 in flight, per round")
 
@@ -122,16 +128,7 @@ async def main(args: argparse.Namespace) -> list[Figure]:
                 return rate(n_rate, seconds)
 
             rates = await _alternate(rounds, {"plain": plain_rate, "retained": retained_rate})
-            figures.append(
-                Figure(
-                    "retained send rate",
-                    median(rates["retained"]),
-                    "msg/s",
-                    reference=median(rates["plain"]),
-                    reference_name="plain send rate",
-                    samples=tuple(rates["retained"]),
-                )
-            )
+            figures.append(_versus("retained send rate", rates, "msg/s", "plain send rate"))
 
             log(f"wait, warm process: {n_ops} waits one at a time per round")
 
@@ -151,14 +148,7 @@ async def main(args: argparse.Namespace) -> list[Figure]:
 
             warm = await _alternate(rounds, {"plain": plain_wait, "retained": retained_wait})
             figures.append(
-                Figure(
-                    "wait answered by a retained event",
-                    median(warm["retained"]),
-                    "ms",
-                    reference=median(warm["plain"]),
-                    reference_name="wait bound and closed",
-                    samples=tuple(warm["retained"]),
-                )
+                _versus("wait answered by a retained event", warm, "ms", "wait bound and closed")
             )
             copies = 2 + n_ops * rounds + n_rate * rounds
 
@@ -184,13 +174,11 @@ async def main(args: argparse.Namespace) -> list[Figure]:
 
         cold = await _alternate(rounds, {"plain": cold_plain, "retained": cold_retained})
         figures.append(
-            Figure(
+            _versus(
                 "new client's first wait, answered by a retained event",
-                median(cold["retained"]),
+                cold,
                 "ms",
-                reference=median(cold["plain"]),
-                reference_name="new client, wait bound and closed",
-                samples=tuple(cold["retained"]),
+                "new client, wait bound and closed",
                 note=f"reads the stream first: about {copies:,} retained copies in it",
             )
         )

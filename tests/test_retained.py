@@ -15,14 +15,12 @@ import pytest
 from adapter import Client, InvalidInput, LimitExceeded, load_settings
 from adapter.testing import memory_client
 from tests.support.broker import _rabbitmqctl
+from tests.test_behaviour import over_http
 
 SOON = timedelta(seconds=10)
 BRIEF = timedelta(milliseconds=500)
 
-everywhere = pytest.mark.parametrize(
-    "bus_kind",
-    ["memory", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq), "http"],
-)
+everywhere = over_http
 
 
 @everywhere

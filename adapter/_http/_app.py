@@ -104,6 +104,8 @@ class EventOut(BaseModel):
     principal: str | None
 
 
+#: What a send may be answered besides its success.
+SEND_STATUSES = (400, 401, 403, 413, 429, 503)
 _PROBLEMS = {
     400: "bad input: the name, properties, or parameters break a rule",
     401: "missing or wrong credentials",
@@ -151,12 +153,7 @@ _SEND_OPERATIONS: dict[str, dict[str, Any]] = {
         },
         "responses": _responses(
             {"200": {"description": "the bus confirmed the event (empty body)"}},
-            400,
-            401,
-            403,
-            413,
-            429,
-            503,
+            *SEND_STATUSES,
         ),
     },
     JSON_PATH: {
@@ -175,12 +172,7 @@ _SEND_OPERATIONS: dict[str, dict[str, Any]] = {
                     "content": {"application/json": {"schema": SendResponse.model_json_schema()}},
                 }
             },
-            400,
-            401,
-            403,
-            413,
-            429,
-            503,
+            *SEND_STATUSES,
         ),
     },
 }
@@ -195,7 +187,9 @@ class _App(FastAPI):
             components.setdefault("schemas", {})["Problem"] = Problem.model_json_schema()
             for path, operation in _SEND_OPERATIONS.items():
                 schema["paths"].setdefault(path, {})["post"] = operation
-            path, operation = cloudevents_operation(_responses, _SECURITY)
+            path, operation = cloudevents_operation(
+                lambda success: _responses(success, *SEND_STATUSES), _SECURITY
+            )
             schema["paths"].setdefault(path, {})["post"] = operation
         assert self.openapi_schema is not None
         return self.openapi_schema

@@ -166,7 +166,8 @@ def cloudevents_operation(
     responses: Callable[..., dict[str, Any]], security: list[dict[str, list[str]]]
 ) -> tuple[str, dict[str, Any]]:
     """The OpenAPI operation of ``POST /api/v1/cloudevents``, built with the application's own
-    ``responses`` helper and security requirement."""
+    ``responses`` helper (the success responses in, with a send's problems added) and security
+    requirement."""
     result = {
         "type": "object",
         "properties": {"event_id": {"type": "string"}, "routed": {"type": "boolean"}},
@@ -232,13 +233,7 @@ def cloudevents_operation(
                         }
                     },
                 }
-            },
-            400,
-            401,
-            403,
-            413,
-            429,
-            503,
+            }
         ),
     }
     return CLOUDEVENTS_PATH, operation
