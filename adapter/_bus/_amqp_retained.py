@@ -159,7 +159,9 @@ class RetainedStream:
         until = headers.get(RETAIN_UNTIL_HEADER)
         order = headers.get("x-stream-offset")
         if not isinstance(until, int) or not isinstance(order, int):
-            log.warning("skipping a message in %s without %s", self.name, RETAIN_UNTIL_HEADER)
+            # Not ours (someone else wrote to the stream): every process reads it, so a warning
+            # would repeat in each until the stream drops it.
+            log.debug("skipping a message in %s without %s", self.name, RETAIN_UNTIL_HEADER)
             return
         try:
             kind = validate_kind(_text(headers.get("x-event-kind")))
@@ -172,7 +174,7 @@ class RetainedStream:
                 timestamp=message.timestamp,
             )
         except AdapterError as exc:
-            log.warning("skipping a message in %s that is not an event: %s", self.name, exc)
+            log.debug("skipping a message in %s that is not an event: %s", self.name, exc)
             return
         self.view.put(key, event, until / 1000, order)
 
