@@ -93,8 +93,8 @@ class RetainedStream:
         return task
 
     def _started(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
-            return
+        if task.cancelled() or self.bus._state != "opened":
+            return  # stopped with its bus: nothing to warn about
         error = task.exception()
         if error is not None:
             self._failed_at = time.monotonic()
