@@ -24,7 +24,8 @@ from typing import NoReturn, TextIO
 
 from ._bus import Bus, check_wait_id
 from ._bus._base import seconds_until
-from ._client import Client, make_bus, parse_deadline_text, parse_duration_text
+from ._client import Client, check_retain, make_bus, parse_deadline_text, parse_duration_text
+from ._cloudevents import to_structured_json
 from ._event import Event
 from ._exceptions import (
     AdapterError,
@@ -132,6 +133,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="serializedProperties text (name=value lines); '-' reads stdin",
     )
     send.add_argument("--event-id", help="your own event id (for de-duplication)")
+    send.add_argument(
+        "--retain",
+        metavar="DURATION",
+        help="keep the event this long (30s, 5m; at most amqp.max_retain) for waits that start "
+        "later on its exact name",
+    )
     bus_options(send)
 
     wait = commands.add_parser(
@@ -146,6 +153,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     wait.add_argument(
         "--wait-id", help="resumable wait: a restarted waiter with the same id gets what it missed"
+    )
+    wait.add_argument(
+        "--cloudevent",
+        action="store_true",
+        help="print the event as one structured CloudEvent (JSON) instead",
     )
     bus_options(wait)
 
@@ -294,8 +306,15 @@ async def _send(args: argparse.Namespace) -> int:
     event = client.prepare_event(
         args.name, properties, kind=kind, event_id=args.event_id, source="cli"
     )
+    retain = None
+    if args.retain is not None:
+        try:
+            retain = parse_duration_text(args.retain, "--retain")
+        except OverflowError:
+            raise InvalidInput(f"--retain {args.retain!r} is too long") from None
+        check_retain(retain, settings.amqp.max_retain)
     async with client:
-        result = await client.send_event(event)
+        result = await client.send_event(event, retain=retain)
     if args.json:
         print(json.dumps(result.to_json()))
     elif result.routed:
@@ -326,7 +345,7 @@ async def _countdown(name: str, deadline: datetime, stream: TextIO) -> None:
 
 
 def _nothing_came(args: argparse.Namespace, kind: str) -> int:
-    if not args.json:
+    if not (args.json or args.cloudevent):
         print(f"customevent: no {kind} event {args.name!r} before the deadline", file=sys.stderr)
     return EXIT_DEADLINE
 
@@ -336,9 +355,11 @@ async def _wait(args: argparse.Namespace) -> int:
     bus, origin = _bus_for(args, settings)
     kind = validate_kind(args.kind or bus.default_kind)
     validate_pattern(args.name)
+    if args.cloudevent and args.json:
+        raise InvalidInput("give --json or --cloudevent, not both")
     check_wait_id(args.wait_id)
     deadline = parse_until(args.until)
-    if not args.json:
+    if not (args.json or args.cloudevent):
         # Which bus and kind: a wait on the wrong one (a leftover CUSTOMEVENT_AMQP__URL) would
         # otherwise look like an event that never came.
         what = "matching" if "*" in args.name or "#" in args.name else "named"
@@ -348,7 +369,9 @@ async def _wait(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-    show_countdown = not args.json and sys.stdout.isatty() and sys.stderr.isatty()
+    show_countdown = (
+        not (args.json or args.cloudevent) and sys.stdout.isatty() and sys.stderr.isatty()
+    )
     async with contextlib.AsyncExitStack() as stack:
         if seconds_until(deadline) <= 0:
             return _nothing_came(args, kind)
@@ -378,7 +401,10 @@ async def _wait(args: argparse.Namespace) -> int:
                     await ticker
     if event is None:
         return _nothing_came(args, kind)
-    _print_event(event, args.json)
+    if args.cloudevent:
+        print(to_structured_json(event).decode("utf-8"), flush=True)
+    else:
+        _print_event(event, args.json)
     return EXIT_OK
 
 
@@ -398,7 +424,10 @@ async def _listen(args: argparse.Namespace) -> int:
     kind = validate_kind(args.kind or bus.default_kind)
     validate_pattern(args.pattern)
     check_group_name(args.group)
-    timeout = parse_duration_text(args.timeout, "--timeout")
+    try:
+        timeout = parse_duration_text(args.timeout, "--timeout").total_seconds()
+    except OverflowError:
+        raise InvalidInput(f"--timeout {args.timeout!r} is too long") from None
     if timeout <= 0:
         raise InvalidInput("--timeout must be longer than 0s")
     command: list[str] = args.run

@@ -28,6 +28,7 @@ from ._settings import Settings, load_settings
 __all__ = [
     "Client",
     "Expectation",
+    "check_retain",
     "make_bus",
     "parse_deadline_text",
     "parse_duration_text",
@@ -56,25 +57,19 @@ _BIND_MARGIN = 1.0
 _SECONDS = re.compile(r"\d+(?:\.\d+)?")
 
 
-def _duration_seconds(text: str, what: str) -> float | None:
-    """Seconds of a duration (``30s``, ``5m``, ``1h30m``, ``250ms``; a bare number is seconds,
-    in the CLI as over HTTP), or None for text that is no duration."""
+def parse_duration_text(text: str, what: str = "the duration") -> timedelta:
+    """A duration from text: ``30s``, ``5m``, ``1h30m``, ``250ms``, ``2d``; a bare number is
+    seconds. ``what`` names the option or parameter in the error; ``OverflowError`` for one
+    too long for a ``timedelta``."""
     text = text.strip()
     if _SECONDS.fullmatch(text):
-        text += "s"
+        text += "s"  # a bare number is seconds, in the CLI as over HTTP
     if text.startswith("-"):
-        raise InvalidInput(f"{what} {text!r} is negative: give a duration from now or a time")
-    if text and _DURATION.sub("", text) == "" and _DURATION.match(text):
-        return sum(float(m["value"]) * _UNITS[m["unit"]] for m in _DURATION.finditer(text))
-    return None
-
-
-def parse_duration_text(text: str, what: str) -> float:
-    """Seconds from a duration (``30s``, ``5m``, ``1h30m``, ``250ms``, or bare seconds)."""
-    seconds = _duration_seconds(text, what)
-    if seconds is None:
-        raise InvalidInput(f"{what} {text.strip()!r} is not a duration (30s, 5m, 1h)")
-    return seconds
+        raise InvalidInput(f"{what} {text!r} is negative")
+    if not (text and _DURATION.sub("", text) == "" and _DURATION.match(text)):
+        raise InvalidInput(f"{what} {text!r} is not a duration (30s, 5m, 1h)")
+    seconds = sum(float(m["value"]) * _UNITS[m["unit"]] for m in _DURATION.finditer(text))
+    return timedelta(seconds=seconds)  # OverflowError past 999999999 days: the caller's words
 
 
 def parse_deadline_text(text: str, what: str = "the deadline") -> datetime:
@@ -82,10 +77,11 @@ def parse_deadline_text(text: str, what: str = "the deadline") -> datetime:
     seconds) from now, or an RFC 3339 time with a zone. ``what`` names the option or parameter in
     the error."""
     text = text.strip()
-    seconds = _duration_seconds(text, what)
-    if seconds is not None:
+    if text.startswith("-"):
+        raise InvalidInput(f"{what} {text!r} is negative: give a duration from now or a time")
+    if _SECONDS.fullmatch(text) or (_DURATION.match(text) and _DURATION.sub("", text) == ""):
         try:
-            return datetime.now(UTC) + timedelta(seconds=seconds)
+            return datetime.now(UTC) + parse_duration_text(text, what)
         except OverflowError:
             raise InvalidInput(f"{what} {text!r} is too far in the future") from None
     try:
@@ -98,6 +94,20 @@ def parse_deadline_text(text: str, what: str = "the deadline") -> datetime:
     if moment.tzinfo is None:
         raise InvalidInput(f"{what} {text!r} has no time zone offset (add Z or +01:00)")
     return resolve_deadline(moment)
+
+
+def check_retain(retain: timedelta | None, max_retain: float) -> timedelta | None:
+    """A send's ``retain``: None, or a positive ``timedelta`` of at most ``amqp.max_retain``."""
+    if retain is None:
+        return None
+    if not isinstance(retain, timedelta):
+        raise InvalidInput(f"retain must be a timedelta, not {type(retain).__name__}")
+    seconds = retain.total_seconds()
+    if seconds <= 0:
+        raise InvalidInput(f"retain must be positive, not {seconds:g}s")
+    if seconds > max_retain:
+        raise InvalidInput(f"retain {seconds:g}s is longer than amqp.max_retain ({max_retain:g}s)")
+    return retain
 
 
 _BUS_SCHEMES = ("amqp://", "amqps://", "http://", "https://", "memory://")
@@ -120,7 +130,11 @@ def make_bus(settings: Settings, url: str | None = None, *, token: str | None = 
     if token is not None and not (url or "").startswith(("http://", "https://")):
         raise ConfigurationError("a token is for a bridge daemon: give an http(s):// URL with it")
     if url is None or url.startswith("memory://"):
-        return MemoryBus(wait_grace=settings.amqp.wait_grace, limits=settings.limits)
+        return MemoryBus(
+            wait_grace=settings.amqp.wait_grace,
+            limits=settings.limits,
+            max_retained_names=settings.amqp.max_retained_names,
+        )
     if url.startswith(("http://", "https://")):
         from ._bus._http import HttpBus
 
@@ -288,23 +302,31 @@ class Client:
         event_id: str | None = None,
         source: str = "amqp",
         principal: str | None = None,
+        retain: timedelta | None = None,
     ) -> SendResult:
         """Send an event; returns once the bus confirmed it.
 
-        ``properties`` is a mapping of strings or serializedProperties text. Raises
-        ``InvalidInput`` for a bad name or properties, ``BusUnavailable`` when the broker did not
-        confirm.
+        ``properties`` is a mapping of strings or serializedProperties text. With ``retain``
+        (at most ``amqp.max_retain``), a wait that starts on this kind and exact name within
+        that time still receives the event, at once, as long as no later retained send
+        replaced it. Raises ``InvalidInput`` for a bad name, properties or ``retain``,
+        ``LimitExceeded`` when ``amqp.max_retained_names`` names are retained already,
+        ``BusUnavailable`` when the broker did not confirm.
         """
         self._check_open()
         event = self.prepare_event(
             name, properties, kind=kind, event_id=event_id, source=source, principal=principal
         )
-        return await self.send_event(event)
+        return await self.send_event(event, retain=retain)
 
-    async def send_event(self, event: Event) -> SendResult:
-        """Send an event built by ``prepare_event``."""
+    async def send_event(self, event: Event, *, retain: timedelta | None = None) -> SendResult:
+        """Send an event built by ``prepare_event`` (``retain`` as for ``send_custom_event``)."""
         self._check_open()
-        routed = await self.bus.publish(event)
+        retain = check_retain(retain, self.settings.amqp.max_retain)
+        # Without retain, the call every Bus has made since before retain existed.
+        routed = await (
+            self.bus.publish(event) if retain is None else self.bus.publish(event, retain=retain)
+        )
         return SendResult(event_id=event.event_id, routed=routed)
 
     def expect(

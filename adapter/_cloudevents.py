@@ -58,6 +58,7 @@ __all__ = [
     "cloudevent_attributes",
     "from_cloudevent",
     "from_http",
+    "from_structured",
     "parse_time",
     "rabbitmq_headers",
     "read_rabbitmq_headers",
@@ -383,6 +384,13 @@ def _structured(value: object, where: str) -> CloudEvent:
     return _sdk(_FORMAT.read, CloudEvent, json.dumps(value))
 
 
+def from_structured(body: bytes | str) -> CloudEvent:
+    """One CloudEvent in the structured JSON format (``application/cloudevents+json``), as an
+    HTTP body or an MQTT v5 payload carries it; ``InvalidInput`` naming what breaks a rule (a
+    key given twice included). ``from_cloudevent`` then makes it an event."""
+    return _structured(loads_json_object(body, "the CloudEvent"), "the CloudEvent")
+
+
 def _media_type(content_type: str | None) -> str:
     return (content_type or "").split(";")[0].strip().lower()
 
@@ -403,7 +411,7 @@ def from_http(headers: Iterable[tuple[str, str]], body: bytes) -> list[CloudEven
     media = _media_type(content_type)
     binary = any(key.startswith(CE_PREFIX) for key in seen)
     if media == STRUCTURED_CONTENT_TYPE:
-        return [_structured(loads_json_object(body, "the CloudEvent"), "the CloudEvent")]
+        return [from_structured(body)]
     if media == BATCH_CONTENT_TYPE:
         batch = loads_json_object(body, "the CloudEvents batch")
         if not isinstance(batch, list):

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from ._cloudevents import check_cloudevent_attributes
+from ._cloudevents import check_cloudevent_attributes, rabbitmq_headers, read_rabbitmq_headers
 from ._exceptions import InvalidInput
 from ._names import Kind, parse_routing_key, validate_kind, validate_name
 from ._properties import check_properties, loads_json_object, string_object
@@ -72,7 +72,8 @@ class Event:
             raise InvalidInput(f"not an event: {type(exc).__name__}: {exc}") from None
 
     def headers(self) -> dict[str, str]:
-        """The AMQP headers of the event's message."""
+        """The AMQP headers of the event's message: ours, and the ``ce-*`` headers that make it
+        a CloudEvent in binary mode of the RabbitMQ binding."""
         headers = {
             "x-event-name": self.name,
             "x-event-kind": self.kind,
@@ -80,6 +81,7 @@ class Event:
         }
         if self.principal is not None:
             headers["x-event-principal"] = self.principal
+        headers.update(rabbitmq_headers(self))
         return headers
 
 
@@ -115,27 +117,39 @@ def event_from_message(
     timestamp: datetime | None,
 ) -> Event:
     """Rebuild an event from a bus message, trusting the routing key over the headers (a
-    third-party publisher may leave headers out)."""
+    third-party publisher may leave headers out, or set only the ``ce-*`` ones of a CloudEvent:
+    their ``ce-type`` and ``ce-eventkind`` must then agree with the routing key)."""
     kind, name = parse_routing_key(routing_key)
     headers = headers or {}
-    source = headers.get("x-event-source")
-    principal = headers.get("x-event-principal")
-    if isinstance(source, bytes):
-        source = source.decode("utf-8", "replace")
-    if isinstance(principal, bytes):
-        principal = principal.decode("utf-8", "replace")
-    sent_at = timestamp or datetime.now(UTC)
+    source = _header_text(headers.get("x-event-source"))
+    principal = _header_text(headers.get("x-event-principal"))
+    cloudevent = read_rabbitmq_headers(headers, source)
+    if cloudevent.type is not None and cloudevent.type != name:
+        raise InvalidInput(f"ce-type {cloudevent.type!r} disagrees with the routing key {name!r}")
+    if cloudevent.eventkind is not None and cloudevent.eventkind != kind:
+        raise InvalidInput(
+            f"ce-eventkind {cloudevent.eventkind!r} disagrees with the routing key's kind {kind!r}"
+        )
+    # ce-time keeps the instant to the microsecond; the AMQP timestamp only to the second.
+    sent_at = cloudevent.time or timestamp or datetime.now(UTC)
     if sent_at.tzinfo is None:
         sent_at = sent_at.replace(tzinfo=UTC)
     return Event(
         name=validate_name(name),
         kind=validate_kind(kind),
         properties=decode_body(body),
-        event_id=message_id or str(uuid.uuid4()),
-        sent_at=sent_at,
-        source=source if isinstance(source, str) else "amqp",
-        principal=principal if isinstance(principal, str) else None,
+        event_id=cloudevent.id or message_id or str(uuid.uuid4()),
+        sent_at=sent_at.astimezone(UTC),
+        source=cloudevent.source or "amqp",
+        principal=principal if principal is not None else cloudevent.principal,
+        cloudevent_attributes=dict(cloudevent.kept or {}),
     )
+
+
+def _header_text(value: object) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else None
 
 
 def check_event_id(event_id: str | None) -> str:

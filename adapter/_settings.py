@@ -100,6 +100,12 @@ class AmqpSettings(_Section):
     wait_grace: float = Field(
         default=5.0, ge=0, description="a wait queue outlives its deadline by this, seconds"
     )
+    max_retain: float = Field(
+        default=3600.0, gt=0, description="longest a send may retain its event, seconds"
+    )
+    max_retained_names: int = Field(
+        default=10000, ge=1, description="event names retained at once; past it: 429"
+    )
     ca_file: Path | None = Field(default=None, description="CA bundle for amqps://")
     cert_file: Path | None = Field(default=None, description="client certificate (PEM)")
     key_file: Path | None = Field(default=None, description="client private key (PEM)")
@@ -160,6 +166,9 @@ class HttpSettings(_Section):
     )
     max_connections: int = Field(default=1024, ge=1, description="HTTP connections open at once")
     max_wait: float = Field(default=3600.0, gt=0, description="longest HTTP wait, seconds")
+    max_batch: int = Field(
+        default=100, ge=1, description="CloudEvents in one batch request; past it: 413"
+    )
     max_waits: int = Field(default=1000, ge=1, description="HTTP waits open at once, in all")
     max_waits_per_caller: int = Field(
         default=100, ge=1, description="HTTP waits open at once per principal (anonymous: address)"

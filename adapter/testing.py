@@ -42,7 +42,12 @@ async def memory_client(settings: Settings | None = None) -> AsyncIterator[Clien
     deadlines and resumable waits as RabbitMQ, inside this event loop. ``settings`` gives limits
     (its ``amqp.url`` is ignored)."""
     settings = _in_process(settings)
-    async with Client(settings, bus=MemoryBus(wait_grace=settings.amqp.wait_grace)) as client:
+    bus = MemoryBus(
+        wait_grace=settings.amqp.wait_grace,
+        limits=settings.limits,
+        max_retained_names=settings.amqp.max_retained_names,
+    )
+    async with Client(settings, bus=bus) as client:
         yield client
 
 

@@ -21,6 +21,7 @@ from adapter._cloudevents import (
     check_cloudevent_attributes,
     from_cloudevent,
     from_http,
+    from_structured,
     rabbitmq_headers,
     read_rabbitmq_headers,
     to_cloudevent,
@@ -241,6 +242,14 @@ def test_we_read_what_the_sdk_writes_over_http(mode: str) -> None:
     (read,) = from_http(message.headers.items(), message.body)
     assert read.get_attributes() == original.get_attributes()
     assert read.get_data() == original.get_data()
+
+
+def test_a_structured_payload_alone_is_read_as_mqtt_would_hand_it() -> None:
+    original = _sdk_event(subject="s")
+    read = from_structured(JSONFormat().write(original))
+    assert read.get_attributes() == original.get_attributes()
+    with pytest.raises(InvalidInput, match="given twice"):
+        from_structured(b'{"specversion": "1.0", "id": "1", "id": "2"}')
 
 
 def test_a_batch_is_read_in_order() -> None:

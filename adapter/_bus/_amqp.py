@@ -18,7 +18,7 @@ import logging
 import math
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -58,6 +58,7 @@ from .._names import Kind, routing_key
 from .._settings import AmqpSettings, LimitsSettings
 from .._tls import client_tls_context
 from ._amqp_groups import AmqpGroups
+from ._amqp_retained import RetainedStream
 from ._base import (
     Bus,
     ResumableWaits,
@@ -257,6 +258,7 @@ class _AmqpSubscription(Subscription):
                 await self.bus._leave(wq)
                 raise
         self._wq = wq
+        await self.bus._retained.watch(self)
         return self
 
     async def __aexit__(
@@ -268,6 +270,7 @@ class _AmqpSubscription(Subscription):
         wq, self._wq = self._wq, None
         if wq is None:
             return
+        self.bus._retained.unwatch(self)
         wq.subscriptions.remove(self)
         try:
             # Past the deadline the whole bucket's queue goes soon: skip the round trip.
@@ -310,6 +313,7 @@ class _ResumableSubscription(Subscription):
             await self._close_channel()
             self._release(kept=False)
             raise
+        await self.bus._retained.watch(self)
         return self
 
     def _release(self, *, kept: bool) -> None:
@@ -342,8 +346,10 @@ class _ResumableSubscription(Subscription):
             log.warning("dropping a message that is not an event: %s", exc)
             await message.ack()
             return
-        self._pending[event.event_id] = message
-        self.deliver(event)
+        if self.deliver(event):
+            self._pending[event.event_id] = message
+        else:
+            await message.ack()  # a copy of one it was handed already
 
     def _take(self, event: Event) -> Event:
         message = self._pending.pop(event.event_id, None)
@@ -367,6 +373,7 @@ class _ResumableSubscription(Subscription):
     ) -> None:
         # Left by an error or a cancellation, the queue stays (for a comeback) until it expires.
         kept = exc_type is not None
+        self.bus._retained.unwatch(self)
         queue = self._queue
         try:
             if not kept and queue is not None:
@@ -411,6 +418,7 @@ class AmqpBus(Bus):
         self._generation = itertools.count()
         self._tasks: set[asyncio.Task[None]] = set()
         self.on_reconnect: list[Callable[[], None]] = []
+        self._retained = RetainedStream(self)
 
     @property
     def where(self) -> str:
@@ -540,6 +548,7 @@ class AmqpBus(Bus):
                 log.warning("could not bind the waits of %s again: %s", wq.name, exc)
 
     async def close(self) -> None:
+        await self._retained.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -611,7 +620,17 @@ class AmqpBus(Bus):
 
     # -- publishing ------------------------------------------------------------------------
 
-    async def publish(self, event: Event) -> bool:
+    async def publish(self, event: Event, *, retain: timedelta | None = None) -> bool:
+        if retain is None:
+            return await self._publish_event(event)
+        view = await self._retained.caught_up()
+        view.check_room(routing_key(event.kind, event.name))
+        routed, _ = await asyncio.gather(
+            self._publish_event(event), self._retained.retain(event, retain)
+        )
+        return routed
+
+    async def _publish_event(self, event: Event) -> bool:
         return await self.publish_raw(
             routing_key(event.kind, event.name),
             encode_body(event.properties),
@@ -630,15 +649,16 @@ class AmqpBus(Bus):
         content_type: str,
         message_id: str,
         timestamp: datetime,
-        headers: dict[str, str],
+        headers: Mapping[str, Any],
         what: str,
         exchange: str | None = None,
     ) -> bool:
         """Publish persistent bytes with a confirm and ``mandatory``; True if a queue was bound.
 
-        ``publish`` sends events through here; the MQTT edge sends its dead letters, and groups
-        their retries and dead letters (``exchange=""``: the default exchange, straight to the
-        queue named by ``key``). The events exchange unless ``exchange`` is given.
+        ``publish`` sends events through here; the MQTT edge sends its dead letters, groups
+        their retries and dead letters, the retained events their copies (``exchange``: another
+        exchange than the events', ``""`` for the default one, straight to the queue named by
+        ``key``).
         """
         self._check_open()
         if not self.connected:

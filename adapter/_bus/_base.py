@@ -6,6 +6,7 @@ import abc
 import asyncio
 import math
 import re
+from collections import deque
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Self
@@ -96,10 +97,20 @@ class Subscription(abc.ABC):
         self.deadline = deadline
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._loop_deadline = asyncio.get_running_loop().time() + seconds_until(deadline)
+        # The ids last handed out, on an exact name: a retained event can come twice, from the
+        # wait's own binding and from the retained events (adapter/_bus/_retained.py).
+        self._seen: deque[str] | None = deque(maxlen=16) if self.literal else None
 
-    def deliver(self, event: Event) -> None:
-        """Hand an event to the subscription (called by the bus, on the event loop)."""
+    def deliver(self, event: Event) -> bool:
+        """Hand an event to the subscription (called by the bus, on the event loop); False if
+        it was handed the same event (by id) just before."""
+        seen = self._seen
+        if seen is not None:
+            if event.event_id in seen:
+                return False
+            seen.append(event.event_id)
         self._events.put_nowait(event)
+        return True
 
     @property
     def expired(self) -> bool:
@@ -227,8 +238,12 @@ class Bus(abc.ABC):
         """True while the bus can confirm publishes."""
 
     @abc.abstractmethod
-    async def publish(self, event: Event) -> bool:
-        """Publish with a broker confirm; True if at least one subscription was bound to it."""
+    async def publish(self, event: Event, *, retain: timedelta | None = None) -> bool:
+        """Publish with a broker confirm; True if at least one subscription was bound to it.
+
+        With ``retain`` (checked by the caller), a wait on the event's kind and exact name that
+        starts within that time receives it at once, unless a later retained send replaced it.
+        """
 
     @abc.abstractmethod
     def subscribe(

@@ -10,7 +10,7 @@ this way: the daemon never lets its edge produce an internal one.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -138,13 +138,16 @@ class HttpBus(Bus):
             )
         return BusUnavailable(f"the bridge daemon at {self.url} answered {status}: {detail}")
 
-    async def publish(self, event: Event) -> bool:
+    async def publish(self, event: Event, *, retain: timedelta | None = None) -> bool:
         if event.kind != "external":
             raise InvalidInput(
                 f"{self.where} accepts only external events (kind='external', --kind external); "
                 "send internal events over AMQP (an amqp:// URL)"
             )
-        body = {"properties": event.properties, "event_id": event.event_id}
+        body: dict[str, Any] = {"properties": event.properties, "event_id": event.event_id}
+        if retain is not None:
+            # The daemon checks it against its own amqp.max_retain.
+            body["retain"] = f"{retain.total_seconds():.3f}s"
         try:
             response = await self._client().post(
                 f"/api/v1/events/{quote(validate_name(event.name), safe='')}", json=body

@@ -4,6 +4,8 @@ default and fast tests."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,6 +25,7 @@ from ._base import (
     seconds_until,
 )
 from ._memory_groups import MemoryGroups
+from ._retained import RetainedEvents
 
 __all__ = ["MemoryBus"]
 
@@ -66,13 +69,22 @@ class MemoryBus(Bus):
 
     name = "in-process"
 
-    def __init__(self, *, wait_grace: float = 5.0, limits: LimitsSettings | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        wait_grace: float = 5.0,
+        limits: LimitsSettings | None = None,
+        max_retained_names: int = 10000,
+    ) -> None:
         self._grace = wait_grace
         self.limits = limits if limits is not None else LimitsSettings()
         self._subscriptions = SubscriptionIndex()
         self._mailboxes: dict[str, _Mailbox] = {}
         self._resumable = ResumableWaits(self.limits.max_resumable_waits, wait_grace)
         self._groups = MemoryGroups()
+        self.retained = RetainedEvents(max_retained_names)
+        self.retained.mark_ready()  # nothing was retained before this bus existed
+        self._retained_order = itertools.count()
 
     async def start(self) -> None:
         return None
@@ -81,6 +93,7 @@ class MemoryBus(Bus):
         self._subscriptions.clear()
         self._mailboxes.clear()
         self._groups.close()
+        self.retained.clear()
 
     @property
     def connected(self) -> bool:
@@ -90,9 +103,11 @@ class MemoryBus(Bus):
     def active_subscriptions(self) -> int:
         return len(self._subscriptions)
 
-    async def publish(self, event: Event) -> bool:
+    async def publish(self, event: Event, *, retain: timedelta | None = None) -> bool:
         self._check_open()
         key = routing_key(event.kind, event.name)
+        if retain is not None:
+            self.retained.check_room(key)
         routed = self._groups.route(key, event)  # first: a full group refuses the whole send
         subs = self._subscriptions.matching(key)
         for sub in subs:
@@ -103,6 +118,9 @@ class MemoryBus(Bus):
             if box.attached is None and pattern_matches(box.binding_key, key):
                 box.events.append(event)
                 routed = True
+        if retain is not None:
+            until = time.time() + retain.total_seconds()
+            self.retained.put(key, event, until, next(self._retained_order))
         return routed
 
     def _forget_expired(self, now: float) -> None:
@@ -132,6 +150,7 @@ class MemoryBus(Bus):
     def _attach(self, sub: _MemorySubscription, wait_id: str | None) -> None:
         if wait_id is None:
             self._subscriptions.add(sub)
+            self.retained.watch(sub)
             return
         self._resumable.hold(wait_id)
         self._subscriptions.add(sub)
@@ -146,9 +165,11 @@ class MemoryBus(Bus):
             sub.deliver(event)
         box.events.clear()
         box.attached = sub
+        self.retained.watch(sub)
 
     def _detach(self, sub: _MemorySubscription, wait_id: str | None, *, keep: bool) -> None:
         self._subscriptions.remove(sub)
+        self.retained.unwatch(sub)
         if wait_id is None:
             return
         box = self._mailboxes.get(wait_id)

@@ -17,10 +17,26 @@ from starlette.routing import Route
 
 from .. import __version__
 from .._client import Client
+from .._cloudevents import STRUCTURED_CONTENT_TYPE
 from .._exceptions import InvalidInput
 from .._properties import loads_json_object
 from .._settings import Settings
-from ._gateway import BUS_RETRY_AFTER, Gateway, HttpError, caller_key, path_name, read_body
+from ._cloudevents import (
+    RETAIN_PARAMETER,
+    accepts_cloudevent,
+    cloudevents_operation,
+    cloudevents_route,
+    query_once,
+)
+from ._gateway import (
+    BUS_RETRY_AFTER,
+    Gateway,
+    HttpError,
+    caller_key,
+    path_name,
+    read_body,
+    retain_parameter,
+)
 from ._logging import RequestContext
 from ._metrics import RECONNECTS
 from ._soap import soap_router
@@ -62,6 +78,11 @@ class SendRequest(BaseModel):
     event_id: str | None = Field(
         default=None, description="your own event id (1 to 200 printable characters), for de-dup"
     )
+    retain: str | None = Field(
+        default=None,
+        description="keep the event for waits that start later on its name: 30s, 5m, at most "
+        "amqp.max_retain",
+    )
 
 
 class SendResponse(BaseModel):
@@ -83,6 +104,8 @@ class EventOut(BaseModel):
     principal: str | None
 
 
+#: What a send may be answered besides its success.
+SEND_STATUSES = (400, 401, 403, 413, 429, 503)
 _PROBLEMS = {
     400: "bad input: the name, properties, or parameters break a rule",
     401: "missing or wrong credentials",
@@ -121,6 +144,7 @@ _SEND_OPERATIONS: dict[str, dict[str, Any]] = {
                 "schema": {"type": "string"},
                 "description": "serializedProperties: name=value lines",
             },
+            RETAIN_PARAMETER,
         ],
         "requestBody": {
             "required": False,
@@ -129,12 +153,7 @@ _SEND_OPERATIONS: dict[str, dict[str, Any]] = {
         },
         "responses": _responses(
             {"200": {"description": "the bus confirmed the event (empty body)"}},
-            400,
-            401,
-            403,
-            413,
-            429,
-            503,
+            *SEND_STATUSES,
         ),
     },
     JSON_PATH: {
@@ -153,12 +172,7 @@ _SEND_OPERATIONS: dict[str, dict[str, Any]] = {
                     "content": {"application/json": {"schema": SendResponse.model_json_schema()}},
                 }
             },
-            400,
-            401,
-            403,
-            413,
-            429,
-            503,
+            *SEND_STATUSES,
         ),
     },
 }
@@ -173,6 +187,10 @@ class _App(FastAPI):
             components.setdefault("schemas", {})["Problem"] = Problem.model_json_schema()
             for path, operation in _SEND_OPERATIONS.items():
                 schema["paths"].setdefault(path, {})["post"] = operation
+            path, operation = cloudevents_operation(
+                lambda success: _responses(success, *SEND_STATUSES), _SECURITY
+            )
+            schema["paths"].setdefault(path, {})["post"] = operation
         assert self.openapi_schema is not None
         return self.openapi_schema
 
@@ -237,10 +255,11 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
             queries = request.query_params.getlist("properties")
             if len(queries) > 1:
                 raise HttpError(400, "the query gives properties more than once")
+            retain = retain_parameter(query_once(request, "retain"))
             body = await read_body(request, limit)
             text = _properties_text(request, body, queries[0] if queries else None)
             name = path_name(request, "eventName")
-            result = await gateway.send(request, caller, name, text, source="http")
+            result = await gateway.send(request, caller, name, text, source="http", retain=retain)
         return Response(status_code=200, headers={"x-event-id": result.event_id})
 
     async def json_send(request: Request) -> Response:
@@ -261,6 +280,7 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
                 payload.properties,
                 source="http",
                 event_id=payload.event_id,
+                retain=retain_parameter(payload.retain),
             )
         return JSONResponse(result.to_json(), status_code=202)
 
@@ -270,6 +290,7 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
     app.router.routes[:0] = [
         Route(VRO_PATH.replace("}", ":anything}"), vro_send, methods=["POST"]),
         Route(JSON_PATH.replace("}", ":anything}"), json_send, methods=["POST"]),
+        cloudevents_route(gateway, limit),
     ]
 
     @app.get(
@@ -277,7 +298,12 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
         summary="Wait for an event until a deadline (long poll)",
         response_model=EventOut,
         responses={
-            200: {"description": "the event (stream=true: bound; the outcome follows in the body)"},
+            200: {
+                "description": "the event (stream=true: bound; the outcome follows in the "
+                "body); with Accept: application/cloudevents+json, the event as a structured "
+                "CloudEvent (stream=true: in the outcome's cloudevent member)",
+                "content": {STRUCTURED_CONTENT_TYPE: {"schema": {"type": "object"}}},
+            },
             204: {"description": "the deadline passed with no event"},
             **_problems(400, 401, 403, 429, 503),
         },
@@ -311,6 +337,7 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
             wait_id=scoped(wait_id, caller.name),
             stream=stream,
             caller_key=caller_key(request, caller),
+            cloudevent=accepts_cloudevent(request),
         )
 
     app.include_router(soap_router(gateway))

@@ -9,12 +9,13 @@ import contextlib
 import math
 import time
 from collections.abc import Iterator, Mapping
+from datetime import timedelta
 from urllib.parse import unquote_to_bytes
 
 from starlette.requests import Request
 
-from .._client import Client
-from .._event import SendResult
+from .._client import Client, parse_duration_text
+from .._event import Event, SendResult
 from .._exceptions import (
     BusError,
     ClientStateError,
@@ -43,6 +44,7 @@ __all__ = [
     "caller_key",
     "path_name",
     "read_body",
+    "retain_parameter",
 ]
 
 BUS_RETRY_AFTER = 1
@@ -244,16 +246,11 @@ class Gateway:
         *,
         source: str,
         event_id: str | None = None,
+        retain: timedelta | None = None,
     ) -> SendResult:
         """Publish an external event for the caller; returns once the bus confirmed it."""
         self.authorize(caller, name)
-        delay = self.limiter.acquire(caller_key(request, caller))
-        if delay > 0:
-            raise HttpError(
-                429,
-                f"rate limit of {self.limiter.rate:g} sends per second exceeded",
-                headers={"Retry-After": str(max(1, math.ceil(delay)))},
-            )
+        self.take_rate(request, caller)
         try:
             event = self.client.prepare_event(
                 name,
@@ -265,13 +262,53 @@ class Gateway:
             )
         except InvalidInput as exc:
             raise bad_input(exc) from None
+        return await self.publish(event, retain=retain)
+
+    def take_rate(self, request: Request, caller: Caller, sends: int = 1) -> None:
+        """Charge ``sends`` sends to the caller's rate, all or none; 429 past it (413 for more
+        than the burst at once: they could never pass)."""
+        if self.limiter.rate > 0 and sends > self.limiter.burst:
+            raise HttpError(
+                413,
+                f"{sends} sends at once are more than http.rate_burst ({self.limiter.burst:g}); "
+                "send them in smaller batches",
+            )
+        delay = self.limiter.acquire(caller_key(request, caller), sends)
+        if delay > 0:
+            raise HttpError(
+                429,
+                f"rate limit of {self.limiter.rate:g} sends per second exceeded",
+                headers={"Retry-After": str(max(1, math.ceil(delay)))},
+            )
+
+    async def publish(self, event: Event, *, retain: timedelta | None = None) -> SendResult:
+        """Send a checked event; 400 for a ``retain`` out of bounds, 503 when the bus did not
+        confirm it."""
         started = time.perf_counter()
         try:
-            result = await self.client.send_event(event)
+            result = await self.client.send_event(event, retain=retain)
+        except InvalidInput as exc:
+            raise bad_input(exc) from None
         except (BusError, ClientStateError) as exc:
             raise unavailable(exc) from None
+        except LimitExceeded as exc:
+            raise HttpError(429, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
         PUBLISH_SECONDS.observe(time.perf_counter() - started)
         return result
+
+
+def retain_parameter(text: str | None) -> timedelta | None:
+    """A send's ``retain`` (``30s``, ``5m``, seconds) from a query or JSON field; 400 if bad."""
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise HttpError(400, 'retain must be a duration as text, such as "30s" or "5m"')
+    try:
+        return parse_duration_text(text, "retain")
+    except InvalidInput as exc:
+        raise HttpError(400, str(exc)) from None
+    except OverflowError:
+        raise HttpError(400, f"retain {text!r} is too long") from None
 
 
 def caller_key(request: Request, caller: Caller) -> str:

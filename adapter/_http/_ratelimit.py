@@ -24,8 +24,9 @@ class RateLimiter:
         self.burst = float(burst)
         self._buckets: dict[str, _Bucket] = {}
 
-    def acquire(self, key: str) -> float:
-        """Take one token: 0.0 when allowed, else the seconds until a token is free."""
+    def acquire(self, key: str, tokens: int = 1) -> float:
+        """Take ``tokens`` tokens (at most the burst), all or none: 0.0 when allowed, else the
+        seconds until they are free."""
         if self.rate <= 0:
             return 0.0
         now = time.monotonic()
@@ -37,10 +38,10 @@ class RateLimiter:
         else:
             bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
             bucket.updated = now
-        if bucket.tokens >= 1.0:
-            bucket.tokens -= 1.0
+        if bucket.tokens >= tokens:
+            bucket.tokens -= tokens
             return 0.0
-        return (1.0 - bucket.tokens) / self.rate
+        return (tokens - bucket.tokens) / self.rate
 
     def refund(self, key: str) -> None:
         """Give back a token taken by ``acquire`` (the work it paid for turned out free)."""

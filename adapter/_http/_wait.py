@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from .._bus import check_wait_id
 from .._client import parse_deadline_text
+from .._cloudevents import STRUCTURED_CONTENT_TYPE, to_structured_json
 from .._event import Event
 from .._exceptions import BusError, ClientStateError, InvalidInput, LimitExceeded
 from .._names import Kind
@@ -80,6 +81,10 @@ def _json(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False).encode("utf-8")
 
 
+def _content_headers(content_type: str, length: int) -> list[tuple[bytes, bytes]]:
+    return [(b"content-type", content_type.encode()), (b"content-length", str(length).encode())]
+
+
 class WaitResponse(Response):
     """Binds a wait when the response is sent, and answers with its outcome."""
 
@@ -93,8 +98,10 @@ class WaitResponse(Response):
         wait_id: str | None,
         stream: bool,
         caller_key: str,
+        cloudevent: bool = False,
     ) -> None:
         super().__init__(status_code=200)
+        self._cloudevent = cloudevent
         self._gateway = gateway
         self._caller_key = caller_key
         self._kind = kind
@@ -142,6 +149,20 @@ class WaitResponse(Response):
             await self._finish(send, 204, None)
         else:
             WAITS.labels("event").inc()
+            if self._cloudevent and not self._started:
+                body = to_structured_json(event)
+                headers = _content_headers(STRUCTURED_CONTENT_TYPE, len(body))
+                await self._start(send, 200, headers)
+                await send({"type": "http.response.body", "body": body})
+                return
+            if self._cloudevent:  # stream mode: the CloudEvent beside the event in the outcome
+                outcome = {
+                    "status": 200,
+                    "event": event.to_json(),
+                    "cloudevent": json.loads(to_structured_json(event)),
+                }
+                await send({"type": "http.response.body", "body": _json(outcome)})
+                return
             await self._finish(send, 200, event.to_json())
 
     async def _race(self, getting: Any, receive: Receive, send: Send) -> Event | None:
@@ -202,11 +223,6 @@ class WaitResponse(Response):
             await send({"type": "http.response.body", "body": _json(outcome)})
             return
         content = b"" if body is None else _json(body)
-        headers = []
-        if status != 204:
-            headers = [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(content)).encode()),
-            ]
+        headers = [] if status == 204 else _content_headers("application/json", len(content))
         await self._start(send, status, headers, retry_after)
         await send({"type": "http.response.body", "body": content})
