@@ -15,7 +15,7 @@ import pytest
 
 from adapter import BrokerAuthenticationError, BusUnavailable, Client, load_settings
 from adapter._bus._amqp import AmqpBus, redact_url
-from tests.support.broker import connection_channels, queues_named
+from tests.support.broker import connection_channels, queues_named, rabbitmqctl
 from tests.support.proxy import Proxy
 
 pytestmark = pytest.mark.rabbitmq
@@ -180,28 +180,10 @@ async def test_sends_are_refused_while_the_broker_is_unreachable(
 
 async def _close_connection_from_the_broker(name: str) -> None:
     for _ in range(50):
-        listing = await asyncio.create_subprocess_exec(
-            "rabbitmqctl",
-            "list_connections",
-            "pid",
-            "client_properties",
-            "-q",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        out, _ = await listing.communicate()
-        for line in out.decode().splitlines():
+        listing = await rabbitmqctl("list_connections", "pid", "client_properties")
+        for line in listing.splitlines():
             if name in line:
-                pid = line.split("\t")[0]
-                closer = await asyncio.create_subprocess_exec(
-                    "rabbitmqctl",
-                    "close_connection",
-                    pid,
-                    "test: simulated loss",
-                    stdout=asyncio.subprocess.DEVNULL,
-                    stderr=asyncio.subprocess.DEVNULL,
-                )
-                await closer.wait()
+                await rabbitmqctl("close_connection", line.split("\t")[0], "test: simulated loss")
                 return
         await asyncio.sleep(0.1)
     raise AssertionError(f"connection {name} not found in rabbitmqctl list_connections")
@@ -211,9 +193,9 @@ async def test_a_user_without_configure_permission_can_still_send(
     amqp_url: str, unique_name: str
 ) -> None:
     user, password = f"t-edge-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
-    await _rabbitmqctl("add_user", user, password)
+    await rabbitmqctl("add_user", user, password)
     try:
-        await _rabbitmqctl(
+        await rabbitmqctl(
             "set_permissions", "-p", "/", user, "^customevent\\.wait\\..*", ".*", ".*"
         )
         url = amqp_url.replace("guest:guest", f"{user}:{password}")
@@ -223,19 +205,7 @@ async def test_a_user_without_configure_permission_can_still_send(
                     assert (await edge.send_custom_event(unique_name, kind="external")).routed
                 assert await w is not None
     finally:
-        await _rabbitmqctl("delete_user", user)
-
-
-async def _rabbitmqctl(*args: str) -> None:
-    process = await asyncio.create_subprocess_exec(
-        "rabbitmqctl",
-        "-q",
-        *args,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await process.communicate()
-    assert process.returncode == 0, err.decode()
+        await rabbitmqctl("delete_user", user)
 
 
 async def test_resumable_waits_leave_no_channel_behind(amqp_url: str, unique_name: str) -> None:

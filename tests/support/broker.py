@@ -1,5 +1,6 @@
 """What the broker itself says, for tests that check that nothing leaks: the channels of a
-connection (found by its ``connection_name``) and the queues whose names start with a prefix."""
+connection (found by its ``connection_name``) and the queues whose names start with a prefix;
+and ``rabbitmqctl`` itself."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import asyncio
 import os
 
 
-async def _rabbitmqctl(*args: str) -> str:
+async def rabbitmqctl(*args: str) -> str:
+    """Run ``rabbitmqctl -q ARGS``; its output, or AssertionError with its error."""
     process = await asyncio.create_subprocess_exec(
         "rabbitmqctl",
         "-q",
@@ -24,7 +26,7 @@ async def _rabbitmqctl(*args: str) -> str:
 
 async def connection_channels(name: str) -> int:
     """The channels the broker counts on the connection named ``name`` (0 if it has none)."""
-    listing = await _rabbitmqctl("list_connections", "channels", "client_properties")
+    listing = await rabbitmqctl("list_connections", "channels", "client_properties")
     counts = [
         int(line.split("\t", 1)[0])
         for line in listing.splitlines()
@@ -37,5 +39,5 @@ async def connection_channels(name: str) -> int:
 
 async def queues_named(prefix: str) -> list[str]:
     """The names of the queues (in the default vhost) that start with ``prefix``."""
-    listing = await _rabbitmqctl("list_queues", "name")
+    listing = await rabbitmqctl("list_queues", "name")
     return [line for line in listing.splitlines() if line.startswith(prefix)]
