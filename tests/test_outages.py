@@ -12,6 +12,7 @@ from datetime import timedelta
 import pytest
 
 from adapter import BusUnavailable, Client, load_settings
+from tests.support.broker import connection_channels
 from tests.support.processes import clean_env, customevent
 from tests.support.proxy import Proxy
 from tests.test_http_support import HEADERS, asgi_client, make_settings
@@ -138,3 +139,44 @@ async def test_http_wait_over_a_stalled_broker_is_503_by_its_deadline(
         assert response.status_code == 503
         assert "before its deadline" in response.json()["detail"]
         assert time.monotonic() - started < 4
+
+
+async def test_set_ups_cut_by_an_outage_leave_no_channel_behind(
+    proxy: Proxy, unique_name: str
+) -> None:
+    # A resumable wait's channel that read as closed when the wait ended during an outage was
+    # never closed, and one that failed to open stayed on the robust connection's list: both
+    # were opened on the next reconnection, for good. The 10-minute soak saw its channels grow.
+    name = f"test-{unique_name}"
+    settings = load_settings(
+        amqp={
+            "url": proxy.url(),
+            "reconnect_interval": 0.2,
+            "heartbeat": 0,
+            "connection_name": name,
+        }
+    )
+    async with Client(settings) as client:
+        await asyncio.sleep(0.5)
+        before = await connection_channels(name)
+        for round_ in range(5):
+            waits = [
+                asyncio.create_task(
+                    client.wait_custom_event_until(
+                        "internal",
+                        unique_name,
+                        timedelta(seconds=1),
+                        wait_id=f"{name}-{round_}-{i}",
+                    )
+                )
+                for i in range(20)
+            ]
+            await asyncio.sleep(0.01 * round_)
+            proxy.cut()
+            await asyncio.gather(*waits, return_exceptions=True)
+            async with asyncio.timeout(20):
+                while not client.bus.connected:
+                    await asyncio.sleep(0.05)
+        await asyncio.sleep(3)  # reconnected, restored, the resumable waits' queues gone
+        after = await connection_channels(name)
+    assert after == before

@@ -360,10 +360,8 @@ class _ResumableSubscription(Subscription):
 
     async def _close_channel(self) -> None:
         channel, self._channel = self._channel, None
-        if channel is not None and not channel.is_closed:
-            # Even while disconnected: a robust channel not closed would be reopened for good on
-            # the next reconnect.
-            await self.bus._tidy("close a channel", channel.close, connected_only=False)
+        if channel is not None:
+            await self.bus._release(channel)
 
     async def __aexit__(
         self,
@@ -584,7 +582,22 @@ class AmqpBus(Bus):
         connection = self._require_connection()
         if connection.transport is None:  # aio-pika would raise a bare RuntimeError
             raise BusUnavailable("not connected to RabbitMQ")
-        return await connection.channel()
+        channel = connection.channel()
+        try:
+            await channel
+        except BaseException:
+            # The robust connection took the channel before it opened: one that failed to open
+            # (the link lost meanwhile, a timeout) would be opened on the next reconnection.
+            await self._release(channel)
+            raise
+        return channel
+
+    async def _release(self, channel: AbstractRobustChannel) -> None:
+        """Close a channel of ours for good. Always, even when the link is down and the channel
+        reads as closed: a robust channel that was not closed is opened again on the next
+        reconnection, and kept open with nobody to close it (one leaked channel per wait and per
+        outage until ``channel_max``)."""
+        await self._tidy("close a channel", channel.close, connected_only=False)
 
     @contextlib.asynccontextmanager
     async def _broker_call(self, what: str) -> AsyncIterator[None]:

@@ -186,9 +186,9 @@ class _AmqpGroupSubscription(GroupSubscription):
         queue, tag, self._queue, self._tag = self._queue, self._tag, None, None
         if queue is not None and tag is not None:
             await self._bus._tidy(f"stop consuming {self.group!r}", lambda: queue.cancel(tag))
-        if channel is not None and not channel.is_closed:
+        if channel is not None:
             # Unsettled deliveries go back to the group when the channel closes.
-            await self._bus._tidy("close a channel", channel.close, connected_only=False)
+            await self._bus._release(channel)
 
     async def __aiter__(self) -> AsyncIterator[Delivery]:
         if self._channel is None:
@@ -371,7 +371,7 @@ class AmqpGroups:
                     },
                 )
             finally:
-                await self.bus._tidy("close a channel", channel.close, connected_only=False)
+                await self.bus._release(channel)
             self._retry_queues[key] = name
         return name
 
@@ -399,7 +399,7 @@ class AmqpGroups:
                 messages.append(message)
             yield messages
         finally:
-            await self.bus._tidy("close a channel", channel.close, connected_only=False)
+            await self.bus._release(channel)
 
     async def dead_letters(self, group: str) -> list[DeadLetter]:
         letters = []

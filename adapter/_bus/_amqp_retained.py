@@ -105,6 +105,9 @@ class RetainedStream:
             )
 
     async def _follow(self) -> None:
+        old, self._channel = self._channel, None
+        if old is not None:  # a start that failed half-way: its channel goes first
+            await self.bus._release(old)
         async with self.bus._broker_call(f"the stream {self.name} could not be read"):
             channel = self._channel = await self.bus._new_channel()
             await channel.set_qos(prefetch_count=_PREFETCH)
