@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,6 +31,8 @@ from tests.support.reliability import record
 from tests.test_faults import Load, _check_nothing_lost, _run_load
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guides" / "cluster.md"
 
 
 @pytest.fixture(scope="module")
@@ -353,6 +359,32 @@ async def test_the_daemon_keeps_serving_sends_when_its_node_stops(
         failover_s=round(window, 2),
         **figures,
     )
+
+
+def test_the_cluster_guide_runs(cluster: Cluster, unique_name: str) -> None:
+    marker = "<!-- docs-test: see test_the_cluster_guide_runs -->\n```sh\n"
+    block = GUIDE.read_text().split(marker, 1)[1].split("```", 1)[0]
+    script = (
+        block.replace(".venv/bin/", f"{Path(sys.executable).parent}/")
+        .replace("demo.cluster", unique_name)
+        .replace("demo-cluster", f"guide-{uuid.uuid4().hex[:12]}")
+        .replace("customevent-1@localhost", cluster.nodes[0].name)
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("CUSTOMEVENT_") or k.startswith("CUSTOMEVENT_TEST_CLUSTER_")
+    }
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=GUIDE.parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, f"{script}\n{result.stdout}\n{result.stderr}"
+    assert "answer=42" in result.stdout.splitlines()
 
 
 # -- a whole-cluster restart -------------------------------------------------------------------
