@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import subprocess
 import sys
@@ -33,6 +34,8 @@ from tests.test_faults import Load, _check_nothing_lost, _run_load
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guides" / "cluster.md"
+PASSWORD = "cluster-s3cret-pw"  # of the test cluster's own user: must never reach a log
+WAIT_S = 8.0  # an HTTP wait open across a node loss
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +115,25 @@ class Sends:
         return sum(1 for at in self.confirmed.values() if at > moment)
 
 
+def _messages(records: list[logging.LogRecord]) -> list[str]:
+    """Every record's message, arguments included. aio-pika logs objects whose repr fails once
+    they are done (OneShotCallback): those arguments are shown by their type."""
+
+    def shown(argument: object) -> str:
+        try:
+            return str(argument)
+        except Exception:
+            return type(argument).__name__
+
+    messages = []
+    for entry in records:
+        try:
+            messages.append(entry.getMessage())
+        except Exception:
+            messages.append(" ".join([str(entry.msg), *map(shown, entry.args or ())]))
+    return messages
+
+
 def _longest_gap(moments: list[float]) -> float:
     """The failover window as a sender sees it: the longest time without a success."""
     ordered = sorted(moments)
@@ -129,12 +151,14 @@ async def test_the_client_connects_to_a_node_that_answers(cluster: Cluster) -> N
 
 
 async def test_a_sender_loses_no_confirmed_send_when_its_node_stops(
-    cluster: Cluster, unique_name: str
+    cluster: Cluster, unique_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     queue = await collector(cluster.nodes[0].url, f"internal.{unique_name}")
     sends = Sends()
     stop = asyncio.Event()
-    async with _client(cluster.urls) as client:
+    urls = await asyncio.to_thread(cluster.urls_as, "cluster-test", PASSWORD)
+    async with _client(urls) as client:
         lost = _node(cluster, client)
         sender = asyncio.create_task(sends.steadily(client, unique_name, stop))
         try:
@@ -152,6 +176,9 @@ async def test_a_sender_loses_no_confirmed_send_when_its_node_stops(
     lost_sends = set(sends.confirmed) - set(delivered)
     assert not lost_sends, f"{len(lost_sends)} confirmed, never arrived: {sorted(lost_sends)[:5]}"
     assert moved_to != lost
+    logged = _messages(caplog.records)
+    assert any("the next attempt goes to amqp://cluster-test:***@" in m for m in logged)
+    assert not [m for m in logged if PASSWORD in m], "a log line holds the password"
     window = _longest_gap([at for at in sends.confirmed.values() if at > stopping - 5])
     record(
         "test_a_sender_loses_no_confirmed_send_when_its_node_stops",
@@ -299,6 +326,28 @@ async def _watch_readiness(url: str, seen: list[tuple[float, int]], stop: asynci
             await asyncio.sleep(0.05)
 
 
+async def _http_wait(url: str, name: str, seconds: float) -> tuple[int, float]:
+    started = time.monotonic()
+    async with httpx.AsyncClient(base_url=url, timeout=seconds + 30) as http:
+        response = await http.get(f"/api/v1/events/{name}/wait", params={"timeout": f"{seconds}s"})
+    return response.status_code, time.monotonic() - started
+
+
+async def _metric(url: str, name: str) -> float:
+    async with httpx.AsyncClient(base_url=url, timeout=5) as http:
+        text = (await http.get("/metrics")).text
+    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")]
+    return sum(values)
+
+
+async def _until_metric(url: str, name: str, at_least: float) -> None:
+    for _ in range(300):
+        if await _metric(url, name) >= at_least:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{name} did not reach {at_least}")
+
+
 async def test_the_daemon_keeps_serving_sends_when_its_node_stops(
     cluster: Cluster, unique_name: str
 ) -> None:
@@ -306,7 +355,7 @@ async def test_the_daemon_keeps_serving_sends_when_its_node_stops(
     connection_name = f"test-cluster-{uuid.uuid4().hex[:8]}"
     daemon = Daemon(
         "cluster-node-loss",
-        CUSTOMEVENT_AMQP__URL=cluster.urls,
+        CUSTOMEVENT_AMQP__URL=await asyncio.to_thread(cluster.urls_as, "cluster-test", PASSWORD),
         CUSTOMEVENT_AMQP__CONNECTION_NAME=connection_name,
         CUSTOMEVENT_AMQP__RECONNECT_INTERVAL="0.5",
         CUSTOMEVENT_AMQP__PUBLISH_TIMEOUT="5",
@@ -321,6 +370,9 @@ async def test_the_daemon_keeps_serving_sends_when_its_node_stops(
         watcher = asyncio.create_task(_watch_readiness(daemon.url, readiness, watching))
         async for _ in _run_load(load):
             await _until(lambda: len(load.accepted) >= 200, "200 accepted sends")
+            # An HTTP wait open across the loss, on a name nobody sends: 204 by its deadline.
+            quiet = asyncio.create_task(_http_wait(daemon.url, f"{unique_name}.quiet", WAIT_S))
+            await _until_metric(daemon.url, "customevent_http_waits_active", 1)
             stopping = time.monotonic()
             await cluster.run("stop_app", lost)
             stopped = time.monotonic()
@@ -328,8 +380,10 @@ async def test_the_daemon_keeps_serving_sends_when_its_node_stops(
                 lambda at=stopped: sum(1 for k in load.accepted if statuses.at[k] > at) >= 200,
                 "sends accepted after the loss",
             )
+            quiet_status, quiet_seconds = await quiet
         watching.set()
         await watcher
+        assert await _metric(daemon.url, "customevent_bus_reconnects_total") >= 1
         moved_to = await asyncio.to_thread(cluster.node_of_connection, connection_name)
         assert await asyncio.to_thread(daemon.stop) == 0, daemon.log_tail()
     finally:
@@ -350,12 +404,19 @@ async def test_the_daemon_keeps_serving_sends_when_its_node_stops(
         k for k, v in statuses.items() if v == 503 and not stopping <= statuses.at[k] <= window_end
     ]
     assert not late, f"{len(late)} sends refused outside the failover window"
+    assert quiet_status == 204 and quiet_seconds < WAIT_S + 2, (quiet_status, quiet_seconds)
+    log = daemon.log_path.read_text(errors="replace")
+    assert "RabbitMQ: reconnected to amqp://cluster-test:***@" in log
+    assert PASSWORD not in log, "the daemon logged the password"
     window = _longest_gap([statuses.at[k] for k in load.accepted if statuses.at[k] > stopping - 5])
     record(
         "test_the_daemon_keeps_serving_sends_when_its_node_stops",
         load="8 HTTP senders, JSON API, daemon with the 3-node cluster in amqp.url",
         fault="rabbitmqctl stop_app on the daemon's node (then start_app)",
-        outcome="moved to another node; every 202 delivered; 503 only in the failover window",
+        outcome=(
+            "moved to another node; every 202 delivered; 503 only in the failover window; an "
+            "open HTTP wait answered by its deadline; no password in the log"
+        ),
         failover_s=round(window, 2),
         **figures,
     )

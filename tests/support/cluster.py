@@ -61,6 +61,15 @@ class Cluster:
                 return node
         raise AssertionError(f"{url} is not a node of the test cluster")
 
+    def urls_as(self, user: str, password: str) -> str:
+        """``amqp.url`` for the three nodes as ``user``, made (with every permission on the
+        default virtual host) if the cluster does not know it yet."""
+        users = self.ctl(self.nodes[0], "list_users", "--no-table-headers")
+        if user not in {line.split("\t")[0] for line in users.splitlines()}:
+            self.ctl(self.nodes[0], "add_user", user, password)
+            self.ctl(self.nodes[0], "set_permissions", "-p", "/", user, ".*", ".*", ".*")
+        return ",".join(f"amqp://{user}:{password}@127.0.0.1:{n.port}/" for n in self.nodes)
+
     def other_than(self, node: Node) -> Node:
         return next(n for n in self.nodes if n != node)
 
