@@ -4,6 +4,9 @@ client tries the nodes in, and separate credentials. Broker-free except where ma
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -125,3 +128,18 @@ async def test_a_client_connects_with_separate_credentials(amqp_url: str) -> Non
     )
     async with Client(settings) as client:
         assert (await client.send_custom_event("t.nodes.credentials")).routed is False
+
+
+def test_a_bad_node_list_given_to_the_cli_is_a_configuration_error() -> None:
+    bad = "amqp://u:s3cret@rabbit-a/,amqp://u:0ther-pw@rabbit-b/"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CUSTOMEVENT_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "adapter._cli", "send", "t.nodes.cli", "--url", bad],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 78, result.stderr
+    assert "node 2 (amqp://u:***@rabbit-b/) differs from node 1" in result.stderr
+    assert "s3cret" not in result.stderr and "0ther-pw" not in result.stderr

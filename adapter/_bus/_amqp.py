@@ -390,7 +390,10 @@ class AmqpBus(Bus):
         self.limits = limits if limits is not None else LimitsSettings()
         self._resumable = ResumableWaits(self.limits.max_resumable_waits, settings.wait_grace)
         self._url = settings.url
-        self._nodes = Nodes.from_settings(settings)
+        try:
+            self._nodes = Nodes.from_settings(settings)
+        except ValueError as exc:  # settings made without validation (a --url, model_copy)
+            raise ConfigurationError(f"amqp.url: {exc}") from None
         self._connection_name = connection_name
         self._exchange_name = settings.exchange
         self._client_id = uuid.uuid4().hex[:12]
