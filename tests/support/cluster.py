@@ -64,11 +64,19 @@ class Cluster:
     def urls_as(self, user: str, password: str) -> str:
         """``amqp.url`` for the three nodes as ``user``, made (with every permission on the
         default virtual host) if the cluster does not know it yet."""
-        users = self.ctl(self.nodes[0], "list_users", "--no-table-headers")
+        node = self.running()
+        users = self.ctl(node, "list_users", "--no-table-headers")
         if user not in {line.split("\t")[0] for line in users.splitlines()}:
-            self.ctl(self.nodes[0], "add_user", user, password)
-            self.ctl(self.nodes[0], "set_permissions", "-p", "/", user, ".*", ".*", ".*")
+            self.ctl(node, "add_user", user, password)
+            self.ctl(node, "set_permissions", "-p", "/", user, ".*", ".*", ".*")
         return ",".join(f"amqp://{user}:{password}@127.0.0.1:{n.port}/" for n in self.nodes)
+
+    def running(self) -> Node:
+        """A node whose app runs, to ask the cluster something (one may be stopped)."""
+        for node in self.nodes:
+            if node.answers():
+                return node
+        raise AssertionError("no node of the test cluster answers")
 
     def other_than(self, node: Node) -> Node:
         return next(n for n in self.nodes if n != node)
@@ -109,7 +117,7 @@ class Cluster:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             # ``port`` is the port the client connected to: the node's AMQP port.
-            listing = self.ctl(self.nodes[0], "list_connections", "port", "client_properties")
+            listing = self.ctl(self.running(), "list_connections", "port", "client_properties")
             for line in listing.splitlines():
                 if f'"{connection_name}"' in line:
                     port = int(line.split("\t", 1)[0])
@@ -119,7 +127,7 @@ class Cluster:
 
     def queue_type_and_members(self, queue: str) -> tuple[str, int]:
         """The queue's type (``quorum``, ``classic``) and how many nodes hold a replica."""
-        listing = self.ctl(self.nodes[0], "list_queues", "name", "type", "members")
+        listing = self.ctl(self.running(), "list_queues", "name", "type", "members")
         for line in listing.splitlines():
             fields = line.split("\t")
             if fields[0] == queue:
