@@ -6,12 +6,13 @@ replicated over the nodes of a cluster (by default all of them, up to RabbitMQ's
 size) and stays available while a majority of its replicas run; on a single node it is a cluster
 of one and behaves the same, so there is no classic fallback to configure.
 
-What RabbitMQ 3.10 quorum queues support and what they do not, for whoever adds a queue here:
+What RabbitMQ 3.10 quorum queues take (each declared on 3.10.8), for whoever adds a queue here:
 ``x-expires``, ``x-max-length`` and ``x-max-length-bytes`` with ``x-overflow`` ``drop-head`` or
 ``reject-publish``, ``x-message-ttl``, ``x-dead-letter-exchange`` / ``-routing-key`` (with
 ``x-dead-letter-strategy: at-least-once`` when dead letters must not be lost; it needs
-``reject-publish``), ``x-delivery-limit`` (poison messages), single active consumer. Not:
-non-durable, exclusive or auto-delete queues, priorities, ``reject-publish-dlx``, a global QoS.
+``reject-publish``), ``x-delivery-limit`` (poison messages), ``x-single-active-consumer``. Not:
+priorities (``x-max-priority`` is refused), non-durable, exclusive or auto-delete queues, a global
+QoS; RabbitMQ documents ``reject-publish-dlx`` as unsupported (3.10 accepts the argument).
 Temporary wait queues stay non-durable classic queues, declared elsewhere.
 """
 
