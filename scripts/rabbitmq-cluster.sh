@@ -65,9 +65,14 @@ ctl() {  # ctl NODE ARGS...: rabbitmqctl against node NODE, quietly
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-# Ports, not rabbitmqctl: each CLI call costs a second or more on a loaded machine. A node's VM
-# listens on its distribution port while it runs; its AMQP listener runs while its app runs.
-vm_running() { port_open $(($(node_port "$1") + 20000)); }
+dist_port() { echo $(($(node_port "$1") + 20000)); }
+pid_file() { echo "$(node_dir "$1")/pid"; }
+pid_alive() { [[ -s $(pid_file "$1") ]] && ps -p "$(cat "$(pid_file "$1")")" >/dev/null 2>&1; }
+# Our node's VM runs: its pid file names a live process or, when the file is gone, the process
+# on its distribution port answers to its name. A port alone may be another process's. Each
+# rabbitmqctl call costs a second or more on a loaded machine, so it is the last resort.
+vm_running() { pid_alive "$1" || { port_open "$(dist_port "$1")" && ctl "$1" ping >/dev/null 2>&1; }; }
+# Its app runs while its AMQP listener is open.
 app_running() { port_open "$(node_port "$1")"; }
 
 log_tail() {
@@ -83,9 +88,6 @@ launch() {  # launch NODE: start node NODE's VM, detached
     d=$(node_dir "$n")
     amqp=$(node_port "$n")
     dist=$((amqp + 20000))
-    for p in "$amqp" "$dist"; do
-        port_open "$p" && die "port $p (for $(node_name "$n")) is taken by another process: set CUSTOMEVENT_TEST_CLUSTER_PORT to a free range"
-    done
     mkdir -p "$d/mnesia" "$d/log"
     # Blank nodes find each other at first boot (peer discovery, with RabbitMQ's own lock: one
     # node forms the cluster, the others join it): no stop_app/join_cluster/start_app round.
@@ -122,9 +124,9 @@ await() {  # await NODE: until the node's app runs (its AMQP listener opens last
     done
 }
 
-cluster_nodes() {  # cluster_nodes disk|running: the nodes node 1 counts, one a line
-    ctl 1 cluster_status --formatter json 2>/dev/null |
-        grep -o "\"$1_nodes\":\\[[^]]*\\]" | grep -o '"[^"]*@[^"]*"' | tr -d '"'
+cluster_nodes() {  # cluster_nodes disk|running: the nodes node 1 counts, one a line (none: none)
+    { ctl 1 cluster_status --formatter json 2>/dev/null || true; } |
+        grep -o "\"$1_nodes\":\\[[^]]*\\]" | grep -o '"[^"]*@[^"]*"' | tr -d '"' || true
 }
 
 join() {  # join NODE: make node NODE a member of node 1's cluster (when peer discovery did not)
@@ -143,22 +145,34 @@ urls() {
 }
 
 start() {
-    local n started=$SECONDS
+    local n p started=$SECONDS state=()
+    for n in "${nodes[@]}"; do
+        if ! vm_running "$n"; then
+            state[n]=down
+            for p in "$(node_port "$n")" "$(dist_port "$n")"; do
+                port_open "$p" && die "port $p (for $(node_name "$n")) is taken by another process: set CUSTOMEVENT_TEST_CLUSTER_PORT to a free range"
+            done
+        elif app_running "$n"; then
+            state[n]=running
+        else
+            state[n]=stopped
+        fi
+    done
     # All three boot side by side: after a whole-cluster restart each waits for its peers.
     local pids=()
     for n in "${nodes[@]}"; do
-        if app_running "$n"; then
-            continue
-        elif vm_running "$n"; then
+        case ${state[n]} in
+        running) continue ;;
+        stopped)
             # A test may have left the app stopped (rabbitmqctl stop_app): start it again.
             say "starting the app of $(node_name "$n")"
             ctl "$n" start_app >/dev/null &
-        else
-            launch "$n" &
-        fi
+            ;;
+        down) launch "$n" & ;;
+        esac
         pids+=($!)
     done
-    for pid in "${pids[@]}"; do wait "$pid" || exit 1; done
+    for p in "${pids[@]}"; do wait "$p" || die "a node did not start (\`$0 stop\` stops the others)"; done
     for n in "${nodes[@]}"; do await "$n"; done
     local members running
     members=" $(cluster_nodes disk | tr '\n' ' ') "
@@ -166,6 +180,7 @@ start() {
         [[ $members == *" $(node_name "$n") "* ]] || join "$n"
     done
     running=$(cluster_nodes running | sort | tr '\n' ' ')
+    [[ -n $running ]] || die "$(node_name 1) does not answer rabbitmqctl cluster_status; its log: $(node_dir 1)/log"
     for n in "${nodes[@]}"; do
         [[ " $running " == *" $(node_name "$n") "* ]] ||
             die "$(node_name "$n") is not running in the cluster (running: $running)"
@@ -178,9 +193,13 @@ stop() {
     local n
     # The last node to stop holds the newest view: node 1, which the others join.
     for n in 3 2 1; do
-        if vm_running "$n"; then
+        if pid_alive "$n"; then
             say "stopping $(node_name "$n")"
-            ctl "$n" stop "$(node_dir "$n")/pid" >/dev/null || die "could not stop $(node_name "$n")"
+            # With its pid file, rabbitmqctl returns once the process has exited.
+            ctl "$n" stop "$(pid_file "$n")" >/dev/null || die "could not stop $(node_name "$n")"
+        elif vm_running "$n"; then
+            say "stopping $(node_name "$n") (its pid file is gone)"
+            ctl "$n" stop >/dev/null || die "could not stop $(node_name "$n")"
         fi
     done
 }
@@ -191,6 +210,7 @@ status() {
     for n in "${nodes[@]}"; do
         if ! vm_running "$n"; then
             state="not running"
+            port_open "$(node_port "$n")" && state+=" (port $(node_port "$n") taken by another process)"
             healthy=1
         elif ! app_running "$n"; then
             state="node up, app stopped"
