@@ -11,13 +11,15 @@ from __future__ import annotations
 import os
 import typing
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -33,6 +35,7 @@ from pydantic_settings import (
 from ._exceptions import ConfigurationError, InvalidEventName, InvalidInput
 from ._groups import check_group_name
 from ._names import validate_pattern
+from ._nodes import split_nodes
 
 __all__ = [
     "AmqpSettings",
@@ -77,9 +80,29 @@ def _check_patterns(patterns: list[str]) -> list[str]:
     return patterns
 
 
+def _join_nodes(value: Any) -> Any:
+    # A TOML (or JSON) list of node URLs is the same as the comma-separated form.
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return ",".join(value)
+    return value
+
+
 class AmqpSettings(_Section):
-    url: str | None = Field(
-        default=None, description="amqp:// or amqps:// URL of RabbitMQ; unset: the in-process bus"
+    url: Annotated[str | None, BeforeValidator(_join_nodes)] = Field(
+        default=None,
+        description=(
+            "amqp:// or amqps:// URL of RabbitMQ, or of each node of a RabbitMQ cluster (a list, "
+            "or separated by commas); unset: the in-process bus"
+        ),
+    )
+    username: str | None = Field(
+        default=None,
+        min_length=1,
+        description="user for every URL in amqp.url, instead of the user written in them",
+    )
+    password: SecretStr | None = Field(
+        default=None,
+        description="password for every URL in amqp.url, instead of the one written in them",
     )
     exchange: str = Field(default="customevents", description="durable topic exchange for events")
     connection_name: str = Field(
@@ -113,7 +136,19 @@ class AmqpSettings(_Section):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        return _check_url(value, ("amqp", "amqps"), "amqp.url")
+        if value is None or value.strip() == "":
+            return None
+        split_nodes(value)
+        return value
+
+    @model_validator(mode="after")
+    def _credentials(self) -> Self:
+        anonymous = self.url and any(urlsplit(n).username is None for n in split_nodes(self.url))
+        if self.password is not None and self.username is None and anonymous:
+            raise ValueError(
+                "amqp.password needs a user: set amqp.username, or write the user in amqp.url"
+            )
+        return self
 
 
 class MqttSettings(_Section):

@@ -37,10 +37,12 @@ __all__ = [
     "Figure",
     "Stopwatch",
     "add_common_arguments",
+    "alternating",
     "amqp_url",
     "emit_figures",
     "format_table",
     "in_flight",
+    "log",
     "median",
     "parse_figures",
     "peak_rss_mib",
@@ -150,6 +152,26 @@ async def in_flight(count: int, concurrency: int, send: Callable[[int], Awaitabl
     with Stopwatch() as sw:
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return sw.seconds
+
+
+def log(message: str) -> None:
+    """A progress line under the runner's ``== topic`` heading."""
+    print(f"   {message}", flush=True)
+
+
+async def alternating(
+    rounds: int, variants: dict[str, Callable[[int], Awaitable[float]]]
+) -> dict[str, list[float]]:
+    """Run each variant once per round (``variant(round)`` returns its figure), in an order that
+    alternates between rounds, so load from elsewhere falls on every variant alike."""
+    results: dict[str, list[float]] = {name: [] for name in variants}
+    order = list(variants)
+    for r in range(rounds):
+        for name in order if r % 2 == 0 else reversed(order):
+            value = await variants[name](r)
+            results[name].append(value)
+            log(f"round {r + 1}/{rounds} {name}: {value:,.0f}")
+    return results
 
 
 def peak_rss_mib() -> float:

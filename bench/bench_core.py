@@ -18,7 +18,7 @@ import contextlib
 import random
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -34,9 +34,11 @@ from _common import (  # noqa: E402
     Figure,
     Stopwatch,
     add_common_arguments,
+    alternating,
     amqp_url,
     emit_figures,
     in_flight,
+    log,
     median,
     parse_figures,
     peak_rss_mib,
@@ -51,10 +53,6 @@ WAIT_SECONDS = 60.0  # every wait's deadline: long enough to outlast the round
 GRACE_SECONDS = 5.0  # the library's default wait_grace; the naive queues get the same
 POOL_CHANNELS = 16  # the "queue per wait over a pool of channels" variant
 SAMPLE = 50  # waits checked per round by publishing to them
-
-
-def log(message: str) -> None:
-    print(f"   {message}", flush=True)
 
 
 def _client(url: str, exchange: str) -> adapter.Client:
@@ -151,20 +149,6 @@ async def library_waits(
         with Stopwatch() as release:
             await asyncio.gather(*(w.__aexit__(None, None, None) for w in waits))
         return setup.seconds, release.seconds, held
-
-
-async def _alternating(
-    rounds: int, variants: dict[str, Callable[[int], Awaitable[float]]]
-) -> dict[str, list[float]]:
-    """Run each variant once per round, in an order that alternates between rounds."""
-    results: dict[str, list[float]] = {name: [] for name in variants}
-    order = list(variants)
-    for r in range(rounds):
-        for name in order if r % 2 == 0 else reversed(order):
-            value = await variants[name](r)
-            results[name].append(value)
-            log(f"round {r + 1}/{rounds} {name}: {value:,.0f}")
-    return results
 
 
 # -- publishing ----------------------------------------------------------------------------
@@ -299,7 +283,7 @@ async def main(args: argparse.Namespace) -> list[Figure]:
             releases.append(release)
             return rate(n_waits, setup)
 
-        waits = await _alternating(
+        waits = await alternating(
             rounds, {"naive": naive, "channel pool": pool, "library": library}
         )
 
@@ -316,7 +300,7 @@ async def main(args: argparse.Namespace) -> list[Figure]:
             seconds = await library_publish(url, exchange, target, n_publish, concurrency)
             return rate(n_publish, seconds)
 
-        sends = await _alternating(rounds, {"raw aio-pika": raw_send, "library": lib_send})
+        sends = await alternating(rounds, {"raw aio-pika": raw_send, "library": lib_send})
 
         log(f"holding {n_hold:,} waits in a subprocess")
         held_figures = await hold_in_subprocess(url, exchange, n_hold)

@@ -35,13 +35,22 @@ COLUMNS = [
 ]
 
 
+# Figures shown in the recovery column, with what they measure when it is not the default.
+_RECOVERY = [
+    ("recovery_s", ""),
+    ("stop_s", " (stop)"),
+    ("failover_s", " (failover)"),
+    ("restart_s", " (restart)"),
+]
+
+
 def _cell(figures: dict[str, object], key: str) -> str:
     if key == "refused":
         value = figures.get("refused_503", figures.get("refused"))
     elif key == "recovery":
-        for name in ("recovery_s", "stop_s"):
+        for name, note in _RECOVERY:
             if name in figures:
-                return f"{figures[name]} s" + (" (stop)" if name == "stop_s" else "")
+                return f"{figures[name]} s{note}"
         return "—"
     else:
         value = figures.get(key)
@@ -110,7 +119,10 @@ def main() -> int:
         "acknowledged); *lost* accepted but never delivered (must be 0); *duplicated* extra",
         "deliveries (allowed: at least once); *refused* not accepted: answered 503 during a fault,",
         "an error for bad input (fuzzing), dead-lettered (MQTT fuzzing) or held unacknowledged",
-        "(MQTT during an outage); *recovery* seconds from the fault's end to ready again.",
+        "(MQTT during an outage); *recovery* seconds from the fault's end to ready again; for",
+        "a daemon, *(stop)* the time it took to stop; for a lost cluster node, *(failover)* the",
+        "longest time without a confirmed send or a received event around the loss; for a",
+        "whole-cluster restart, *(restart)* the time the three nodes took to stop and start.",
         "",
         "Run longer campaigns with `HYPOTHESIS_PROFILE=long make test` (200,000 examples per",
         "property) or one file, e.g. `HYPOTHESIS_PROFILE=long .venv/bin/python -m pytest",

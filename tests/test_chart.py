@@ -23,6 +23,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from adapter._bus._failover import Nodes
 from adapter._settings import Settings, load_settings, section_models
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -420,6 +421,91 @@ def test_several_replicas_without_rabbitmq_are_refused(chart: helm.Chart) -> Non
         render(chart, {"replicaCount": 2})
 
 
+# -- a RabbitMQ cluster from the RabbitMQ Cluster Operator ------------------------------------
+
+
+def _pod_settings(result: Rendered, tmp_path: Path, secret_files: dict[str, str]) -> Settings:
+    """The settings a pod loads: the ConfigMap's file, and ``secret_files`` as the files the
+    projected secrets volume shows."""
+    config_file = tmp_path / "customevent.toml"
+    config_file.write_text(result.toml_text())
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    for key, value in secret_files.items():
+        (secrets_dir / key).write_text(value)
+    return load_settings(config_file, secrets_dir=secrets_dir)
+
+
+def test_a_rabbitmq_cluster_gives_the_url_and_the_mounted_credentials(
+    chart: helm.Chart, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("CUSTOMEVENT_"):
+            monkeypatch.delenv(name)
+    result = render(chart, {"replicaCount": 2, "rabbitmqCluster": {"name": "rabbit"}})
+    validate_all(result)
+    # The Service of the RabbitmqCluster, without credentials: the ConfigMap holds no secret.
+    assert result.config()["amqp"]["url"] == f"amqp://rabbit.{NAMESPACE}.svc:5672/"
+    (volume,) = (v for v in result.pod_spec()["volumes"] if v["name"] == "secrets")
+    own, operator = volume["projected"]["sources"]
+    assert own["secret"]["name"] == result.one("Secret")["metadata"]["name"]
+    assert operator["secret"] == {
+        "name": "rabbit-default-user",
+        "items": [
+            {"key": "username", "path": "amqp__username"},
+            {"key": "password", "path": "amqp__password"},
+        ],
+    }
+    assert volume["projected"]["defaultMode"] == 0o440
+    # A password the operator's Secret may hold, which could not be written into a URL as is.
+    files = {"amqp__username": "default_user_x", "amqp__password": "p@ss/w:rd%,"}
+    settings = _pod_settings(result, tmp_path, files)
+    (node,) = Nodes.from_settings(settings.amqp)
+    assert (node.user, node.password, node.host) == (
+        "default_user_x",
+        "p@ss/w:rd%,",
+        f"rabbit.{NAMESPACE}.svc",
+    )
+    assert "p@ss" not in result.toml_text()
+    assert "in-process bus" not in result.notes
+    assert "Secret/rabbit-default-user" in result.notes
+
+
+def test_a_rabbitmq_cluster_may_list_its_pods(chart: helm.Chart, tmp_path: Path) -> None:
+    values = {"name": "rabbit", "nodes": 3, "vhost": "events", "tls": True, "secret": "s"}
+    result = render(chart, {"rabbitmqCluster": values})
+    validate_all(result)
+    urls = result.config()["amqp"]["url"]
+    assert urls == [
+        f"amqps://rabbit-server-{i}.rabbit-nodes.{NAMESPACE}.svc:5671/events" for i in range(3)
+    ]
+    settings = _pod_settings(result, tmp_path, {"amqp__username": "u", "amqp__password": "p"})
+    assert {(url.user, url.port) for url in Nodes.from_settings(settings.amqp)} == {("u", 5671)}
+    assert len(list(Nodes.from_settings(settings.amqp))) == 3
+    (volume,) = (v for v in result.pod_spec()["volumes"] if v["name"] == "secrets")
+    assert volume["projected"]["sources"][1]["secret"]["name"] == "s"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"secrets": {"amqp__url": AMQP_URL}},
+        {"config": {"amqp": {"url": AMQP_URL}}},
+    ],
+    ids=["secret", "config"],
+)
+def test_a_rabbitmq_cluster_and_another_url_are_refused(
+    chart: helm.Chart, values: dict[str, Any]
+) -> None:
+    with pytest.raises(helm.HelmRenderError, match=r"rabbitmqCluster\.name gives amqp\.url"):
+        render(chart, {"rabbitmqCluster": {"name": "rabbit"}, **values})
+
+
+def test_without_a_rabbitmq_cluster_the_secret_is_mounted_alone(default: Rendered) -> None:
+    (volume,) = (v for v in default.pod_spec()["volumes"] if v["name"] == "secrets")
+    assert "projected" not in volume and "secret" in volume
+
+
 def test_http_host_is_always_all_interfaces(chart: helm.Chart) -> None:
     result = render(chart, {"config": {"http": {"port": 9000}}})
     assert result.config()["http"]["host"] == "0.0.0.0"
@@ -467,6 +553,10 @@ def test_toml_rendering_keeps_every_value_type(chart: helm.Chart) -> None:
         ({"secrets": {"amqp_url": "x"}}, "amqp_url"),
         ({"preStopSleepSeconds": 5}, "/preStopSleepSeconds"),
         ({"replicas": 3}, "replicas"),
+        ({"rabbitmqCluster": {"name": "Rabbit"}}, "/rabbitmqCluster/name"),
+        ({"rabbitmqCluster": {"nodes": -1}}, "/rabbitmqCluster/nodes"),
+        ({"rabbitmqCluster": {"vhost": "a/b"}}, "/rabbitmqCluster/vhost"),
+        ({"config": {"amqp": {"url": ["http://x"]}}}, "/config/amqp/url"),
     ],
 )
 def test_schema_rejects_bad_values(

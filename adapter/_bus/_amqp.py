@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, cast
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import aio_pika
 import aiormq
@@ -55,6 +55,7 @@ from .._exceptions import (
 )
 from .._groups import DeadLetter, GroupOptions, GroupSubscription
 from .._names import Kind, routing_key
+from .._nodes import redact_url
 from .._settings import AmqpSettings, LimitsSettings
 from .._tls import client_tls_context
 from ._amqp_groups import AmqpGroups
@@ -67,6 +68,8 @@ from ._base import (
     check_wait_id,
     seconds_until,
 )
+from ._durable import durable_queue_arguments
+from ._failover import NodeConnection, Nodes, shown
 
 __all__ = ["AmqpBus", "redact_url"]
 
@@ -84,17 +87,6 @@ _UNAVAILABLE = (
 # A clean-up at the broker (an unbind, a queue delete) waits this long at most: what it would
 # remove expires on its own, and a caller's answer must not wait for it.
 _TIDY_SECONDS = 2.0
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password replaced, for logs and errors."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _ssl_context(settings: AmqpSettings) -> ssl.SSLContext | None:
@@ -330,13 +322,15 @@ class _ResumableSubscription(Subscription):
             self.queue_name,
             durable=True,
             auto_delete=False,
-            arguments={
-                "x-expires": expires_ms,
-                # The newest events are kept: a waiter that never comes back cannot make the
-                # broker hold more than this, and no publisher is ever refused for it.
-                "x-max-length": self.bus.limits.max_resumable_events,
-                "x-overflow": "drop-head",
-            },
+            arguments=durable_queue_arguments(
+                {
+                    "x-expires": expires_ms,
+                    # The newest events are kept: a waiter that never comes back cannot make the
+                    # broker hold more than this, and no publisher is ever refused for it.
+                    "x-max-length": self.bus.limits.max_resumable_events,
+                    "x-overflow": "drop-head",
+                }
+            ),
         )
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
@@ -404,10 +398,14 @@ class AmqpBus(Bus):
         self._resumable = ResumableWaits(self.limits.max_resumable_waits, settings.wait_grace)
         self._groups = AmqpGroups(self)
         self._url = settings.url
+        try:
+            self._nodes = Nodes.from_settings(settings)
+        except ValueError as exc:  # settings made without validation (a --url, model_copy)
+            raise ConfigurationError(f"amqp.url: {exc}") from None
         self._connection_name = connection_name
         self._exchange_name = settings.exchange
         self._client_id = uuid.uuid4().hex[:12]
-        self._connection: AbstractRobustConnection | None = None
+        self._connection: NodeConnection | None = None
         self._exchange: AbstractRobustExchange | None = None
         self._confirm_channel: AbstractRobustChannel | None = None
         self._wait_channels: list[AbstractRobustChannel] = []
@@ -421,6 +419,14 @@ class AmqpBus(Bus):
     @property
     def where(self) -> str:
         return f"RabbitMQ at {redact_url(self._url)}"
+
+    @property
+    def node(self) -> str | None:
+        """The node this bus is connected to (password hidden), or None while it is not."""
+        connection = self._connection
+        if connection is None or not self.connected:
+            return None
+        return shown(connection.url)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -479,22 +485,50 @@ class AmqpBus(Bus):
                 await channel.close()
         return True
 
-    async def _connect(self) -> AbstractRobustConnection:
-        shown = redact_url(self._url)
+    async def _connect(self) -> NodeConnection:
+        shown_url = redact_url(self._url)
         context = _ssl_context(self.settings)
+        failures: dict[str, str] = {}
 
         def announce(state: RetryCallState) -> None:
-            outcome = state.outcome
-            error = outcome.exception() if outcome is not None else None
             pause = state.next_action.sleep if state.next_action else 0.0
             log.warning(
                 "RabbitMQ at %s: connection attempt %d of %d failed (%s); retrying in %.1fs",
-                shown,
+                shown_url,
                 state.attempt_number,
                 self.settings.connect_attempts,
-                str(error) or type(error).__name__,
+                "; ".join(f"{node}: {error}" for node, error in failures.items()),
                 pause,
             )
+
+        async def each_node_once() -> NodeConnection:
+            # One attempt is a round of the nodes: a node that is down costs no back-off while
+            # another one answers.
+            last: Exception | None = None
+            for _ in range(len(self._nodes)):
+                node = self._nodes.current
+                connection = NodeConnection(
+                    self._nodes,
+                    client_properties={"connection_name": self._connection_name},
+                    reconnect_interval=self.settings.reconnect_interval,
+                    heartbeat=self.settings.heartbeat,
+                    ssl_context=context,
+                )
+                try:
+                    await connection.connect(timeout=10)
+                except aiormq.exceptions.ProbableAuthenticationError:
+                    raise  # the users are the cluster's: the next node would refuse them too
+                except (OSError, aiormq.exceptions.AMQPError, TimeoutError) as exc:
+                    failures[shown(node)] = str(exc) or type(exc).__name__
+                    if self._nodes.current == node:
+                        # aio-pika reports a failed attempt to the connection, which moved on
+                        # already; this covers a failure before that report.
+                        self._nodes.advance()
+                    last = exc
+                    continue
+                return connection
+            assert last is not None
+            raise last
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.settings.connect_attempts),
@@ -507,28 +541,24 @@ class AmqpBus(Bus):
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await aio_pika.connect_robust(
-                        self._url,
-                        client_properties={"connection_name": self._connection_name},
-                        reconnect_interval=self.settings.reconnect_interval,
-                        heartbeat=self.settings.heartbeat,
-                        ssl_context=context,
-                        timeout=10,
-                    )
+                    return await each_node_once()
         except aiormq.exceptions.ProbableAuthenticationError as exc:
             raise BrokerAuthenticationError(
-                f"RabbitMQ at {shown} refused the credentials (check the user and password in "
-                f"amqp.url): {exc}"
+                f"RabbitMQ at {shown_url} refused the credentials (check the user and password in "
+                f"amqp.url, or amqp.username and amqp.password): {exc}"
             ) from None
-        except (OSError, aiormq.exceptions.AMQPError, TimeoutError) as exc:
+        except (OSError, aiormq.exceptions.AMQPError, TimeoutError):
+            reasons = "; ".join(f"{node}: {error}" for node, error in failures.items())
             raise BusUnavailable(
-                f"cannot connect to RabbitMQ at {shown} after "
-                f"{self.settings.connect_attempts} attempts: {exc or type(exc).__name__}"
+                f"cannot connect to RabbitMQ at {shown_url} after "
+                f"{self.settings.connect_attempts} attempts: {reasons}"
             ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _reconnected(self, *_: Any) -> None:
-        log.warning("RabbitMQ at %s: reconnected", redact_url(self._url))
+        connection = self._connection
+        node = shown(connection.url) if connection is not None else redact_url(self._url)
+        log.warning("RabbitMQ: reconnected to %s", node)
         if self._wait_queues:
             task = asyncio.get_running_loop().create_task(
                 self._rebind(), name="customevent-amqp-rebind"

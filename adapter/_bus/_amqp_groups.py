@@ -31,6 +31,7 @@ from .._event import Event, event_from_message
 from .._exceptions import AdapterError, BusError, ClientStateError, ConfigurationError
 from .._groups import DeadLetter, Delivery, GroupOptions, GroupSubscription, RetryPolicy, SeenIds
 from .._names import Kind
+from ._durable import durable_queue_arguments
 
 if TYPE_CHECKING:
     from ._amqp import AmqpBus
@@ -39,7 +40,6 @@ __all__ = ["AmqpGroups", "dead_queue", "group_queue", "retry_queue"]
 
 log = logging.getLogger("adapter.amqp.groups")
 
-QUORUM: dict[str, Any] = {"x-queue-type": "quorum"}
 
 H_ROUTING_KEY = "x-original-routing-key"
 H_RETRIES = "x-retry-count"
@@ -216,8 +216,11 @@ class _AmqpGroupSubscription(GroupSubscription):
 
     async def _settle(self, message: AbstractIncomingMessage, event: Event, *, acked: bool) -> None:
         self._in_flight.discard(event.event_id)
-        if await self._ack_quietly(message) and acked and self.options.dedup:
+        if acked and self.options.dedup:
+            # Handled, whether or not the broker hears the ack: when the ack is lost with the
+            # channel, the copy that comes again is a duplicate to drop.
             self._seen.add(event.event_id)
+        await self._ack_quietly(message)
 
     async def _ack_quietly(self, message: AbstractIncomingMessage) -> bool:
         """Acknowledge; False if the channel it came on is gone (the broker delivers it again,
@@ -324,19 +327,22 @@ class AmqpGroups:
         pattern: str,
         options: GroupOptions,
     ) -> AbstractQueue:
-        arguments = {
-            **QUORUM,
-            "x-single-active-consumer": options.dedup,
-            "x-max-length": options.max_length,
-            "x-overflow": "reject-publish",
-            # Consumers that keep dying on one message: RabbitMQ dead-letters it.
-            "x-delivery-limit": options.max_attempts,
-            "x-dead-letter-exchange": "",
-            "x-dead-letter-routing-key": dead_queue(group),
-            "x-dead-letter-strategy": "at-least-once",
-        }
+        arguments = durable_queue_arguments(
+            {
+                "x-single-active-consumer": options.dedup,
+                "x-max-length": options.max_length,
+                "x-overflow": "reject-publish",
+                # Consumers that keep dying on one message: RabbitMQ dead-letters it.
+                "x-delivery-limit": options.max_attempts,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": dead_queue(group),
+                "x-dead-letter-strategy": "at-least-once",
+            }
+        )
         try:
-            await channel.declare_queue(dead_queue(group), durable=True, arguments=QUORUM)
+            await channel.declare_queue(
+                dead_queue(group), durable=True, arguments=durable_queue_arguments()
+            )
             queue = await channel.declare_queue(
                 group_queue(group), durable=True, arguments=arguments
             )
@@ -361,14 +367,15 @@ class AmqpGroups:
                 await channel.declare_queue(
                     name,
                     durable=True,
-                    arguments={
-                        **QUORUM,
-                        "x-message-ttl": delay_ms,
-                        "x-dead-letter-exchange": "",
-                        "x-dead-letter-routing-key": group_queue(group),
-                        "x-dead-letter-strategy": "at-least-once",
-                        "x-overflow": "reject-publish",
-                    },
+                    arguments=durable_queue_arguments(
+                        {
+                            "x-message-ttl": delay_ms,
+                            "x-dead-letter-exchange": "",
+                            "x-dead-letter-routing-key": group_queue(group),
+                            "x-dead-letter-strategy": "at-least-once",
+                            "x-overflow": "reject-publish",
+                        }
+                    ),
                 )
             finally:
                 await self.bus._release(channel)

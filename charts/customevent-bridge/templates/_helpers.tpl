@@ -77,8 +77,37 @@ Defaults match the daemon's own.
 {{- end }}
 
 {{/*
+The RabbitmqCluster (RabbitMQ Cluster Operator) the bridge uses: its Secret's name, and
+{"url": ...} without credentials, as JSON: one URL through the cluster's Service, or one per pod
+through its headless Service <name>-nodes. Empty when rabbitmqCluster.name is not set.
+*/}}
+{{- define "customevent-bridge.rabbitmqClusterSecret" -}}
+{{- with .Values.rabbitmqCluster }}{{ if .name }}{{ .secret | default (printf "%s-default-user" .name) }}{{ end }}{{ end }}
+{{- end }}
+
+{{- define "customevent-bridge.rabbitmqClusterAmqp" -}}
+{{- $rmq := .Values.rabbitmqCluster | default dict }}
+{{- if $rmq.name }}
+{{- $tls := eq $rmq.tls true }}
+{{- $scheme := ternary "amqps" "amqp" $tls }}
+{{- $port := ternary 5671 5672 $tls }}
+{{- $vhost := $rmq.vhost | default "/" | trimPrefix "/" }}
+{{- $domain := printf "%s.svc" .Release.Namespace }}
+{{- $urls := list }}
+{{- range $i := until (int ($rmq.nodes | default 0)) }}
+{{- $urls = append $urls (printf "%s://%s-server-%d.%s-nodes.%s:%d/%s" $scheme $rmq.name $i $rmq.name $domain $port $vhost) }}
+{{- end }}
+{{- if not $urls }}
+{{- $urls = printf "%s://%s.%s:%d/%s" $scheme $rmq.name $domain $port $vhost }}
+{{- end }}
+{{- toJson (dict "url" $urls) }}
+{{- end }}
+{{- end }}
+
+{{/*
 The effective config as JSON: .Values.config plus what the chart owns (listen address, port and
-drain from the helpers above, the shared MQTT subscription group when several pods run).
+drain from the helpers above, amqp.url for a rabbitmqCluster, the shared MQTT subscription group
+when several pods run).
 */}}
 {{- define "customevent-bridge.effectiveConfig" -}}
 {{- $config := deepCopy (.Values.config | default dict) }}
@@ -87,10 +116,18 @@ drain from the helpers above, the shared MQTT subscription group when several po
 {{- $_ := set $http "port" (include "customevent-bridge.httpPort" . | int) }}
 {{- $_ := set $http "drain_seconds" (include "customevent-bridge.drainSeconds" . | float64) }}
 {{- $_ := set $config "http" $http }}
+{{- with include "customevent-bridge.rabbitmqClusterAmqp" . }}
+{{- $amqp := $config.amqp | default dict }}
+{{- if or $amqp.url (hasKey ($.Values.secrets | default dict) "amqp__url") }}
+{{- fail "rabbitmqCluster.name gives amqp.url: leave config.amqp.url and secrets.amqp__url unset" }}
+{{- end }}
+{{- $_ := set $amqp "url" (fromJson .).url }}
+{{- $_ := set $config "amqp" $amqp }}
+{{- end }}
 {{- if include "customevent-bridge.multiReplica" . }}
 {{- $amqp := $config.amqp | default dict }}
 {{- if not (or $amqp.url .Values.existingSecret (hasKey (.Values.secrets | default dict) "amqp__url")) }}
-{{- fail "more than one pod (replicaCount > 1 or autoscaling.enabled) needs RabbitMQ, as the in-process bus is per pod: set secrets.amqp__url, config.amqp.url, or existingSecret holding amqp__url" }}
+{{- fail "more than one pod (replicaCount > 1 or autoscaling.enabled) needs RabbitMQ, as the in-process bus is per pod: set secrets.amqp__url, config.amqp.url, rabbitmqCluster.name, or existingSecret holding amqp__url" }}
 {{- end }}
 {{- /* The chart cannot see whether an existingSecret holds mqtt__url, so the group is always
        set here; the daemon ignores it while MQTT is off. */}}
