@@ -14,7 +14,7 @@ import pytest
 
 from adapter import Client, InvalidInput, LimitExceeded, load_settings
 from adapter.testing import memory_client
-from tests.support.broker import _rabbitmqctl
+from tests.support.broker import rabbitmqctl
 from tests.test_behaviour import over_http
 
 SOON = timedelta(seconds=10)
@@ -180,5 +180,5 @@ async def test_retained_events_live_in_a_stream_any_process_reads(
         event = await waiter.wait_custom_event_until("internal", unique_name, SOON)
     assert event is not None
     assert event.event_id == sent.event_id
-    listing = await _rabbitmqctl("list_queues", "name", "type", "durable")
+    listing = await rabbitmqctl("list_queues", "name", "type", "durable")
     assert "customevent.retained.customevents\tstream\ttrue" in listing.splitlines()
