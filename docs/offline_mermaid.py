@@ -76,7 +76,11 @@ def _npm_pack(cache: Path) -> Path:
             ) from None
         tarball = Path(tmp) / f"mermaid-{VERSION}.tgz"
         if packed.returncode != 0 or not tarball.is_file():
-            said = (packed.stderr or packed.stdout).strip().splitlines()[-5:]
+            lines = (packed.stderr or packed.stdout).strip().splitlines()
+            # npm's own summary ("npm error code ECONNREFUSED", "... request to ... failed")
+            # says what went wrong; the rest is advice and the path of its log.
+            said = [line for line in lines if re.match(r"npm (error|ERR!) (code|request)", line)]
+            said = said or lines[-3:]
             raise PluginError(
                 f"`npm pack mermaid@{VERSION}` failed (exit {packed.returncode}), so the docs "
                 f"cannot ship Mermaid with the site: {' | '.join(said) or 'no output'}. Is the "
