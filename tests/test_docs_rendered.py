@@ -198,7 +198,8 @@ def test_the_page_renders_its_diagrams_offline_without_errors(source: Path, site
     finally:
         page.context.close()
     assert not reading.elsewhere, f"/{path}: tried hosts other than the site: {reading.elsewhere}"
-    assert not reading.errors, f"/{path}: the browser reported errors:\n" + "\n".join(reading.errors)
+    reported = "\n".join(reading.errors)
+    assert not reading.errors, f"/{path}: the browser reported errors:\n{reported}"
     assert len(diagrams) == fences, f"/{path}: {len(diagrams)} of {fences} diagrams drawn"
     for number, diagram in enumerate(diagrams, 1):
         assert diagram.role and diagram.role != "error", f"/{path}: diagram {number}: {diagram}"
