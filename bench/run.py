@@ -1,9 +1,10 @@
 """Run the benchmarks: ``python bench/run.py [core|http|mqtt|all] [options] [-- module args]``.
 
 Finds ``bench/bench_<topic>.py`` modules (the convention is in ``bench/_common.py``), runs the
-ones asked for, and prints one table of every figure. Exit status: 0 when every benchmark ran
-(missed targets included: they are reported, not failed), 1 when one raised or crashed, 2 for
-a topic that does not exist.
+ones asked for, and prints one table of every figure; ``--plot DIR`` also charts each
+benchmark's figures beside their references as ``DIR/<topic>.svg`` (``bench/_plot.py``). Exit
+status: 0 when every benchmark ran (missed targets included: they are reported, not failed), 1
+when one raised or crashed, 2 for a topic that does not exist.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import dataclasses
 import importlib.util
 import inspect
 import json
+import os
 import subprocess
 import sys
 import time
 import traceback
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 
@@ -27,6 +30,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from _common import Figure, add_common_arguments, parse_figures, print_table  # noqa: E402
+from _plot import Recording, pyplot, write_charts  # noqa: E402
 
 
 def discover() -> dict[str, Path]:
@@ -104,7 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("topics", nargs="*", default=["all"], help="benchmarks to run, or 'all'")
     add_common_arguments(parser)
+    parser.add_argument(
+        "--plot",
+        metavar="DIR",
+        type=Path,
+        help="also write an SVG chart of each benchmark's figures, and run.json, to DIR "
+        "(docs/performance holds the recorded run of the docs' Performance page)",
+    )
     argv = list(sys.argv[1:] if argv is None else argv)
+    command = " ".join(["python bench/run.py", *argv])
     extra: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
@@ -121,13 +133,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
+    if args.plot is not None:
+        pyplot()  # no matplotlib: say so now, not after the benchmarks ran
     figures: list[Figure] = []
+    recordings: list[Recording] = []
     failed: list[str] = []
     started = time.perf_counter()
     for topic in topics:
         path = available[topic]
         print(f"== {topic} ({path.name})", flush=True)
         t0 = time.perf_counter()
+        began, load_before = datetime.now(UTC), os.getloadavg()[0]
         try:
             if _in_process(path):
                 got = _call_main(_load(topic, path), args)
@@ -138,12 +154,21 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(topic)
             continue
         figures += [dataclasses.replace(f, name=f"{topic}: {f.name}") for f in got]
-        print(f"== {topic}: {len(got)} figures in {time.perf_counter() - t0:.1f}s", flush=True)
+        seconds = time.perf_counter() - t0
+        print(f"== {topic}: {len(got)} figures in {seconds:.1f}s", flush=True)
+        if args.plot is not None:
+            load_after = os.getloadavg()[0]
+            recordings.append(
+                Recording(topic, got, began, seconds, load_before, load_after, command)
+            )
 
     print()
     print_table(figures, title=f"results ({time.perf_counter() - started:.0f}s)")
     if args.json:
         Path(args.json).write_text(json.dumps([f.to_json() for f in figures], indent=2) + "\n")
+    if args.plot is not None:
+        for chart in write_charts(args.plot, recordings):
+            print(f"chart: {chart}")
     if failed:
         print(f"FAILED to run: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -2,19 +2,22 @@
 
 A page asks for a generated section with a marker line ``<!-- generate: NAME -->``; NAME is one of
 ``GENERATORS``. Every generator reads the source of truth (the argparse parser, the pydantic
-settings model, the FastAPI app's OpenAPI document, the Prometheus metric objects) and raises when
-it cannot: a reference page is never built half empty.
+settings model, the FastAPI app's OpenAPI document, the Prometheus metric objects, the recorded
+benchmark run in ``docs/performance/run.json``) and raises when it cannot: a reference page is
+never built half empty.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import pkgutil
 import re
 import types
 import typing
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,8 @@ APP_FACTORIES = (("adapter._http", "create_app"), ("adapter._http._app", "create
 # The daemon's modules, which must import for the metrics page; then every module of the package
 # is searched for Prometheus metric objects.
 METRIC_MODULES = ("adapter._daemon", "adapter._http", "adapter._mqtt")
+# The benchmark run the Performance page shows: `bench/run.py --plot docs/performance` writes it.
+PERFORMANCE = Path(__file__).resolve().parent / "performance"
 
 
 class GenerationError(RuntimeError):
@@ -378,11 +383,72 @@ def metrics_reference() -> str:
     return _table(("Metric", "Type", "Labels", "Description"), rows)
 
 
+# -- performance ----------------------------------------------------------------------------------
+
+
+def _recorded_run() -> dict[str, Any]:
+    record = PERFORMANCE / "run.json"
+    if not record.is_file():
+        raise GenerationError(
+            f"no recorded benchmark run in {record}: "
+            "python bench/run.py core groups retain --quick --plot docs/performance"
+        )
+    run: dict[str, Any] = json.loads(record.read_text())
+    if not run.get("topics"):
+        raise GenerationError(f"{record} records no benchmark")
+    return run
+
+
+def _caption(entry: dict[str, Any]) -> str:
+    machine = entry["machine"]
+    when = datetime.fromisoformat(entry["recorded"]).strftime("%Y-%m-%d %H:%M UTC")
+    before, after = machine["load_average"]
+    return (
+        f"Recorded {when} on {machine['cores']} cores and {machine['memory_gib']:g} GiB of memory "
+        f"({machine['cpu']}; {machine['system']}; Python {machine['python']}), a machine shared "
+        f"with other engineers' work: load average {before:g} when it started, {after:g} when it "
+        f"ended. `{entry['command']}`, {entry['seconds']:g} s."
+    )
+
+
+def performance() -> str:
+    """Each recorded benchmark: its chart, when and on what it ran, and its figures."""
+    sections = []
+    for topic, entry in _recorded_run()["topics"].items():
+        chart = PERFORMANCE / entry["chart"]
+        if not chart.is_file():
+            raise GenerationError(f"{chart} is missing: run.json names it for {topic!r}")
+        rows = []
+        for figure in entry["figures"]:
+            shown = figure["shown"]
+            reference = shown["reference"]
+            if reference and figure["reference_name"]:
+                reference += f" ({figure['reference_name']})"
+            target = f"{shown['target']}: {shown['verdict']}" if shown["target"] else ""
+            rows.append((figure["name"], shown["value"], reference, shown["ratio"], target))
+        notes = [
+            f"- {figure['name']}: {figure['note']}" for figure in entry["figures"] if figure["note"]
+        ]
+        sections.append(
+            "\n\n".join(
+                [
+                    f"## `{topic}`",
+                    f"![The figures of bench/bench_{topic}.py](performance/{entry['chart']})",
+                    _caption(entry),
+                    _table(("figure", "measured", "reference", "ratio", "target"), rows),
+                    *(["\n".join(notes)] if notes else []),
+                ]
+            )
+        )
+    return "\n\n".join(sections)
+
+
 GENERATORS: dict[str, Callable[[], str]] = {
     "cli": cli_reference,
     "settings": settings_reference,
     "http-api": http_reference,
     "metrics": metrics_reference,
+    "performance": performance,
 }
 
 

@@ -21,6 +21,7 @@ import asyncio
 import importlib
 import importlib.util
 import inspect
+import json
 import os
 import re
 import shlex
@@ -44,6 +45,7 @@ from adapter import Event, load_settings
 from adapter._cli import _build_parser
 from adapter._secrets import verify_secret
 from adapter._settings import section_models
+from tests.support.site import build_site
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -578,16 +580,27 @@ def test_http_reference_fails_loudly_without_the_app(monkeypatch: pytest.MonkeyP
     assert "/api/v1/events/{name}/wait" in _hooks().http_reference()
 
 
+def test_performance_page_shows_each_recorded_chart_with_when_and_where(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hooks = _hooks()
+    text = hooks.performance()
+    run = json.loads((DOCS / "performance" / "run.json").read_text())
+    assert {"core", "groups", "retain"} <= set(run["topics"])
+    for entry in run["topics"].values():
+        assert (DOCS / "performance" / entry["chart"]).is_file()
+        assert f"](performance/{entry['chart']})" in text
+        machine = entry["machine"]
+        assert f"on {machine['cores']} cores and {machine['memory_gib']:g} GiB of memory" in text
+        assert f"`{entry['command']}`" in text
+    assert text.count("a machine shared with other engineers' work") == len(run["topics"])
+    assert "<!-- generate: performance -->" in (DOCS / "performance.md").read_text()
+    monkeypatch.setattr(hooks, "PERFORMANCE", tmp_path)
+    with pytest.raises(hooks.GenerationError, match="no recorded benchmark run"):
+        hooks.performance()
+
+
 def test_mkdocs_build_strict(tmp_path: Path) -> None:
-    config, site = str(ROOT / "mkdocs.yml"), str(tmp_path / "site")
-    build = subprocess.run(
-        # Not -q: it silences the warnings that --strict counts, and the build "passes".
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", config, "-d", site],
-        cwd=ROOT,
-        env={**_clean_env(), "NO_MKDOCS_2_WARNING": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    build = build_site(tmp_path / "site")
     assert build.returncode == 0, build.stdout + build.stderr
     assert (tmp_path / "site" / "reference" / "http-api" / "index.html").is_file()
