@@ -9,6 +9,7 @@ the outcome follows in the body (see ``adapter/_http/_wait.py``).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
@@ -143,6 +144,14 @@ class HttpBus(Bus):
             raise self._refusal(response)
         self._connected = True
         return bool(response.json().get("routed"))
+
+    async def dead_letter(self, source: str, body: bytes, headers: Mapping[str, str]) -> None:
+        """Not offered: the daemon's HTTP API takes events, not refused messages. An edge that
+        refuses messages (the MQTT bridge) runs in the daemon, on the daemon's own bus."""
+        raise BusError(
+            f"the bridge daemon at {self.url} keeps no dead letters over HTTP; "
+            f"run the {source} edge in the daemon (customevent serve), on its own bus"
+        )
 
     def subscribe(
         self, kind: Kind, pattern: str, deadline: datetime, *, wait_id: str | None = None

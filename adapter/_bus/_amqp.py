@@ -18,8 +18,8 @@ import logging
 import math
 import ssl
 import uuid
-from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, cast
 from urllib.parse import urlsplit, urlunsplit
@@ -544,6 +544,19 @@ class AmqpBus(Bus):
                 f"RabbitMQ did not confirm {what}: {exc or type(exc).__name__}"
             ) from None
         return not isinstance(result, aiormq.abc.DeliveredMessage)
+
+    async def dead_letter(self, source: str, body: bytes, headers: Mapping[str, str]) -> None:
+        """Publish the refused message to routing key ``deadletter.<source>`` of the exchange,
+        persistent and confirmed; bind a queue there to inspect them (docs/devices.md)."""
+        await self.publish_raw(
+            f"deadletter.{source}",
+            bytes(body),
+            content_type="application/octet-stream",
+            message_id=str(uuid.uuid4()),
+            timestamp=datetime.now(UTC),
+            headers=dict(headers),
+            what="the dead letter",
+        )
 
     # -- waiting ---------------------------------------------------------------------------
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import abc
 import asyncio
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Self
@@ -13,7 +15,14 @@ from .._event import Event
 from .._exceptions import ClientStateError, InvalidInput
 from .._names import Kind, pattern_matches
 
-__all__ = ["Bus", "Subscription", "SubscriptionIndex", "check_wait_id", "seconds_until"]
+__all__ = [
+    "Bus",
+    "DeadLetter",
+    "Subscription",
+    "SubscriptionIndex",
+    "check_wait_id",
+    "seconds_until",
+]
 
 _WAIT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
@@ -27,6 +36,16 @@ def check_wait_id(wait_id: str | None) -> str | None:
 
 def seconds_until(deadline: datetime) -> float:
     return (deadline - datetime.now(UTC)).total_seconds()
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message an edge refused, kept for an operator: its raw bytes and why (``headers``)."""
+
+    source: str
+    body: bytes
+    headers: dict[str, str]
+    at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 class Subscription(abc.ABC):
@@ -180,3 +199,9 @@ class Bus(abc.ABC):
         With ``wait_id``, the subscription is resumable: events caught while nobody listens are
         kept until the deadline (plus a grace) for the next subscription with the same id.
         """
+
+    @abc.abstractmethod
+    async def dead_letter(self, source: str, body: bytes, headers: Mapping[str, str]) -> None:
+        """Keep a message the edge ``source`` (``"mqtt"``) refused, with a confirm where the bus
+        has one: its raw ``body`` and the ``headers`` that say why. Raises ``BusUnavailable``
+        like ``publish`` while that cannot be done."""

@@ -4,6 +4,8 @@ default and fast tests."""
 from __future__ import annotations
 
 import asyncio
+from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -11,7 +13,14 @@ from typing import Self
 
 from .._event import Event
 from .._names import Kind, pattern_matches, routing_key
-from ._base import Bus, Subscription, SubscriptionIndex, check_wait_id, seconds_until
+from ._base import (
+    Bus,
+    DeadLetter,
+    Subscription,
+    SubscriptionIndex,
+    check_wait_id,
+    seconds_until,
+)
 
 __all__ = ["MemoryBus"]
 
@@ -55,10 +64,12 @@ class MemoryBus(Bus):
 
     name = "in-process"
 
-    def __init__(self, *, wait_grace: float = 5.0) -> None:
+    def __init__(self, *, wait_grace: float = 5.0, max_dead_letters: int = 1000) -> None:
         self._grace = wait_grace
         self._subscriptions = SubscriptionIndex()
         self._mailboxes: dict[str, _Mailbox] = {}
+        self.dead_letters: deque[DeadLetter] = deque(maxlen=max_dead_letters)
+        """The latest refused messages (``dead_letter``), oldest first; older ones are dropped."""
 
     async def start(self) -> None:
         return None
@@ -90,6 +101,10 @@ class MemoryBus(Bus):
                 box.events.append(event)
                 routed = True
         return routed
+
+    async def dead_letter(self, source: str, body: bytes, headers: Mapping[str, str]) -> None:
+        self._check_open()
+        self.dead_letters.append(DeadLetter(source, bytes(body), dict(headers)))
 
     def subscribe(
         self, kind: Kind, pattern: str, deadline: datetime, *, wait_id: str | None = None
