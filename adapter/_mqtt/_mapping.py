@@ -1,0 +1,195 @@
+"""MQTT messages to events and back: pure functions, no I/O (docs/devices.md, "Topics",
+"Payload")."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from .._client import Client
+from .._event import Event, encode_body
+from .._exceptions import InvalidEventName, InvalidInput, InvalidProperties, PropertiesTooLarge
+from .._names import name_from_topic
+from .._properties import string_object
+
+__all__ = [
+    "DEADLETTER_ROUTING_KEY",
+    "DEADLETTER_SOURCE",
+    "DEVICE_WORD",
+    "EgressMessage",
+    "dead_letter_headers",
+    "egress_message",
+    "egress_topic",
+    "event_from_mqtt",
+    "message_content_type",
+    "message_topic",
+    "new_properties",
+    "principal_from_name",
+    "refusal_reason",
+]
+
+DEVICE_WORD = "device"
+"""Topics ``<prefix>/external/device/<client id>/...`` carry their sender's identity (the broker's
+ACL lets a device publish only under its own client id); see ``principal_from_name``."""
+
+DEADLETTER_SOURCE = "mqtt"
+"""The edge the bridge's dead letters come from, for ``Bus.dead_letter``."""
+
+DEADLETTER_ROUTING_KEY = f"deadletter.{DEADLETTER_SOURCE}"
+"""Where the bridge's dead letters go on RabbitMQ (the ``customevents`` exchange)."""
+
+_DETAIL_LIMIT = 1000  # characters of an error kept in a dead letter's header
+
+
+def principal_from_name(name: str) -> str | None:
+    """The sending device of an event named ``device.<client id>...``, else None.
+
+    MQTT does not tell a subscriber who published a message, so the identity travels in the topic;
+    it is trustworthy only because the broker's ACL (``pattern write
+    <prefix>/external/device/%c/#``, with client id = user name) refuses any other subtree.
+    """
+    words = name.split(".", 2)
+    if len(words) >= 2 and words[0] == DEVICE_WORD:
+        return words[1]
+    return None
+
+
+def egress_topic(prefix: str, name: str) -> str:
+    """The topic an egress event goes out on: ``<prefix>/out/<name with '.' written as '/'>``."""
+    return f"{prefix}/out/{name.replace('.', '/')}"
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            # As in serializedProperties, a name given twice is an error, not "last wins".
+            raise InvalidProperties(f"property {key!r} given twice in the JSON object")
+        result[key] = value
+    return result
+
+
+def _payload_properties(
+    payload: bytes | bytearray, content_type: str | None, max_bytes: int
+) -> dict[str, Any] | str:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media not in ("", "application/json", "text/plain"):
+        raise InvalidProperties(
+            f"content type {content_type!r} is neither application/json nor text/plain"
+        )
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidProperties(f"payload is not UTF-8 (byte {exc.start})") from None
+    if media == "application/json" or (not media and text.lstrip().startswith("{")):
+        # JSON escapes take at most 6 bytes per byte of text: anything longer cannot fit the limit.
+        if len(payload) > 6 * max_bytes + 1024:
+            raise PropertiesTooLarge(
+                f"{len(payload)} bytes of JSON, more than an event of {max_bytes} bytes can take",
+                limit=max_bytes,
+                size=len(payload),
+            )
+        try:
+            value = json.loads(text, object_pairs_hook=_reject_duplicates)
+        except ValueError as exc:
+            raise InvalidProperties(f"payload is not JSON: {exc}") from None
+        return string_object(value, "the JSON payload")
+    return text
+
+
+def event_from_mqtt(
+    client: Client,
+    prefix: str,
+    topic: str,
+    payload: bytes | bytearray,
+    content_type: str | None = None,
+) -> Event:
+    """The external event a device sent, or ``InvalidInput`` saying what is wrong with it.
+
+    The payload is serializedProperties text or a JSON object of strings: the MQTT v5 content type
+    (``text/plain`` or ``application/json``) decides when given, else a payload starting with
+    ``{`` is JSON.
+    """
+    kind, name = name_from_topic(prefix, topic)
+    if kind != "external":
+        raise InvalidEventName(topic, "devices send external events only")
+    properties = _payload_properties(payload, content_type, client.settings.limits.max_bytes)
+    return client.prepare_event(
+        name, properties, kind=kind, source="mqtt", principal=principal_from_name(name)
+    )
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """The ``reason`` label of a refused message (``customevent_mqtt_poison_total``)."""
+    if isinstance(exc, InvalidEventName):
+        return "topic"
+    if isinstance(exc, PropertiesTooLarge):
+        return "oversize"
+    if isinstance(exc, InvalidInput):
+        return "payload"
+    return "error"
+
+
+def message_content_type(message: mqtt.MQTTMessage) -> str | None:
+    """The MQTT v5 content type of a message, if it has one."""
+    properties = message.properties
+    value = getattr(properties, "ContentType", None) if properties is not None else None
+    return value if isinstance(value, str) else None
+
+
+def message_topic(message: mqtt.MQTTMessage) -> str:
+    """The topic as text; a topic that is not UTF-8 is shown as its bytes' repr."""
+    try:
+        return message.topic
+    except UnicodeDecodeError:
+        return repr(message._topic)
+
+
+def dead_letter_headers(
+    topic: str, reason: str, detail: str, content_type: str | None
+) -> dict[str, str]:
+    """The headers a refused message is dead-lettered with (docs/devices.md, "Refused messages")."""
+    headers = {
+        "x-mqtt-topic": topic,
+        "x-deadletter-reason": reason,
+        "x-deadletter-detail": detail[:_DETAIL_LIMIT],
+        "x-event-source": DEADLETTER_SOURCE,
+    }
+    if content_type is not None:
+        headers["x-mqtt-content-type"] = content_type
+    return headers
+
+
+def new_properties(packet_type: int) -> Properties:
+    """Empty MQTT v5 properties for a packet type (paho's constructor is untyped)."""
+    return Properties(packet_type)  # type: ignore[no-untyped-call]
+
+
+class EgressMessage:
+    """What an egress event becomes on MQTT: topic, JSON payload and (v5) properties."""
+
+    __slots__ = ("payload", "properties", "topic")
+
+    def __init__(self, topic: str, payload: bytes, properties: Properties | None) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.properties = properties
+
+
+def egress_message(prefix: str, event: Event, *, v5: bool) -> EgressMessage:
+    """An internal event as the message devices get on ``<prefix>/out/...``."""
+    properties: Properties | None = None
+    if v5:
+        properties = new_properties(PacketTypes.PUBLISH)
+        properties.ContentType = "application/json"
+        user = [("event_id", event.event_id), ("source", event.source)]
+        if event.principal is not None:
+            user.append(("principal", event.principal))
+        properties.UserProperty = user
+    return EgressMessage(
+        egress_topic(prefix, event.name), encode_body(event.properties), properties
+    )
