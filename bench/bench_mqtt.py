@@ -50,7 +50,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from _common import DEFAULT_AMQP_URL, Figure, emit_figures, in_flight  # noqa: E402
+from _common import DEFAULT_AMQP_URL, Figure, emit_figures, in_flight, median  # noqa: E402
 from _mqtt_forwarders import FORWARDERS, serve_forwarder  # noqa: E402
 
 PEER_GOAL = 1.0
@@ -273,19 +273,14 @@ async def forwarded_run(
 
 async def plugin_run(amqp_url: str, port: int, count: int) -> dict[str, Any]:
     run = uuid.uuid4().hex[:8]
-    switched_on = enable_plugin(port)
-    try:
-        return await one_burst(
-            amqp_url,
-            port,
-            f"customevents/external/bench/{run}/burst",
-            "amq.topic",  # the plugin publishes there, with '/' in the topic written as '.'
-            f"customevents.external.bench.{run}.burst",
-            count,
-        )
-    finally:
-        if switched_on:
-            disable_plugin()
+    return await one_burst(
+        amqp_url,
+        port,
+        f"customevents/external/bench/{run}/burst",
+        "amq.topic",  # the plugin publishes there, with '/' in the topic written as '.'
+        f"customevents.external.bench.{run}.burst",
+        count,
+    )
 
 
 async def publish_alone(amqp_url: str, count: int, concurrency: int = 256) -> float:
@@ -309,47 +304,78 @@ async def publish_alone(amqp_url: str, count: int, concurrency: int = 256) -> fl
         return count / await in_flight(count, concurrency, one)
 
 
+PATHS = ("plugin", "bridge", "peer", "thread", "replicas")
+
+
+async def _path_run(args: argparse.Namespace, path: str) -> dict[str, Any]:
+    url, count = args.amqp_url, args.count
+    if path == "plugin":
+        return await plugin_run(url, args.plugin_port, count)
+    if path == "replicas":
+        return await forwarded_run(url, "bridge", count, processes=2)
+    if path == "baseline":
+        return await forwarded_run(url, "bridge", count, pythonpath=args.baseline)
+    return await forwarded_run(url, path, count)
+
+
+def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rounds of one path: median rate and CPU, every loss and duplicate added up."""
+    summary: dict[str, Any] = {
+        "rate": median(r["rate"] for r in results),
+        "rates": tuple(r["rate"] for r in results),
+        "lost": sum(r["lost"] for r in results),
+        "duplicates": sum(r["duplicates"] for r in results),
+    }
+    if "cpu" in results[0]:
+        summary["cpu"] = median(r["cpu"] for r in results)
+    return summary
+
+
 def _row(label: str, result: dict[str, Any], plugin: float, peer: float) -> str:
     cpu = f"{result['cpu']:5.2f}" if "cpu" in result else "    -"
+    rates = " ".join(f"{rate:.0f}" for rate in result["rates"])
     return (
         f"{label:10} {result['rate']:8.0f} {result['rate'] / plugin:8.2f} "
-        f"{result['rate'] / peer:6.2f} {result['seconds']:7.2f} {result['lost']:5d} "
-        f"{result['duplicates']:5d} {cpu}"
+        f"{result['rate'] / peer:6.2f} {result['lost']:5d} {result['duplicates']:5d} {cpu}"
+        f"  ({rates})"
     )
 
 
 def _goal(name: str, ratio: float, goal: float, lost: int | None = None) -> str:
-    met = ratio >= goal and not lost
-    losses = f", {lost} lost" if lost is not None else ""
-    return f"{name} {ratio:.2f} (goal >= {goal}{' with 0 lost' if lost is not None else ''})" + (
-        f": {'ok' if met else 'MISSED'}{losses if not met else ''}"
-    )
+    condition = f"goal >= {goal}" + (" with 0 lost" if lost is not None else "")
+    verdict = "ok" if ratio >= goal and not lost else "MISSED"
+    if lost:
+        verdict += f" ({lost} lost)"
+    return f"{name:14} {ratio:5.2f}  ({condition}): {verdict}"
 
 
 async def bench(args: argparse.Namespace) -> int:
-    url, count = args.amqp_url, args.count
-    plugin = await plugin_run(url, args.plugin_port, count)
-    bridge = await forwarded_run(url, "bridge", count)
-    peer = await forwarded_run(url, "peer", count)
-    thread = await forwarded_run(url, "thread", count)
-    replicas = await forwarded_run(url, "bridge", count, processes=2)
-    baseline = None
-    if args.baseline:
-        baseline = await forwarded_run(url, "bridge", count, pythonpath=args.baseline)
-    alone = await publish_alone(url, count)
+    paths = [*PATHS, "baseline"] if args.baseline else list(PATHS)
+    rounds: dict[str, list[dict[str, Any]]] = {path: [] for path in paths}
+    switched_on = enable_plugin(args.plugin_port)
+    try:
+        for number in range(args.rounds):
+            # A B C, then C B A: load from elsewhere on the machine falls on every path alike.
+            for path in paths if number % 2 == 0 else paths[::-1]:
+                rounds[path].append(await _path_run(args, path))
+    finally:
+        if switched_on:
+            disable_plugin()
+    alone = await publish_alone(args.amqp_url, args.count)
+    results = {path: _summary(runs) for path, runs in rounds.items()}
+    plugin, bridge, peer, thread = (results[p] for p in ("plugin", "bridge", "peer", "thread"))
+    replicas = results["replicas"]
     p, q = plugin["rate"], peer["rate"]
-    print(f"{count} QoS 1 messages from one paho device (MQTT 3.1.1, {DEVICE_INFLIGHT} in flight)")
     print(
-        f"{'path':10} {'msg/s':>8} {'/plugin':>8} {'/peer':>6} {'seconds':>7} {'lost':>5} "
-        f"{'dup':>5} {'cpu':>5}"
+        f"{args.count} QoS 1 messages from one paho device (MQTT 3.1.1, {DEVICE_INFLIGHT} in "
+        f"flight), median of {args.rounds} rounds"
     )
-    print(_row("plugin", plugin, p, q))
-    print(_row("bridge", bridge, p, q))
-    print(_row("peer", peer, p, q))
-    print(_row("thread", thread, p, q))
-    print(_row("replicas", replicas, p, q))
-    if baseline is not None:
-        print(_row("baseline", baseline, p, q) + f"  ({args.baseline})")
+    print(
+        f"{'path':10} {'msg/s':>8} {'/plugin':>8} {'/peer':>6} {'lost':>5} {'dup':>5} "
+        f"{'cpu':>5}  (each round)"
+    )
+    for path in paths:
+        print(_row(path, results[path], p, q))
     print(f"{'alone':10} {alone:8.0f} {alone / p:8.2f}  (aio-pika confirmed publishing, no MQTT)")
     print("cpu: the forwarders' processes' CPU time over the burst, in cores")
     print(_goal("bridge/peer", bridge["rate"] / q, PEER_GOAL, bridge["lost"]))
@@ -363,6 +389,7 @@ async def bench(args: argparse.Namespace) -> int:
             reference=q,
             reference_name="aiomqtt + aio-pika forwarder, same path",
             at_least=PEER_GOAL,
+            samples=bridge["rates"],
         ),
         Figure(
             "QoS 1 burst through the bridge, against the thread forwarder",
@@ -386,14 +413,23 @@ async def bench(args: argparse.Namespace) -> int:
             "msg/s",
             reference=p,
             reference_name="RabbitMQ's MQTT plugin",
+            samples=replicas["rates"],
         ),
-        Figure("peer against the plugin", q, "msg/s", reference=p, reference_name="plugin"),
+        Figure(
+            "peer against the plugin",
+            q,
+            "msg/s",
+            reference=p,
+            reference_name="plugin",
+            samples=peer["rates"],
+        ),
         Figure(
             "thread forwarder against the plugin",
             thread["rate"],
             "msg/s",
             reference=p,
             reference_name="plugin",
+            samples=thread["rates"],
         ),
         Figure(
             "aio-pika confirmed publishing alone, no MQTT",
@@ -409,13 +445,13 @@ async def bench(args: argparse.Namespace) -> int:
         Figure("messages lost through the peer", peer["lost"]),
         Figure("messages lost through the plugin", plugin["lost"]),
     ]
-    if baseline is not None:
+    if args.baseline:
         figures.append(
             Figure(
                 "QoS 1 burst through the bridge, against --baseline",
                 bridge["rate"],
                 "msg/s",
-                reference=baseline["rate"],
+                reference=results["baseline"]["rate"],
                 reference_name=args.baseline,
             )
         )
@@ -427,6 +463,9 @@ async def bench(args: argparse.Namespace) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--count", type=int, default=20_000)
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="rounds over every path; the median is reported"
+    )
     parser.add_argument(
         "--amqp-url",
         default=os.environ.get("CUSTOMEVENT_AMQP__URL") or DEFAULT_AMQP_URL,
