@@ -41,6 +41,7 @@ __all__ = ["MqttLink"]
 log = logging.getLogger("adapter.mqtt")
 
 _CONNACK_TIMEOUT = 10.0
+_AFTER_LOSS = 1.0  # seconds between a lost connection and the first attempt to connect again
 # Between connection attempts: 1 s, doubling up to 30 s, plus jitter so replicas spread out.
 _RECONNECT_WAIT = wait_exponential(multiplier=1, min=1, max=30) + wait_random(0, 1)
 
@@ -161,6 +162,9 @@ class MqttLink:
                 with attempt:
                     await self._connect_once()
             await self._lost.wait()
+            # Not at once: a broker that ends every connection (two bridges with one client id
+            # take it over from each other) is not hammered.
+            await asyncio.sleep(_AFTER_LOSS)
 
     async def _connect_once(self) -> None:
         self.driver.drop()
