@@ -381,6 +381,17 @@ async def bench(args: argparse.Namespace) -> int:
     print(_goal("bridge/peer", bridge["rate"] / q, PEER_GOAL, bridge["lost"]))
     print(_goal("bridge/thread", bridge["rate"] / thread["rate"], THREAD_GOAL, bridge["lost"]))
     print(_goal("bridge/plugin", bridge["rate"] / p, PLUGIN_AIM))
+
+    def against_plugin(name: str, result: dict[str, Any]) -> Figure:
+        return Figure(
+            name,
+            result["rate"],
+            "msg/s",
+            reference=p,
+            reference_name="RabbitMQ's MQTT plugin",
+            samples=result["rates"],
+        )
+
     figures = [
         Figure(
             "QoS 1 burst through the bridge, against the peer",
@@ -407,36 +418,15 @@ async def bench(args: argparse.Namespace) -> int:
             reference_name="RabbitMQ's MQTT plugin, same device and burst",
             at_least=PLUGIN_AIM,
         ),
-        Figure(
-            "QoS 1 burst through 2 bridge replicas (shared subscription)",
-            replicas["rate"],
-            "msg/s",
-            reference=p,
-            reference_name="RabbitMQ's MQTT plugin",
-            samples=replicas["rates"],
-        ),
-        Figure(
-            "peer against the plugin",
-            q,
-            "msg/s",
-            reference=p,
-            reference_name="plugin",
-            samples=peer["rates"],
-        ),
-        Figure(
-            "thread forwarder against the plugin",
-            thread["rate"],
-            "msg/s",
-            reference=p,
-            reference_name="plugin",
-            samples=thread["rates"],
-        ),
+        against_plugin("QoS 1 burst through 2 bridge replicas (shared subscription)", replicas),
+        against_plugin("peer against the plugin", peer),
+        against_plugin("thread forwarder against the plugin", thread),
         Figure(
             "aio-pika confirmed publishing alone, no MQTT",
             alone,
             "msg/s",
             reference=p,
-            reference_name="plugin",
+            reference_name="RabbitMQ's MQTT plugin",
         ),
         Figure("bridge process CPU during the burst", bridge["cpu"], "cores"),
         Figure("messages lost through the bridge", bridge["lost"], at_most=0),

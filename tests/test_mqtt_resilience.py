@@ -13,16 +13,22 @@ from typing import Any
 
 import pytest
 
-from adapter import Client, MemoryBus
+from adapter import MemoryBus
 from adapter._bus import Subscription
 from adapter._event import Event
 from adapter._exceptions import BusError
-from adapter._mqtt import MqttBridge
 from adapter._mqtt._testing import PrivateMosquitto
 from adapter._names import Kind
 from adapter._remote import HttpBus
 
-from .test_mqtt_support import Device, StuckBus, bridge_settings, metric, unique_prefix
+from .test_mqtt_support import (
+    Device,
+    StuckBus,
+    bridge_settings,
+    metric,
+    running_bridge,
+    unique_prefix,
+)
 
 # -- QoS 0 is bounded (issue 10, item 7) --------------------------------------------------------
 
@@ -36,9 +42,7 @@ async def test_qos0_held_is_bounded_and_qos1_is_never_dropped() -> None:
         settings = bridge_settings(None, broker.url, prefix, max_inflight=8, max_inflight_qos0=50)
         bus = StuckBus()
         dropped_before = metric("customevent_mqtt_qos0_dropped_total")
-        async with Client(settings, bus=bus) as client, MqttBridge(settings, client) as bridge:
-            async with asyncio.timeout(20):
-                await bridge.wait_connected()
+        async with running_bridge(settings, bus) as (_, bridge):
             device = Device(broker.port)
             try:
                 for i in range(500):
@@ -80,9 +84,7 @@ async def test_poison_messages_are_kept_on_the_in_process_bus(mqtt_url: str) -> 
     bus = StuckBus()
     bus.gate.set()
     before = metric("customevent_mqtt_poison_total", reason="payload")
-    async with Client(settings, bus=bus) as client, MqttBridge(settings, client) as bridge:
-        async with asyncio.timeout(20):
-            await bridge.wait_connected()
+    async with running_bridge(settings, bus) as (_, bridge):
         device = Device(int(mqtt_url.rsplit(":", 1)[1]))
         try:
             device.publish(f"{prefix}/external/good", "i=0")
@@ -170,18 +172,16 @@ async def test_a_failed_egress_is_logged_counted_and_restarted(
     try:
         device.client.subscribe(f"{prefix}/out/#", qos=1)
         bus = _FaultyEgressBus(fault)
-        async with Client(settings, bus=bus) as client, MqttBridge(settings, client) as bridge:
-            async with asyncio.timeout(20):
-                await bridge.wait_connected()
-                if fault == "get":
-                    while pattern not in bridge.egress_running:
-                        await asyncio.sleep(0.02)
-                    await client.send_custom_event(f"{word}.first", {"n": "1"})
-                while metric("customevent_mqtt_egress_restarts_total", pattern=pattern) == restarts:
-                    await asyncio.sleep(0.02)
-                assert metric("customevent_mqtt_egress_running", pattern=pattern) == 0
+        async with running_bridge(settings, bus) as (client, bridge), asyncio.timeout(20):
+            if fault == "get":
                 while pattern not in bridge.egress_running:
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(0.02)
+                await client.send_custom_event(f"{word}.first", {"n": "1"})
+            while metric("customevent_mqtt_egress_restarts_total", pattern=pattern) == restarts:
+                await asyncio.sleep(0.02)
+            assert metric("customevent_mqtt_egress_running", pattern=pattern) == 0
+            while pattern not in bridge.egress_running:
+                await asyncio.sleep(0.05)
             assert metric("customevent_mqtt_egress_running", pattern=pattern) == 1
             await client.send_custom_event(f"{word}.after", {"n": "2"})
             async with asyncio.timeout(10):
@@ -206,9 +206,7 @@ async def test_a_dropped_connection_comes_back_and_redelivers(mqtt_url: str) -> 
     settings = bridge_settings(None, mqtt_url, prefix)
     bus = StuckBus()
     redelivered = metric("customevent_mqtt_redelivered_total")
-    async with Client(settings, bus=bus) as client, MqttBridge(settings, client) as bridge:
-        async with asyncio.timeout(20):
-            await bridge.wait_connected()
+    async with running_bridge(settings, bus) as (_, bridge):
         device = Device(int(mqtt_url.rsplit(":", 1)[1]))
         try:
             device.publish(f"{prefix}/external/again", "i=7")

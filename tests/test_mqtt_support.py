@@ -41,8 +41,11 @@ def bridge_settings(amqp_url: str | None, mqtt_url: str, prefix: str, **mqtt: An
 
 
 @contextlib.asynccontextmanager
-async def running_bridge(settings: Settings) -> AsyncIterator[tuple[Client, MqttBridge]]:
-    async with Client(settings) as client, MqttBridge(settings, client) as bridge:
+async def running_bridge(
+    settings: Settings, bus: MemoryBus | None = None
+) -> AsyncIterator[tuple[Client, MqttBridge]]:
+    """A client (on ``bus`` when given) and a bridge, once the bridge has subscribed."""
+    async with Client(settings, bus=bus) as client, MqttBridge(settings, client) as bridge:
         async with asyncio.timeout(20):
             await bridge.wait_connected()
         yield client, bridge
