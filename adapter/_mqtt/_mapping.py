@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -169,15 +170,13 @@ def new_properties(packet_type: int) -> Properties:
     return Properties(packet_type)  # type: ignore[no-untyped-call]
 
 
+@dataclass(frozen=True, slots=True)
 class EgressMessage:
     """What an egress event becomes on MQTT: topic, JSON payload and (v5) properties."""
 
-    __slots__ = ("payload", "properties", "topic")
-
-    def __init__(self, topic: str, payload: bytes, properties: Properties | None) -> None:
-        self.topic = topic
-        self.payload = payload
-        self.properties = properties
+    topic: str
+    payload: bytes
+    properties: Properties | None
 
 
 def egress_message(prefix: str, event: Event, *, v5: bool) -> EgressMessage:
