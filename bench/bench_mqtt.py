@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import re
 import subprocess
@@ -331,13 +332,21 @@ def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+def _per_message(result: dict[str, Any]) -> float:
+    """CPU microseconds per message: what a path costs, whatever share of the cores it got."""
+    return float(result["cpu"] * 1e6 / result["rate"]) if result["rate"] else math.nan
+
+
 def _row(label: str, result: dict[str, Any], plugin: float, peer: float) -> str:
-    cpu = f"{result['cpu']:5.2f}" if "cpu" in result else "    -"
+    cpu = per_message = "    -"
+    if "cpu" in result:
+        cpu = f"{result['cpu']:5.2f}"
+        per_message = f"{_per_message(result):5.0f}"
     rates = " ".join(f"{rate:.0f}" for rate in result["rates"])
     return (
         f"{label:10} {result['rate']:8.0f} {result['rate'] / plugin:8.2f} "
-        f"{result['rate'] / peer:6.2f} {result['lost']:5d} {result['duplicates']:5d} {cpu}"
-        f"  ({rates})"
+        f"{result['rate'] / peer:6.2f} {result['lost']:5d} {result['duplicates']:5d} {cpu} "
+        f"{per_message}  ({rates})"
     )
 
 
@@ -372,12 +381,15 @@ async def bench(args: argparse.Namespace) -> int:
     )
     print(
         f"{'path':10} {'msg/s':>8} {'/plugin':>8} {'/peer':>6} {'lost':>5} {'dup':>5} "
-        f"{'cpu':>5}  (each round)"
+        f"{'cpu':>5} {'us/msg':>5}  (each round)"
     )
     for path in paths:
         print(_row(path, results[path], p, q))
     print(f"{'alone':10} {alone:8.0f} {alone / p:8.2f}  (aio-pika confirmed publishing, no MQTT)")
-    print("cpu: the forwarders' processes' CPU time over the burst, in cores")
+    print(
+        "cpu: the forwarders' processes' CPU time over the burst, in cores; us/msg: that CPU "
+        "time per message"
+    )
     print(_goal("bridge/peer", bridge["rate"] / q, PEER_GOAL, bridge["lost"]))
     print(_goal("bridge/thread", bridge["rate"] / thread["rate"], THREAD_GOAL, bridge["lost"]))
     print(_goal("bridge/plugin", bridge["rate"] / p, PLUGIN_AIM))
@@ -429,6 +441,20 @@ async def bench(args: argparse.Namespace) -> int:
             reference_name="RabbitMQ's MQTT plugin",
         ),
         Figure("bridge process CPU during the burst", bridge["cpu"], "cores"),
+        Figure(
+            "CPU time per message in the bridge, against the thread forwarder",
+            _per_message(bridge),
+            "us",
+            reference=_per_message(thread),
+            reference_name="paho-thread + aio-pika bare forwarder",
+        ),
+        Figure(
+            "CPU time per message in the bridge, against the peer",
+            _per_message(bridge),
+            "us",
+            reference=_per_message(peer),
+            reference_name="aiomqtt + aio-pika forwarder",
+        ),
         Figure("messages lost through the bridge", bridge["lost"], at_most=0),
         Figure("messages lost through 2 replicas", replicas["lost"], at_most=0),
         Figure("duplicates through the bridge", bridge["duplicates"]),
