@@ -31,6 +31,7 @@ log = logging.getLogger("adapter.mqtt")
 _READ_SIZE = 256 * 1024
 _MISC_INTERVAL = 1.0  # seconds between loop_misc calls: keepalive pings and their timeout
 _FLUSH_DELAY = 0.005  # seconds paho's packets wait to leave together (measured: 2-10 ms alike)
+_HOLD_LIMIT = 1024 * 1024  # bytes received while paused before the socket is left alone
 
 
 class BufferedPaho(mqtt.Client):
@@ -56,6 +57,22 @@ class BufferedPaho(mqtt.Client):
     def buffered(self) -> bool:
         """True while received bytes wait in the buffer (the socket may have none to signal)."""
         return self.inbound_at < len(self.inbound)
+
+    @property
+    def unread(self) -> int:
+        """Bytes in the buffer that paho has not read yet."""
+        return len(self.inbound) - self.inbound_at
+
+    def fill(self) -> bool:
+        """Move what the socket holds into the buffer, without paho reading it: False at the end
+        of the stream; ``BlockingIOError`` when there is nothing."""
+        data = super()._sock_recv(_READ_SIZE)
+        if not data:
+            return False
+        rest = self.inbound[self.inbound_at :]
+        self.inbound = rest + data if rest else data
+        self.inbound_at = 0
+        return True
 
     def _sock_recv(self, bufsize: int) -> bytes:
         data, at = self.inbound, self.inbound_at
@@ -96,8 +113,8 @@ class PahoDriver:
         self._paused = False
         self.connecting = False
         self.closing = False
+        self._paused_at = 0.0
         self._misc_timer: asyncio.TimerHandle | None = None
-        self._read_timer: asyncio.TimerHandle | None = None
         paho.on_socket_open = self._on_socket_open
         paho.on_socket_close = self._on_socket_close
         paho.on_socket_register_write = self._on_register_write
@@ -107,18 +124,17 @@ class PahoDriver:
 
     def pause_reading(self) -> None:
         """Stop taking messages until ``resume_reading``. So that a keepalive answer still gets
-        through, one packet is read every half keepalive meanwhile."""
-        # The reader stays registered until data comes while paused (_on_readable): a window
-        # that fills and frees again at once, as it does under load, costs no epoll_ctl.
-        self._paused = True
+        through, one packet is taken every half keepalive meanwhile."""
+        # Nothing more here: a window that fills and frees again at once, as it does under
+        # load, must cost no epoll_ctl and no timer. What comes meanwhile is held (_hold).
+        if not self._paused:
+            self._paused = True
+            self._paused_at = self._loop.time()
 
     def resume_reading(self) -> None:
         if not self._paused:
             return
         self._paused = False
-        if self._read_timer is not None:
-            self._read_timer.cancel()
-            self._read_timer = None
         if self._fd >= 0:
             if not self._reading:
                 self._reading = True
@@ -127,16 +143,24 @@ class PahoDriver:
                 # What the buffers hold raises no readiness event: read it now.
                 self._loop.call_soon(self._on_readable)
 
-    def _arm_read_one(self) -> None:
-        if self._read_timer is None:
-            self._read_timer = self._loop.call_later(self._keepalive / 2, self._read_one)
-
-    def _read_one(self) -> None:
-        self._read_timer = None
-        if self._paused and self._fd >= 0:
-            self._guarded(self.paho.loop_read)
-            if self._fd >= 0:
-                self._arm_read_one()
+    def _hold(self) -> None:
+        """Paused, and the socket has data: move it into the buffer, unread by paho, so that the
+        poller does not report it again and again; past a limit, stop watching the socket (the
+        broker keeps the rest)."""
+        paho = self.paho
+        if paho.unread >= _HOLD_LIMIT:
+            self._reading = False
+            self._loop.remove_reader(self._fd)
+            return
+        try:
+            still_open = paho.fill()
+        except BlockingIOError:
+            return
+        except OSError:
+            still_open = False
+        if not still_open:
+            log.warning("MQTT bridge: %s closed the connection", self._shown_url)
+            self.drop()
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -183,11 +207,10 @@ class PahoDriver:
     # -- reading and timers ------------------------------------------------------------------
 
     def _on_readable(self) -> None:
+        if self._fd < 0:
+            return
         if self._paused:
-            if self._reading and self._fd >= 0:
-                self._reading = False
-                self._loop.remove_reader(self._fd)
-                self._arm_read_one()
+            self._hold()
             return
         paho = self.paho
         try:
@@ -196,8 +219,6 @@ class PahoDriver:
                     return  # paho closed the socket and reported the loss
                 if not self._has_pending():
                     return
-            if self._has_pending():
-                self._arm_read_one()  # paused with packets in hand
         except Exception:
             log.exception("MQTT bridge: unexpected error reading from %s", self._shown_url)
             self.drop()
@@ -211,10 +232,17 @@ class PahoDriver:
         return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
 
     def _misc(self) -> None:
+        if self._fd < 0:
+            return
+        now = self._loop.time()
+        if self._paused and now - self._paused_at >= self._keepalive / 2:
+            # Paused this long: take one packet, as a keepalive answer may wait behind messages.
+            self._paused_at = now
+            self._guarded(self.paho.loop_read)
         if self._fd >= 0:
             self._guarded(self.paho.loop_misc)
-            if self._fd >= 0:
-                self._misc_timer = self._loop.call_later(_MISC_INTERVAL, self._misc)
+        if self._fd >= 0:
+            self._misc_timer = self._loop.call_later(_MISC_INTERVAL, self._misc)
 
     def _guarded(self, step: Callable[[], object]) -> None:
         try:
@@ -238,10 +266,9 @@ class PahoDriver:
             self._loop.remove_reader(fd)
             self._loop.remove_writer(fd)
         self._reading = self._writing = False
-        for timer in (self._misc_timer, self._read_timer):
-            if timer is not None:
-                timer.cancel()
-        self._misc_timer = self._read_timer = None
+        if self._misc_timer is not None:
+            self._misc_timer.cancel()
+            self._misc_timer = None
 
     # -- paho's socket callbacks -------------------------------------------------------------
 
