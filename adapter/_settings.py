@@ -167,6 +167,12 @@ class MqttSettings(_Section):
     max_inflight: int = Field(
         default=256, ge=1, description="messages held before being confirmed (backpressure)"
     )
+    max_inflight_qos0: int = Field(
+        default=1024,
+        ge=0,
+        description="QoS 0 messages held before being confirmed; past it, new QoS 0 messages are "
+        "dropped and counted (customevent_mqtt_qos0_dropped_total)",
+    )
     keepalive: int = Field(default=30, ge=5, description="keepalive, seconds")
     egress: list[str] = Field(
         default_factory=list, description="patterns of event names republished to <prefix>/out/"

@@ -383,13 +383,6 @@ FENCE = re.compile(
     re.MULTILINE | re.DOTALL,
 )
 VERBS = ("skip:", "see ", "while sending ", "excerpt of ")
-# Blocks of pages this work may not edit yet, by page and first line, with what their marker
-# would say: the device examples of devices.md need an MQTT broker with TLS and device accounts,
-# which the quick start does not have (tests/test_mqtt.py sends with mosquitto_pub and paho).
-UNMARKED = {
-    ("docs/devices.md", "mosquitto_pub -h broker -p 8883"): "skip: needs a TLS MQTT broker",
-    ("docs/devices.md", "import paho.mqtt.client as mqtt"): "skip: needs a TLS MQTT broker",
-}
 
 
 @dataclass(frozen=True)
@@ -419,15 +412,7 @@ def _blocks() -> list[Block]:
             if language not in ("shell", "python"):
                 continue  # text, TOML, YAML...; `--8<--` includes are run as examples above
             verb, argument = None, ""
-            first = match["body"].lstrip().partition("\n")[0]
-            marker = match["marker"] or next(
-                (
-                    said
-                    for (at, start), said in UNMARKED.items()
-                    if at == str(page.relative_to(ROOT)) and first.startswith(start)
-                ),
-                None,
-            )
+            marker = match["marker"]
             if marker is not None:
                 marker = marker.strip()
                 verb = next((v for v in VERBS if marker.startswith(v)), marker)

@@ -15,8 +15,7 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from adapter import Client, InvalidEventName, InvalidProperties, MemoryBus, load_settings
-from adapter._event import Event
+from adapter import Client, InvalidEventName, InvalidProperties, load_settings
 from adapter._exceptions import ClientStateError, ConfigurationError, PropertiesTooLarge
 from adapter._mqtt import (
     DEADLETTER_ROUTING_KEY,
@@ -31,6 +30,7 @@ from .support.processes import Daemon, clean_env, customevent
 from .test_mqtt_support import (
     Collector,
     Device,
+    StuckBus,
     bridge_settings,
     index_of,
     losses,
@@ -238,27 +238,13 @@ async def test_egress_publishes_internal_events_to_devices(amqp_url: str, mqtt_u
 # -- a private Mosquitto ------------------------------------------------------------------------
 
 
-class _StuckBus(MemoryBus):
-    """An in-process bus that confirms nothing until ``gate`` is set: RabbitMQ 'down'."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gate = asyncio.Event()
-        self.events: list[Event] = []
-
-    async def publish(self, event: Event) -> bool:
-        await self.gate.wait()
-        self.events.append(event)
-        return await super().publish(event)
-
-
 @pytest.mark.mosquitto
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 async def test_backpressure_holds_a_bounded_number_in_flight(protocol: str) -> None:
     with PrivateMosquitto() as broker:
         prefix = unique_prefix()
         settings = bridge_settings(None, broker.url, prefix, max_inflight=8, protocol=protocol)
-        bus = _StuckBus()
+        bus = StuckBus()
         async with Client(settings, bus=bus) as client, MqttBridge(settings, client) as bridge:
             async with asyncio.timeout(20):
                 await bridge.wait_connected()

@@ -17,8 +17,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from prometheus_client import REGISTRY
 
-from adapter import Client, load_settings
+from adapter import Client, MemoryBus, load_settings
+from adapter._event import Event
 from adapter._mqtt import MqttBridge
 from adapter._settings import Settings
 
@@ -39,8 +41,11 @@ def bridge_settings(amqp_url: str | None, mqtt_url: str, prefix: str, **mqtt: An
 
 
 @contextlib.asynccontextmanager
-async def running_bridge(settings: Settings) -> AsyncIterator[tuple[Client, MqttBridge]]:
-    async with Client(settings) as client, MqttBridge(settings, client) as bridge:
+async def running_bridge(
+    settings: Settings, bus: MemoryBus | None = None
+) -> AsyncIterator[tuple[Client, MqttBridge]]:
+    """A client (on ``bus`` when given) and a bridge, once the bridge has subscribed."""
+    async with Client(settings, bus=bus) as client, MqttBridge(settings, client) as bridge:
         async with asyncio.timeout(20):
             await bridge.wait_connected()
         yield client, bridge
@@ -48,6 +53,25 @@ async def running_bridge(settings: Settings) -> AsyncIterator[tuple[Client, Mqtt
 
 # A test's durable queue outlives a crashed run by ten minutes at most, not forever.
 LEFTOVER_EXPIRY = {"x-expires": 600_000}
+
+
+class StuckBus(MemoryBus):
+    """An in-process bus that confirms nothing until ``gate`` is set: RabbitMQ 'down'."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.events: list[Event] = []
+
+    async def publish(self, event: Event) -> bool:
+        await self.gate.wait()
+        self.events.append(event)
+        return await super().publish(event)
+
+
+def metric(name: str, **labels: str) -> float:
+    """A sample of the bridge's Prometheus metrics (0 before its first use)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 class Device:
@@ -85,12 +109,14 @@ class Device:
         with self._lock:
             self._acked += 1
 
-    def publish(self, topic: str, payload: str | bytes, content_type: str | None = None) -> None:
+    def publish(
+        self, topic: str, payload: str | bytes, content_type: str | None = None, *, qos: int = 1
+    ) -> None:
         properties = None
         if content_type is not None:
             properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             properties.ContentType = content_type
-        self.client.publish(topic, payload, qos=1, properties=properties)
+        self.client.publish(topic, payload, qos=qos, properties=properties)
 
     async def wait_acked(self, count: int, within: float = 60) -> None:
         async with asyncio.timeout(within):

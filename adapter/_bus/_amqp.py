@@ -20,7 +20,7 @@ import ssl
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, cast
 from urllib.parse import urlsplit
@@ -737,6 +737,19 @@ class AmqpBus(Bus):
                 f"RabbitMQ did not confirm {what}: {exc or type(exc).__name__}"
             ) from None
         return not isinstance(result, aiormq.abc.DeliveredMessage)
+
+    async def keep_refused(self, source: str, body: bytes, headers: Mapping[str, str]) -> None:
+        """Publish the refused message to routing key ``deadletter.<source>`` of the exchange,
+        persistent and confirmed; bind a queue there to inspect them (docs/devices.md)."""
+        await self.publish_raw(
+            f"deadletter.{source}",
+            bytes(body),
+            content_type="application/octet-stream",
+            message_id=str(uuid.uuid4()),
+            timestamp=datetime.now(UTC),
+            headers=dict(headers),
+            what="the dead letter",
+        )
 
     # -- waiting ---------------------------------------------------------------------------
 

@@ -7,6 +7,8 @@ import asyncio
 import math
 import re
 from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Self
@@ -18,6 +20,7 @@ from .._names import Kind, pattern_matches
 
 __all__ = [
     "Bus",
+    "RefusedMessage",
     "ResumableWaits",
     "Subscription",
     "SubscriptionIndex",
@@ -80,6 +83,18 @@ class ResumableWaits:
 
     def __len__(self) -> int:
         return len(self._alive)
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedMessage:
+    """A message an edge refused (an MQTT poison message), kept for an operator: its raw bytes
+    and why (``headers``). Not a group's dead letter (``adapter.DeadLetter``), which is an event
+    a group gave up on."""
+
+    source: str
+    body: bytes
+    headers: dict[str, str]
+    at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 class Subscription(abc.ABC):
@@ -270,3 +285,9 @@ class Bus(abc.ABC):
     async def replay(self, group: str, event_id: str | None = None) -> int:
         """Deliver the group's dead letters (those of ``event_id`` only, if given) to the group
         again, as new first attempts; the number replayed."""
+
+    @abc.abstractmethod
+    async def keep_refused(self, source: str, body: bytes, headers: Mapping[str, str]) -> None:
+        """Keep a message the edge ``source`` (``"mqtt"``) refused, with a confirm where the bus
+        has one: its raw ``body`` and the ``headers`` that say why. Raises ``BusUnavailable``
+        like ``publish`` while that cannot be done."""

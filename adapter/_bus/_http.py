@@ -10,6 +10,7 @@ this way: the daemon never lets its edge produce an internal one.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -158,6 +159,14 @@ class HttpBus(Bus):
             raise self._refusal(response)
         self._connected = True
         return bool(response.json().get("routed"))
+
+    async def keep_refused(self, source: str, body: bytes, headers: Mapping[str, str]) -> None:
+        """Not offered: the daemon's HTTP API takes events, not refused messages. An edge that
+        refuses messages (the MQTT bridge) runs in the daemon, on the daemon's own bus."""
+        raise BusError(
+            f"the bridge daemon at {self.url} keeps no refused messages over HTTP; "
+            f"run the {source} edge in the daemon (customevent serve), on its own bus"
+        )
 
     def subscribe(
         self, kind: Kind, pattern: str, deadline: datetime, *, wait_id: str | None = None

@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -18,6 +19,7 @@ from .._names import Kind, pattern_matches, routing_key
 from .._settings import LimitsSettings
 from ._base import (
     Bus,
+    RefusedMessage,
     ResumableWaits,
     Subscription,
     SubscriptionIndex,
@@ -75,6 +77,7 @@ class MemoryBus(Bus):
         wait_grace: float = 5.0,
         limits: LimitsSettings | None = None,
         max_retained_names: int = 10000,
+        max_refused: int = 1000,
     ) -> None:
         self._grace = wait_grace
         self.limits = limits if limits is not None else LimitsSettings()
@@ -85,6 +88,9 @@ class MemoryBus(Bus):
         self.retained = RetainedEvents(max_retained_names)
         self.retained.mark_ready()  # nothing was retained before this bus existed
         self._retained_order = itertools.count()
+        self.refused: deque[RefusedMessage] = deque(maxlen=max_refused)
+        """The latest messages an edge refused (``keep_refused``), oldest first; older ones are
+        dropped."""
 
     async def start(self) -> None:
         return None
@@ -127,6 +133,10 @@ class MemoryBus(Bus):
         for wait_id, box in list(self._mailboxes.items()):
             if box.expires <= now and box.attached is None:
                 del self._mailboxes[wait_id]
+
+    async def keep_refused(self, source: str, body: bytes, headers: Mapping[str, str]) -> None:
+        self._check_open()
+        self.refused.append(RefusedMessage(source, bytes(body), dict(headers)))
 
     def subscribe(
         self, kind: Kind, pattern: str, deadline: datetime, *, wait_id: str | None = None

@@ -1,0 +1,159 @@
+"""Egress: internal events whose names match ``mqtt.egress`` patterns, published to devices on
+``<prefix>/out/...`` (docs/devices.md, "Waiting from a device").
+
+Each pattern has a task that holds a subscription on the bus. A subscription lasts an hour; the next
+one binds a minute before it ends (events both catch are dropped by id), so there is no gap. A task
+that fails is logged, counted (``customevent_mqtt_egress_restarts_total``) and restarted with
+backoff; ``customevent_mqtt_egress_running`` says whether each pattern is bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from datetime import UTC, datetime, timedelta
+
+import paho.mqtt.client as mqtt
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    wait_exponential,
+    wait_random,
+)
+
+from .._client import Client
+from .._event import Event
+from .._exceptions import BusUnavailable
+from .._settings import MqttSettings
+from ._connection import MqttLink
+from ._mapping import egress_message
+from ._metrics import EGRESS_DROPPED, EGRESS_RESTARTS, EGRESS_RUNNING, EGRESS_SENT
+
+__all__ = ["EGRESS_OVERLAP", "EGRESS_SPAN", "Egress"]
+
+log = logging.getLogger("adapter.mqtt")
+
+EGRESS_SPAN = timedelta(hours=1)
+EGRESS_OVERLAP = timedelta(minutes=1)
+_SEEN = 4096  # event ids remembered to drop the copies the overlap delivers twice
+# Binding while the bus is down: again after 0.1 s, doubling up to 2 s.
+_BIND_WAIT = wait_exponential(multiplier=0.1, max=2.0)
+# Restarting a failed task: after 0.5 s, doubling up to 30 s, with jitter.
+_RESTART_WAIT = wait_exponential(multiplier=0.5, max=30.0) + wait_random(0, 0.5)
+
+
+class Egress:
+    """One supervised task per ``mqtt.egress`` pattern, publishing through the link."""
+
+    def __init__(self, settings: MqttSettings, client: Client, link: MqttLink) -> None:
+        self._settings = settings
+        self._client = client
+        self._link = link
+        self._tasks: list[asyncio.Task[None]] = []
+        self._running: set[str] = set()
+
+    @property
+    def running(self) -> frozenset[str]:
+        """The patterns whose subscription is bound right now."""
+        return frozenset(self._running)
+
+    def start(self) -> None:
+        for pattern in self._settings.egress:
+            EGRESS_RUNNING.labels(pattern=pattern).set(0)
+            self._tasks.append(
+                asyncio.create_task(self._supervised(pattern), name=f"mqtt-egress-{pattern}")
+            )
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for pattern in self._running:
+            EGRESS_RUNNING.labels(pattern=pattern).set(0)
+        self._running.clear()
+
+    async def _supervised(self, pattern: str) -> None:
+        retrying = AsyncRetrying(
+            wait=_RESTART_WAIT,
+            retry=retry_if_exception_type(Exception),
+            before_sleep=lambda state: self._failed(pattern, state),
+        )
+        await retrying(self._serve, pattern)
+
+    def _failed(self, pattern: str, state: RetryCallState) -> None:
+        self._set_running(pattern, False)
+        EGRESS_RESTARTS.labels(pattern=pattern).inc()
+        error = state.outcome.exception() if state.outcome is not None else None
+        pause = state.next_action.sleep if state.next_action is not None else 0.0
+        log.error(
+            "MQTT egress %r failed; restarting in %.1fs",
+            pattern,
+            pause,
+            exc_info=error,
+        )
+
+    def _set_running(self, pattern: str, running: bool) -> None:
+        if running:
+            self._running.add(pattern)
+        else:
+            self._running.discard(pattern)
+        EGRESS_RUNNING.labels(pattern=pattern).set(1 if running else 0)
+
+    async def _serve(self, pattern: str) -> None:
+        seen: OrderedDict[str, None] = OrderedDict()
+        async with asyncio.TaskGroup() as group:
+            while True:
+                bound = asyncio.Event()
+                deadline = datetime.now(UTC) + EGRESS_SPAN
+                group.create_task(
+                    self._read(pattern, deadline, bound, seen), name=f"mqtt-egress-read-{pattern}"
+                )
+                await bound.wait()
+                self._set_running(pattern, True)
+                # The next subscription binds while this one still listens: no gap, and the
+                # events both catch are dropped by id.
+                await asyncio.sleep((EGRESS_SPAN - EGRESS_OVERLAP).total_seconds())
+
+    async def _read(
+        self, pattern: str, deadline: datetime, bound: asyncio.Event, seen: OrderedDict[str, None]
+    ) -> None:
+        retrying = AsyncRetrying(
+            wait=_BIND_WAIT,
+            retry=retry_if_exception_type(BusUnavailable),
+            before_sleep=lambda state: self._cannot_bind(pattern, state),
+        )
+        await retrying(self._read_once, pattern, deadline, bound, seen)
+
+    def _cannot_bind(self, pattern: str, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        log.warning("MQTT egress %r: cannot bind (%s); retrying", pattern, error)
+
+    async def _read_once(
+        self, pattern: str, deadline: datetime, bound: asyncio.Event, seen: OrderedDict[str, None]
+    ) -> None:
+        async with self._client.bus.subscribe("internal", pattern, deadline) as sub:
+            bound.set()
+            while (event := await sub.get()) is not None:
+                if event.event_id in seen:
+                    continue
+                seen[event.event_id] = None
+                if len(seen) > _SEEN:
+                    seen.popitem(last=False)
+                self._publish(event)
+
+    def _publish(self, event: Event) -> None:
+        message = egress_message(self._settings.prefix, event, v5=self._link.v5)
+        rc = self._link.publish(
+            message.topic, message.payload, qos=1, properties=message.properties
+        )
+        # NO_CONN: paho keeps the message and sends it once reconnected.
+        if rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            EGRESS_SENT.inc()
+        else:
+            EGRESS_DROPPED.inc()
+            log.warning(
+                "MQTT egress: event %r not published (%s)", event.name, mqtt.error_string(rc)
+            )

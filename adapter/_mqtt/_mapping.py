@@ -1,0 +1,238 @@
+"""MQTT messages to events and back: pure functions, no I/O (docs/devices.md, "Topics",
+"Payload")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from .._client import Client
+from .._cloudevents import STRUCTURED_CONTENT_TYPE, from_cloudevent, from_structured
+from .._event import Event, encode_body
+from .._exceptions import InvalidEventName, InvalidInput, InvalidProperties, PropertiesTooLarge
+from .._names import name_from_topic
+from .._properties import loads_json_object, string_object
+
+__all__ = [
+    "DEADLETTER_ROUTING_KEY",
+    "DEADLETTER_SOURCE",
+    "DEVICE_WORD",
+    "RETAIN_PROPERTY",
+    "EgressMessage",
+    "dead_letter_headers",
+    "egress_message",
+    "egress_topic",
+    "event_from_mqtt",
+    "message_content_type",
+    "message_topic",
+    "new_properties",
+    "principal_from_name",
+    "refusal_reason",
+    "retain_from_mqtt",
+]
+
+DEVICE_WORD = "device"
+"""Topics ``<prefix>/external/device/<client id>/...`` carry their sender's identity (the broker's
+ACL lets a device publish only under its own client id); see ``principal_from_name``."""
+
+DEADLETTER_SOURCE = "mqtt"
+"""The edge the bridge's dead letters come from, for ``Bus.keep_refused``."""
+
+DEADLETTER_ROUTING_KEY = f"deadletter.{DEADLETTER_SOURCE}"
+"""Where the bridge's dead letters go on RabbitMQ (the ``customevents`` exchange)."""
+
+_DETAIL_LIMIT = 1000  # characters of an error kept in a dead letter's header
+
+
+def principal_from_name(name: str) -> str | None:
+    """The sending device of an event named ``device.<client id>...``, else None.
+
+    MQTT does not tell a subscriber who published a message, so the identity travels in the topic;
+    it is trustworthy only because the broker's ACL (``pattern write
+    <prefix>/external/device/%c/#``, with client id = user name) refuses any other subtree.
+    """
+    words = name.split(".", 2)
+    if len(words) >= 2 and words[0] == DEVICE_WORD:
+        return words[1]
+    return None
+
+
+def egress_topic(prefix: str, name: str) -> str:
+    """The topic an egress event goes out on: ``<prefix>/out/<name with '.' written as '/'>``."""
+    return f"{prefix}/out/{name.replace('.', '/')}"
+
+
+def _payload_properties(
+    payload: bytes | bytearray, content_type: str | None, max_bytes: int
+) -> dict[str, Any] | str:
+    media = _media(content_type)
+    if media not in ("", "application/json", "text/plain"):
+        raise InvalidProperties(
+            f"content type {content_type!r} is none of application/json, text/plain and "
+            f"{STRUCTURED_CONTENT_TYPE}"
+        )
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidProperties(f"payload is not UTF-8 (byte {exc.start})") from None
+    if media == "application/json" or (not media and text.lstrip().startswith("{")):
+        # JSON escapes take at most 6 bytes per byte of text: anything longer cannot fit the limit.
+        if len(payload) > 6 * max_bytes + 1024:
+            raise PropertiesTooLarge(
+                f"{len(payload)} bytes of JSON, more than an event of {max_bytes} bytes can take",
+                limit=max_bytes,
+                size=len(payload),
+            )
+        return string_object(loads_json_object(text, "the payload"), "the JSON payload")
+    return text
+
+
+def _media(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def event_from_mqtt(
+    client: Client,
+    prefix: str,
+    topic: str,
+    payload: bytes | bytearray,
+    content_type: str | None = None,
+) -> Event:
+    """The external event a device sent, or ``InvalidInput`` saying what is wrong with it.
+
+    The payload is serializedProperties text or a JSON object of strings: the MQTT v5 content type
+    (``text/plain`` or ``application/json``) decides when given, else a payload starting with
+    ``{`` is JSON. With the content type ``application/cloudevents+json`` it is one structured
+    CloudEvent, whose ``type`` must be the topic's name (the topic decides who may send it).
+    """
+    kind, name = name_from_topic(prefix, topic)
+    if kind != "external":
+        raise InvalidEventName(topic, "devices send external events only")
+    limits = client.settings.limits
+    principal = principal_from_name(name)
+    if _media(content_type) == STRUCTURED_CONTENT_TYPE:
+        if len(payload) > 6 * limits.max_bytes + 64 * 1024:  # as for JSON below, and attributes
+            raise PropertiesTooLarge(
+                f"{len(payload)} bytes of CloudEvent, more than an event can take",
+                limit=limits.max_bytes,
+                size=len(payload),
+            )
+        event = from_cloudevent(
+            from_structured(bytes(payload)),
+            kind=kind,
+            source="mqtt",
+            principal=principal,
+            max_bytes=limits.max_bytes,
+            max_properties=limits.max_properties,
+        )
+        if event.name != name:
+            raise InvalidEventName(
+                topic, f"the CloudEvent's type {event.name!r} is not the topic's name {name!r}"
+            )
+        return event
+    properties = _payload_properties(payload, content_type, limits.max_bytes)
+    return client.prepare_event(name, properties, kind=kind, source="mqtt", principal=principal)
+
+
+RETAIN_PROPERTY = "customevent-retain"
+"""The MQTT v5 user property that asks for a retained event: its value ``true`` (or ``1``), and
+the message's expiry interval says for how long."""
+
+
+def retain_from_mqtt(message: mqtt.MQTTMessage, max_retain: float) -> timedelta | None:
+    """How long to retain a device's event: None unless the message has the user property
+    ``customevent-retain: true``; then its MQTT v5 message expiry interval (what is left of it
+    when it reaches the bridge), which it must have, at most ``amqp.max_retain``."""
+    properties = message.properties
+    user = getattr(properties, "UserProperty", None) if properties is not None else None
+    values = [value for key, value in (user or []) if key == RETAIN_PROPERTY]
+    if not values:
+        return None
+    if len(values) > 1 or values[0].lower() not in ("true", "1"):
+        raise InvalidProperties(f"the user property {RETAIN_PROPERTY} must be given once, as true")
+    expiry = getattr(properties, "MessageExpiryInterval", None)
+    if not isinstance(expiry, int) or expiry <= 0:
+        raise InvalidProperties(
+            f"{RETAIN_PROPERTY} needs a message expiry interval: how long to retain the event"
+        )
+    if expiry > max_retain:
+        raise InvalidProperties(
+            f"a message expiry interval of {expiry}s is longer than amqp.max_retain "
+            f"({max_retain:g}s)"
+        )
+    return timedelta(seconds=expiry)
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """The ``reason`` label of a refused message (``customevent_mqtt_poison_total``)."""
+    if isinstance(exc, InvalidEventName):
+        return "topic"
+    if isinstance(exc, PropertiesTooLarge):
+        return "oversize"
+    if isinstance(exc, InvalidInput):
+        return "payload"
+    return "error"
+
+
+def message_content_type(message: mqtt.MQTTMessage) -> str | None:
+    """The MQTT v5 content type of a message, if it has one."""
+    properties = message.properties
+    value = getattr(properties, "ContentType", None) if properties is not None else None
+    return value if isinstance(value, str) else None
+
+
+def message_topic(message: mqtt.MQTTMessage) -> str:
+    """The topic as text; a topic that is not UTF-8 is shown as its bytes' repr."""
+    try:
+        return message.topic
+    except UnicodeDecodeError:
+        return repr(message._topic)
+
+
+def dead_letter_headers(
+    topic: str, reason: str, detail: str, content_type: str | None
+) -> dict[str, str]:
+    """The headers a refused message is dead-lettered with (docs/devices.md, "Refused messages")."""
+    headers = {
+        "x-mqtt-topic": topic,
+        "x-deadletter-reason": reason,
+        "x-deadletter-detail": detail[:_DETAIL_LIMIT],
+        "x-event-source": DEADLETTER_SOURCE,
+    }
+    if content_type is not None:
+        headers["x-mqtt-content-type"] = content_type
+    return headers
+
+
+def new_properties(packet_type: int) -> Properties:
+    """Empty MQTT v5 properties for a packet type (paho's constructor is untyped)."""
+    return Properties(packet_type)  # type: ignore[no-untyped-call]
+
+
+@dataclass(frozen=True, slots=True)
+class EgressMessage:
+    """What an egress event becomes on MQTT: topic, JSON payload and (v5) properties."""
+
+    topic: str
+    payload: bytes
+    properties: Properties | None
+
+
+def egress_message(prefix: str, event: Event, *, v5: bool) -> EgressMessage:
+    """An internal event as the message devices get on ``<prefix>/out/...``."""
+    properties: Properties | None = None
+    if v5:
+        properties = new_properties(PacketTypes.PUBLISH)
+        properties.ContentType = "application/json"
+        user = [("event_id", event.event_id), ("source", event.source)]
+        if event.principal is not None:
+            user.append(("principal", event.principal))
+        properties.UserProperty = user
+    return EgressMessage(
+        egress_topic(prefix, event.name), encode_body(event.properties), properties
+    )
