@@ -571,8 +571,15 @@ async def _resumable_after(client: Client, name: str) -> None:
     assert event is not None and event.properties == {"kept": "across the restart"}
 
 
+def _restart_group(name: str) -> str:
+    """The group of one run: unique like the name, so a cluster kept from an earlier run (its data
+    directory outlives a run) cannot hand this run the events that run left behind."""
+    run, n = name.rsplit(".", 2)[-2:]
+    return f"restart-{run}-{n}"
+
+
 async def _group_before(client: Client, name: str) -> None:
-    group = f"restart-{name.rsplit('.', 1)[-1]}"
+    group = _restart_group(name)
     async with client.subscribe(name, group=group) as deliveries:
         await client.send_custom_event(name, {"fate": "dead letter"}, event_id=f"{name}-dead")
         async with asyncio.timeout(30):
@@ -584,22 +591,24 @@ async def _group_before(client: Client, name: str) -> None:
 
 
 async def _group_after(client: Client, name: str) -> None:
-    group = f"restart-{name.rsplit('.', 1)[-1]}"
-    dead = await client.dead_letters(group)
-    assert [(d.event.event_id, d.reason) for d in dead] == [
-        (f"{name}-dead", "kept across the restart")
-    ]
-    async with client.subscribe(name, group=group) as deliveries:
-        async with asyncio.timeout(60):
-            async for delivery in deliveries:
-                assert delivery.event.properties == {"fate": "waiting"}
-                await delivery.ack()
-                break
-    connection = await aio_pika.connect(client.settings.amqp.url.split(",")[0])
-    async with connection:
-        channel = await connection.channel()
-        for queue in (f"customevent.group.{group}", f"customevent.group.{group}.dead"):
-            await channel.queue_delete(queue)
+    group = _restart_group(name)
+    try:
+        dead = await client.dead_letters(group)
+        assert [(d.event.event_id, d.reason) for d in dead] == [
+            (f"{name}-dead", "kept across the restart")
+        ]
+        async with client.subscribe(name, group=group) as deliveries:
+            async with asyncio.timeout(60):
+                async for delivery in deliveries:
+                    assert delivery.event.properties == {"fate": "waiting"}
+                    await delivery.ack()
+                    break
+    finally:
+        connection = await aio_pika.connect(client.settings.amqp.url.split(",")[0])
+        async with connection:
+            channel = await connection.channel()
+            for queue in (f"customevent.group.{group}", f"customevent.group.{group}.dead"):
+                await channel.queue_delete(queue)
 
 
 SURVIVORS = [
