@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import cProfile
 import json
+import os
 import sys
 import time
 from collections import deque
@@ -182,7 +184,14 @@ async def serve_forwarder(
     """Run one forwarder until stdin closes (``group`` "-": no shared subscription)."""
     async with FORWARDERS[kind](mqtt_url, amqp_url, client_id, None if group == "-" else group):
         print("ready", flush=True)
+        profile_to = os.environ.get("CUSTOMEVENT_BENCH_PROFILE")
+        profiler = cProfile.Profile() if profile_to else None
         cpu = time.process_time()
+        if profiler is not None:
+            profiler.enable()
         await asyncio.to_thread(sys.stdin.read)
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(f"{profile_to}.{kind}.{os.getpid()}")
         cpu = time.process_time() - cpu
     print(json.dumps({"cpu": cpu}), flush=True)
