@@ -54,6 +54,18 @@ def _check_text(name: str, *, allow_wildcards: bool) -> None:
         raise InvalidEventName(name, "must be valid UTF-8 (it has an unpaired surrogate)") from None
     if size > MAX_NAME_BYTES:
         raise InvalidEventName(name, f"is {size} bytes of UTF-8, more than {MAX_NAME_BYTES}")
+    # Printable ASCII has no control characters: only the forbidden ones need looking for.
+    if not (name.isascii() and name.isprintable()) or not _FORBIDDEN.isdisjoint(name):
+        _check_characters(name, allow_wildcards=allow_wildcards)
+    if name.startswith("."):
+        raise InvalidEventName(name, "must not start with '.'")
+    if name.endswith("."):
+        raise InvalidEventName(name, "must not end with '.'")
+    if ".." in name:
+        raise InvalidEventName(name, "must not contain an empty word ('..')")
+
+
+def _check_characters(name: str, *, allow_wildcards: bool) -> None:
     for index, char in enumerate(name):
         if unicodedata.category(char) == "Cc":
             raise InvalidEventName(
@@ -61,12 +73,6 @@ def _check_text(name: str, *, allow_wildcards: bool) -> None:
             )
         if char in _FORBIDDEN and not (allow_wildcards and char in "*#"):
             raise InvalidEventName(name, f"must not contain {char!r} (at {index})")
-    if name.startswith("."):
-        raise InvalidEventName(name, "must not start with '.'")
-    if name.endswith("."):
-        raise InvalidEventName(name, "must not end with '.'")
-    if ".." in name:
-        raise InvalidEventName(name, "must not contain an empty word ('..')")
 
 
 def validate_name(name: str) -> str:
