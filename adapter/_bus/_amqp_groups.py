@@ -226,7 +226,12 @@ class _AmqpGroupSubscription(GroupSubscription):
         """Acknowledge; False if the channel it came on is gone (the broker delivers it again,
         which at least once allows)."""
         try:
-            await message.ack()
+            # Queued for the socket, not waited out: an ack that is written is no surer of
+            # reaching the broker, and waiting for the write makes a consumer that settles one
+            # delivery after another wait a turn of the event loop for each.
+            tag = message.delivery_tag
+            if tag is not None:  # None only for a consumer without acknowledgements
+                await message.channel.basic_ack(tag, wait=False)
         except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError) as exc:
             log.info("group %r: an acknowledgement was lost (%s); it comes again", self.group, exc)
             return False
