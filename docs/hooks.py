@@ -391,7 +391,7 @@ def _recorded_run() -> dict[str, Any]:
     if not record.is_file():
         raise GenerationError(
             f"no recorded benchmark run in {record}: "
-            "python bench/run.py core groups retain --quick --plot docs/performance"
+            "python bench/run.py core groups retain mqtt --plot docs/performance"
         )
     run: dict[str, Any] = json.loads(record.read_text())
     if not run.get("topics"):
@@ -405,9 +405,9 @@ def _caption(entry: dict[str, Any]) -> str:
     before, after = machine["load_average"]
     return (
         f"Recorded {when} on {machine['cores']} cores and {machine['memory_gib']:g} GiB of memory "
-        f"({machine['cpu']}; {machine['system']}; Python {machine['python']}), a machine shared "
-        f"with other engineers' work: load average {before:g} when it started, {after:g} when it "
-        f"ended. `{entry['command']}`, {entry['seconds']:g} s."
+        f"({machine['cpu']}; {machine['system']}; Python {machine['python']}), cores that the "
+        f"brokers and every process of the benchmark share: load average {before:g} when it "
+        f"started, {after:g} when it ended. `{entry['command']}`, {entry['seconds']:g} s."
     )
 
 

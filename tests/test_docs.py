@@ -578,7 +578,7 @@ def test_performance_page_shows_each_recorded_chart_with_when_and_where(
         machine = entry["machine"]
         assert f"on {machine['cores']} cores and {machine['memory_gib']:g} GiB of memory" in text
         assert f"`{entry['command']}`" in text
-    assert text.count("a machine shared with other engineers' work") == len(run["topics"])
+    assert text.count("brokers and every process of the benchmark share") == len(run["topics"])
     assert "<!-- generate: performance -->" in (DOCS / "performance.md").read_text()
     monkeypatch.setattr(hooks, "PERFORMANCE", tmp_path)
     with pytest.raises(hooks.GenerationError, match="no recorded benchmark run"):
