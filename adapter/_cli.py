@@ -317,6 +317,12 @@ async def _send(args: argparse.Namespace) -> int:
         result = await client.send_event(event, retain=retain)
     if args.json:
         print(json.dumps(result.to_json()))
+    elif retain is not None:
+        bound = "a waiter was bound" if result.routed else "no waiter was bound yet"
+        print(
+            f"sent {kind} event {args.name!r} ({result.event_id}): {bound}; retained for "
+            f"{args.retain}, a wait on this name that starts within that time receives it"
+        )
     elif result.routed:
         print(f"sent {kind} event {args.name!r} ({result.event_id}): a waiter was bound")
     else:

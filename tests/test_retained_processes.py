@@ -32,6 +32,8 @@ def _customevent(*args: str, amqp_url: str) -> subprocess.CompletedProcess[str]:
 def test_a_retained_send_reaches_a_wait_in_another_process(amqp_url: str, unique_name: str) -> None:
     sent = _customevent("send", unique_name, "-p", "ok=1", "--retain", "60s", amqp_url=amqp_url)
     assert sent.returncode == 0, sent.stderr
+    # Not "nobody received it": the wait below does.
+    assert "no waiter was bound yet; retained for 60s" in sent.stdout
     waited = _customevent("wait", unique_name, "--until", "5s", amqp_url=amqp_url)
     assert waited.returncode == 0, waited.stderr
     assert waited.stdout == "ok=1\n"
