@@ -17,6 +17,7 @@ import itertools
 import logging
 import math
 import ssl
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -667,10 +668,16 @@ class AmqpBus(Bus):
         if retain is None:
             return await self._publish_event(event)
         view = await self._retained.caught_up()
-        view.check_room(routing_key(event.kind, event.name))
-        routed, _ = await asyncio.gather(
-            self._publish_event(event), self._retained.retain(event, retain)
-        )
+        key = routing_key(event.kind, event.name)
+        reserved = view.reserve(key, time.time() + retain.total_seconds())
+        try:
+            routed, _ = await asyncio.gather(
+                self._publish_event(event), self._retained.retain(event, retain)
+            )
+        except BaseException:
+            if reserved:
+                view.release(key)
+            raise
         return routed
 
     async def _publish_event(self, event: Event) -> bool:

@@ -40,28 +40,46 @@ class RetainedEvents:
         self.max_names = max_names
         self.ready = asyncio.Event()
         self._latest: dict[str, _Entry] = {}
+        # Names this process is retaining that the view has not read back yet (until when): on
+        # RabbitMQ a send's copy reaches the view a moment after its confirm, and the cap must
+        # count it meanwhile, and count sends under way.
+        self._reserved: dict[str, float] = {}
         self._watchers: dict[str, set[Subscription]] = {}
 
     def __len__(self) -> int:
         self._forget_expired()
-        return len(self._latest)
+        return len(self._latest.keys() | self._reserved.keys())
 
     def _forget_expired(self) -> None:
         now = time.time()
         for key in [key for key, entry in self._latest.items() if entry.until <= now]:
             del self._latest[key]
+        for key in [key for key, until in self._reserved.items() if until <= now]:
+            del self._reserved[key]
 
     def check_room(self, key: str) -> None:
         """``LimitExceeded`` if retaining an event under ``key`` would pass ``max_names``."""
-        if key in self._latest or len(self._latest) < self.max_names:
+        if key in self._latest or key in self._reserved or len(self) < self.max_names:
             return
-        self._forget_expired()
-        if len(self._latest) >= self.max_names:
-            raise LimitExceeded(
-                "too many event names retained at once",
-                limit=self.max_names,
-                setting="amqp.max_retained_names",
-            )
+        raise LimitExceeded(
+            "too many event names retained at once",
+            limit=self.max_names,
+            setting="amqp.max_retained_names",
+        )
+
+    def reserve(self, key: str, until: float) -> bool:
+        """``check_room``, then count ``key`` as retained until ``until`` or until the view reads
+        its send; True if this call made the reservation (``release`` it if the send fails)."""
+        self.check_room(key)
+        if key in self._reserved and self._reserved[key] >= until:
+            return False
+        made = key not in self._reserved
+        self._reserved[key] = until
+        return made
+
+    def release(self, key: str) -> None:
+        """Give back a reservation whose send failed."""
+        self._reserved.pop(key, None)
 
     def put(self, key: str, event: Event, until: float, order: int) -> None:
         """Record a retained send (``order``: its place among all retained sends); the latest
@@ -77,6 +95,7 @@ class RetainedEvents:
                 # bounded, at the cost of the names whose retention ends first.
                 del self._latest[min(self._latest, key=lambda k: self._latest[k].until)]
         self._latest[key] = _Entry(event, until, order)
+        self._reserved.pop(key, None)
         if self.ready.is_set() and until > time.time():
             for sub in self._watchers.get(key, ()):
                 sub.deliver(event)
@@ -118,4 +137,5 @@ class RetainedEvents:
 
     def clear(self) -> None:
         self._latest.clear()
+        self._reserved.clear()
         self._watchers.clear()
