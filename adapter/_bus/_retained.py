@@ -48,7 +48,11 @@ class RetainedEvents:
 
     def __len__(self) -> int:
         self._forget_expired()
-        return len(self._latest.keys() | self._reserved.keys())
+        return self._names()
+
+    def _names(self) -> int:
+        # Without a scan of every name: the reservations are only the sends under way.
+        return len(self._latest) + sum(1 for key in self._reserved if key not in self._latest)
 
     def _forget_expired(self) -> None:
         now = time.time()
@@ -59,7 +63,10 @@ class RetainedEvents:
 
     def check_room(self, key: str) -> None:
         """``LimitExceeded`` if retaining an event under ``key`` would pass ``max_names``."""
-        if key in self._latest or key in self._reserved or len(self) < self.max_names:
+        if key in self._latest or key in self._reserved or self._names() < self.max_names:
+            return
+        self._forget_expired()  # only when full: it looks at every name
+        if self._names() < self.max_names:
             return
         raise LimitExceeded(
             "too many event names retained at once",
@@ -71,11 +78,10 @@ class RetainedEvents:
         """``check_room``, then count ``key`` as retained until ``until`` or until the view reads
         its send; True if this call made the reservation (``release`` it if the send fails)."""
         self.check_room(key)
-        if key in self._reserved and self._reserved[key] >= until:
-            return False
-        made = key not in self._reserved
-        self._reserved[key] = until
-        return made
+        held = self._reserved.get(key)
+        if held is None or held < until:
+            self._reserved[key] = until
+        return held is None
 
     def release(self, key: str) -> None:
         """Give back a reservation whose send failed."""
