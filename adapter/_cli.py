@@ -315,21 +315,19 @@ async def _send(args: argparse.Namespace) -> int:
         check_retain(retain, settings.amqp.max_retain)
     async with client:
         result = await client.send_event(event, retain=retain)
+    sent = f"sent {kind} event {args.name!r} ({result.event_id})"
     if args.json:
         print(json.dumps(result.to_json()))
     elif retain is not None:
         bound = "a waiter was bound" if result.routed else "no waiter was bound yet"
         print(
-            f"sent {kind} event {args.name!r} ({result.event_id}): {bound}; retained for "
-            f"{args.retain}, a wait on this name that starts within that time receives it"
+            f"{sent}: {bound}; retained for {args.retain}, a wait on this name that starts "
+            "within that time receives it"
         )
     elif result.routed:
-        print(f"sent {kind} event {args.name!r} ({result.event_id}): a waiter was bound")
+        print(f"{sent}: a waiter was bound")
     else:
-        print(
-            f"sent {kind} event {args.name!r} ({result.event_id}): confirmed, but no waiter "
-            "was bound, so nobody received it"
-        )
+        print(f"{sent}: confirmed, but no waiter was bound, so nobody received it")
     return EXIT_OK
 
 
