@@ -19,6 +19,7 @@ from ._exceptions import (
     LimitExceeded,
     PropertiesTooLarge,
     PublishRejected,
+    WaitConflict,
 )
 from ._groups import DeadLetter, Delivery, GroupSubscription
 from ._names import (
@@ -65,6 +66,7 @@ __all__ = [
     "Settings",
     "Subscription",
     "SyncClient",
+    "WaitConflict",
     "__version__",
     "load_settings",
     "name_from_topic",

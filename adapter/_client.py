@@ -141,7 +141,7 @@ def make_bus(settings: Settings, url: str | None = None, *, token: str | None = 
         if token is None:
             token = os.environ.get("CUSTOMEVENT_TOKEN")
         return HttpBus(url, token=token)
-    from ._bus._amqp import AmqpBus
+    from ._bus.amqp import AmqpBus
 
     amqp = settings.amqp
     if url != amqp.url:

@@ -9,9 +9,9 @@ this mapping does not give (its own ``source``, ``subject``, ``dataschema``, oth
 
 The SDK (``cloudevents.core``) builds, validates and encodes the CloudEvents. The one exception is
 the bus: every published message carries the ``ce-*`` headers of the RabbitMQ binding, written
-and read here directly (``rabbitmq_headers``, ``read_rabbitmq_headers``), so that the publish
-path does not build an SDK object and encode the data a second time for each event; the tests
-hold them equal to what the SDK writes and reads.
+and read by the codec (``adapter/_bus/amqp/_codec.py``) directly, so that the publish path does
+not build an SDK object and encode the data a second time for each event; the tests hold them
+equal to what the SDK writes and reads.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -53,15 +52,12 @@ __all__ = [
     "STRUCTURED_CONTENT_TYPE",
     "CloudEvent",
     "Mode",
-    "RabbitMQAttributes",
     "check_cloudevent_attributes",
     "cloudevent_attributes",
     "from_cloudevent",
     "from_http",
     "from_structured",
     "parse_time",
-    "rabbitmq_headers",
-    "read_rabbitmq_headers",
     "to_cloudevent",
     "to_http",
     "to_structured_json",
@@ -142,11 +138,6 @@ def check_cloudevent_attributes(attributes: Mapping[str, object]) -> dict[str, s
     return kept
 
 
-def _time_text(moment: datetime) -> str:
-    text = moment.isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
-
-
 def parse_time(text: str) -> datetime:
     """An RFC 3339 time (a CloudEvent's ``time``) as an aware datetime; ``ValueError`` if not."""
     moment = datetime.fromisoformat(text.strip().replace("z", "Z"))
@@ -199,72 +190,12 @@ def to_structured_json(event: Event) -> bytes:
     return _FORMAT.write(to_cloudevent(event))
 
 
-def rabbitmq_headers(event: Event) -> dict[str, str]:
-    """The ``ce-*`` headers of the event's message in binary mode of the RabbitMQ binding (its
-    ``datacontenttype`` travels as the message's ``content_type``)."""
-    headers: dict[str, str] = {}
-    for name, value in cloudevent_attributes(event).items():
-        if name != "datacontenttype":
-            headers[CE_PREFIX + name] = _time_text(value) if name == "time" else value
-    return headers
-
-
-@dataclass(frozen=True, slots=True)
-class RabbitMQAttributes:
-    """What the ``ce-*`` headers of a bus message say, read as text (empty when absent)."""
-
-    type: str | None = None
-    id: str | None = None
-    time: datetime | None = None
-    source: str | None = None
-    eventkind: str | None = None
-    principal: str | None = None
-    #: ``subject``, ``dataschema`` and extensions, with ``source`` when it is not ours.
-    kept: Mapping[str, str] | None = None
-
-
 def _text(value: object) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
-
-
-def read_rabbitmq_headers(headers: Mapping[str, Any], source: str | None) -> RabbitMQAttributes:
-    """The CloudEvent attributes in a bus message's ``ce-*`` headers; ``source`` is the edge
-    the message names (``x-event-source``), if any: a ``ce-source`` other than
-    ``urn:customevent:<source>`` is kept. ``InvalidInput`` for a header that breaks a rule."""
-    found: dict[str, str] = {}
-    for key, value in headers.items():
-        lowered = key.lower()
-        if lowered.startswith(CE_PREFIX) and value is not None:
-            found[lowered[len(CE_PREFIX) :]] = _text(value)
-    if not found:
-        return RabbitMQAttributes()
-    specversion = found.pop("specversion", SPECVERSION)
-    if specversion != SPECVERSION:
-        raise InvalidInput(f"ce-specversion {specversion!r}: only CloudEvents 1.0 is read")
-    time_text = found.pop("time", None)
-    try:
-        moment = parse_time(time_text) if time_text is not None else None
-    except ValueError:
-        raise InvalidInput(f"ce-time {time_text!r} is not an RFC 3339 time") from None
-    ce_source = found.pop("source", None)
-    if ce_source is not None and source is None and ce_source.startswith(SOURCE_PREFIX):
-        source = ce_source[len(SOURCE_PREFIX) :]
-    if ce_source is not None and ce_source != SOURCE_PREFIX + (source or "amqp"):
-        found["source"] = ce_source
-    found.pop("datacontenttype", None)  # the message's content_type says it
-    return RabbitMQAttributes(
-        type=found.pop("type", None),
-        id=found.pop("id", None),
-        time=moment,
-        source=source,
-        eventkind=found.pop("eventkind", None),
-        principal=found.pop("principal", None),
-        kept=check_cloudevent_attributes(found) if found else None,
-    )
 
 
 # -- CloudEvent -> event ------------------------------------------------------------------------

@@ -21,12 +21,12 @@ from typing import Any
 
 import uvicorn
 
-from ._bus._amqp import redact_url
 from ._client import Client
 from ._exceptions import ConfigurationError
 from ._http import create_app
 from ._http._logging import configure_logging
 from ._http._protocol import bounded_protocol, raise_file_limit
+from ._nodes import redact_url
 from ._settings import HttpSettings, Settings
 
 __all__ = ["serve", "server_config"]

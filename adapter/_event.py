@@ -1,5 +1,5 @@
-"""Events, send results, and the message format on the bus (docs/contract.md, "The message on
-the bus")."""
+"""The value types: an event and a send's result, and the rules for an event id. How an event
+travels on RabbitMQ is the codec's (``adapter/_bus/amqp/_codec.py``)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from ._cloudevents import check_cloudevent_attributes, rabbitmq_headers, read_rabbitmq_headers
+from ._cloudevents import check_cloudevent_attributes
 from ._exceptions import InvalidInput
-from ._names import Kind, parse_routing_key, validate_kind, validate_name
-from ._properties import check_properties, loads_json_object, string_object
+from ._names import Kind, validate_kind, validate_name
+from ._properties import check_properties
 
-__all__ = ["APP_ID", "SOURCES", "Event", "SendResult", "Source", "decode_body", "encode_body"]
+__all__ = ["SOURCES", "Event", "SendResult", "Source", "check_event_id", "encode_body"]
 
-APP_ID = "customevent-bridge"
 Source = Literal["http", "soap", "mqtt", "amqp", "cli"]
 SOURCES: tuple[str, ...] = ("http", "soap", "mqtt", "amqp", "cli")
 
@@ -71,19 +70,6 @@ class Event:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InvalidInput(f"not an event: {type(exc).__name__}: {exc}") from None
 
-    def headers(self) -> dict[str, str]:
-        """The AMQP headers of the event's message: ours, and the ``ce-*`` headers that make it
-        a CloudEvent in binary mode of the RabbitMQ binding."""
-        headers = {
-            "x-event-name": self.name,
-            "x-event-kind": self.kind,
-            "x-event-source": self.source,
-        }
-        if self.principal is not None:
-            headers["x-event-principal"] = self.principal
-        headers.update(rabbitmq_headers(self))
-        return headers
-
 
 @dataclass(frozen=True, slots=True)
 class SendResult:
@@ -97,59 +83,8 @@ class SendResult:
 
 
 def encode_body(properties: Mapping[str, str]) -> bytes:
-    """The message body: the properties as a JSON object."""
+    """The properties as a JSON object (the body of an event on the bus, or to a device)."""
     return json.dumps(properties, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-def decode_body(body: bytes) -> dict[str, str]:
-    """Properties from a message body; raises ``InvalidProperties`` if it is not an object of
-    strings."""
-    value = loads_json_object(body, "the message body") if body else {}
-    return string_object(value, "the message body")
-
-
-def event_from_message(
-    *,
-    routing_key: str,
-    body: bytes,
-    headers: Mapping[str, Any] | None,
-    message_id: str | None,
-    timestamp: datetime | None,
-) -> Event:
-    """Rebuild an event from a bus message, trusting the routing key over the headers (a
-    third-party publisher may leave headers out, or set only the ``ce-*`` ones of a CloudEvent:
-    their ``ce-type`` and ``ce-eventkind`` must then agree with the routing key)."""
-    kind, name = parse_routing_key(routing_key)
-    headers = headers or {}
-    source = _header_text(headers.get("x-event-source"))
-    principal = _header_text(headers.get("x-event-principal"))
-    cloudevent = read_rabbitmq_headers(headers, source)
-    if cloudevent.type is not None and cloudevent.type != name:
-        raise InvalidInput(f"ce-type {cloudevent.type!r} disagrees with the routing key {name!r}")
-    if cloudevent.eventkind is not None and cloudevent.eventkind != kind:
-        raise InvalidInput(
-            f"ce-eventkind {cloudevent.eventkind!r} disagrees with the routing key's kind {kind!r}"
-        )
-    # ce-time keeps the instant to the microsecond; the AMQP timestamp only to the second.
-    sent_at = cloudevent.time or timestamp or datetime.now(UTC)
-    if sent_at.tzinfo is None:
-        sent_at = sent_at.replace(tzinfo=UTC)
-    return Event(
-        name=validate_name(name),
-        kind=validate_kind(kind),
-        properties=decode_body(body),
-        event_id=cloudevent.id or message_id or str(uuid.uuid4()),
-        sent_at=sent_at.astimezone(UTC),
-        source=cloudevent.source or "amqp",
-        principal=principal if principal is not None else cloudevent.principal,
-        cloudevent_attributes=dict(cloudevent.kept or {}),
-    )
-
-
-def _header_text(value: object) -> str | None:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value if isinstance(value, str) else None
 
 
 def check_event_id(event_id: str | None) -> str:

@@ -12,6 +12,8 @@ Every error the library raises on purpose derives from ``AdapterError``::
     ├── ConfigurationError           settings that cannot work (bad URL, unreadable file)
     ├── LimitExceeded                a bound on what one caller may hold was reached (HTTP 429)
     │                                .limit, .setting, .retry_after
+    ├── WaitConflict                 a resumable wait id already waits on another name or kind
+    │                                (HTTP 409) .wait_id, .held, .asked
     ├── BusError                     the message bus failed us
     │   ├── BusUnavailable           not connected, or a confirm was lost; retry later (HTTP 503)
     │   ├── BrokerAuthenticationError the broker refused the credentials; retrying will not help
@@ -36,6 +38,7 @@ __all__ = [
     "LimitExceeded",
     "PropertiesTooLarge",
     "PublishRejected",
+    "WaitConflict",
 ]
 
 
@@ -96,6 +99,20 @@ class LimitExceeded(AdapterError):
         self.setting = setting
         self.retry_after = retry_after
         super().__init__(f"{what}: the limit is {limit} ({setting}); retry later")
+
+
+class WaitConflict(AdapterError):
+    """A resumable wait id is in use for another kind or name: an id belongs to what it first
+    waited on until that wait's queue is gone, so a reuse never hands over another's events."""
+
+    def __init__(self, wait_id: str, *, held: str, asked: str) -> None:
+        self.wait_id = wait_id
+        self.held = held
+        self.asked = asked
+        super().__init__(
+            f"wait_id {wait_id!r} already waits on {held!r}, not {asked!r}: a resumable wait id "
+            "belongs to one kind and name; choose another id"
+        )
 
 
 class BusError(AdapterError):

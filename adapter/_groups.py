@@ -1,6 +1,6 @@
 """Groups: events that start work. A group is a named, durable subscription whose consumers share
 its events (each event to one of them), at least once, with retries after a backoff, dead letters
-after ``max_attempts``, and de-duplication by event id.
+after ``max_attempts``, and de-duplication of redelivered events (``dedup_key``).
 
 ``client.subscribe(pattern, group=G, kind=K)`` gives a ``GroupSubscription``; iterating it gives
 ``Delivery`` objects that the handler settles exactly once: ``ack``, ``retry`` or
@@ -34,6 +34,7 @@ __all__ = [
     "RetryPolicy",
     "SeenIds",
     "check_group_name",
+    "dedup_key",
 ]
 
 _GROUP = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
@@ -46,6 +47,14 @@ def check_group_name(group: str) -> str:
             f"group must be 1 to 100 characters of A-Z a-z 0-9 _ . : -, not {group!r}"
         )
     return group
+
+
+def dedup_key(event: Event) -> str:
+    """What de-duplication knows an event by: its id together with who sent it and under which
+    name (CloudEvents identifies an event by ``source`` and ``id``), so that one sender reusing
+    another's id never suppresses the other's event; only a true redelivery matches."""
+    sender = event.principal if event.principal is not None else ""
+    return "\0".join((event.source, sender, event.kind, event.name, event.event_id))
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ or ``CUSTOMEVENT_CONFIG``; the secrets directory (``CUSTOMEVENT_SECRETS_DIR``, d
 from __future__ import annotations
 
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self
@@ -53,6 +54,7 @@ __all__ = [
 ]
 
 DEFAULT_SECRETS_DIR = "/run/secrets/customevent"
+_EXCHANGE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 class _Section(BaseModel):
@@ -104,7 +106,18 @@ class AmqpSettings(_Section):
         default=None,
         description="password for every URL in amqp.url, instead of the one written in them",
     )
-    exchange: str = Field(default="customevents", description="durable topic exchange for events")
+    exchange: str = Field(
+        default="customevents",
+        description="durable topic exchange for events; every durable queue the bridge declares "
+        "is named after it (customevent/<exchange>/...), so deployments with other exchanges on "
+        "one virtual host never share one",
+    )
+    trusted_publishers: list[str] = Field(
+        default_factory=list,
+        description="AMQP users (besides this process's own) whose messages' principal "
+        "(x-event-principal) is believed: the accounts of the bridge daemons, when consumers use "
+        "other accounts; a principal from any other publisher is dropped",
+    )
     connection_name: str = Field(
         default="customevent-bridge",
         min_length=1,
@@ -139,6 +152,17 @@ class AmqpSettings(_Section):
         if value is None or value.strip() == "":
             return None
         split_nodes(value)
+        return value
+
+    @field_validator("exchange")
+    @classmethod
+    def _exchange(cls, value: str) -> str:
+        # AMQP's rule for exchange names, shortened so that the queue names built from it
+        # (customevent/<exchange>/group/<group>/retry/<ms>) stay within RabbitMQ's 255 bytes.
+        if not _EXCHANGE.fullmatch(value) or value.startswith("amq."):
+            raise ValueError(
+                f"{value!r} must be 1 to 64 of A-Z a-z 0-9 - _ . : and not start with 'amq.'"
+            )
         return value
 
     @model_validator(mode="after")
@@ -276,6 +300,26 @@ class AuthSettings(_Section):
     @classmethod
     def _allow(cls, value: list[str]) -> list[str]:
         return _check_patterns(value)
+
+    @field_validator("principals")
+    @classmethod
+    def _distinct(cls, principals: list[Principal]) -> list[Principal]:
+        # A token or name given twice would authenticate as whichever comes first, silently.
+        names: set[str] = set()
+        tokens: dict[str, str] = {}
+        for principal in principals:
+            if principal.name in names:
+                raise ValueError(f"principal {principal.name!r} is listed twice")
+            names.add(principal.name)
+            token = principal.token_hash
+            if token is not None:
+                if token in tokens:
+                    raise ValueError(
+                        f"principals {tokens[token]!r} and {principal.name!r} have the same "
+                        "token_hash: each token must be its own"
+                    )
+                tokens[token] = principal.name
+        return principals
 
 
 class LimitsSettings(_Section):

@@ -43,8 +43,8 @@ from _common import (  # noqa: E402
 )
 
 import adapter  # noqa: E402
-from adapter._bus._amqp import AmqpBus  # noqa: E402
-from adapter._bus._durable import durable_queue_arguments  # noqa: E402
+from adapter._bus.amqp import AmqpBus  # noqa: E402
+from adapter._bus.amqp._queues import dead_queue, durable_queue_arguments, group_queue  # noqa: E402
 from adapter._settings import load_settings  # noqa: E402
 
 SCRIPT = HERE.parent / "scripts" / "rabbitmq-cluster.sh"
@@ -145,7 +145,7 @@ async def _group_rate(url: str, exchange: str, count: int) -> float:
     connection = await aio_pika.connect(url.split(",")[0])
     async with connection:
         channel = await connection.channel()
-        for queue in (f"customevent.group.{group}", f"customevent.group.{group}.dead"):
+        for queue in (group_queue("customevents", group), dead_queue("customevents", group)):
             await channel.queue_delete(queue)
     return rate(count, watch.seconds)
 

@@ -36,6 +36,7 @@ for path in (str(HERE), str(ROOT)):
 from _common import Figure, Stopwatch, amqp_url, median, rate, run_id  # noqa: E402
 
 from adapter import Client, load_settings  # noqa: E402
+from adapter._bus.amqp._queues import dead_queue, group_queue  # noqa: E402
 from adapter._cloudevents import to_http  # noqa: E402
 from adapter._event import Event  # noqa: E402
 from adapter._triggers import SIGNATURE_HEADER, Triggers, sign  # noqa: E402
@@ -75,7 +76,7 @@ async def group_consume(url: str, count: int, *, dedup: bool) -> float:
                     done += 1
                     if done == count:
                         break
-    await _delete(url, f"customevent.group.{group}", f"customevent.group.{group}.dead")
+    await _delete(url, group_queue("customevents", group), dead_queue("customevents", group))
     return watch.seconds
 
 
@@ -189,7 +190,7 @@ async def webhook_deliveries(url: str, count: int) -> float:
             with Stopwatch() as watch:
                 async with Triggers(settings, client):
                     await received()
-    await _delete(url, f"customevent.group.{group}", f"customevent.group.{group}.dead")
+    await _delete(url, group_queue("customevents", group), dead_queue("customevents", group))
     return watch.seconds
 
 

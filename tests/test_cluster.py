@@ -27,7 +27,8 @@ import httpx
 import pytest
 
 from adapter import BusError, Client, Event, SendResult, load_settings
-from adapter._bus._amqp import AmqpBus
+from adapter._bus.amqp import AmqpBus
+from adapter._bus.amqp._queues import dead_queue, group_queue, resumable_queue
 from adapter._mqtt._testing import free_port
 from tests.support.cluster import Cluster, Node, collector, drain
 from tests.support.processes import Daemon
@@ -281,7 +282,7 @@ async def _delete_group(cluster: Cluster, group: str) -> None:
     connection = await aio_pika.connect(cluster.nodes[0].url)
     async with connection:
         channel = await connection.channel()
-        for queue in (f"customevent.group.{group}", f"customevent.group.{group}.dead"):
+        for queue in (group_queue("customevents", group), dead_queue("customevents", group)):
             with contextlib.suppress(Exception):
                 await channel.queue_delete(queue)
 
@@ -295,7 +296,7 @@ async def test_a_resumable_wait_gets_an_event_sent_after_its_node_stopped(
         async with waiter.expect(
             "internal", unique_name, until=timedelta(seconds=120), wait_id=wait_id
         ) as wait:
-            queue = f"customevent.wait.resumable.{wait_id}"
+            queue = resumable_queue("customevents", wait_id, f"internal.{unique_name}")
             assert cluster.queue_type_and_members(queue) == ("quorum", 3)
             await cluster.run("stop_app", lost)
             survivor = cluster.other_than(lost)
@@ -607,7 +608,7 @@ async def _group_after(client: Client, name: str) -> None:
         connection = await aio_pika.connect(client.settings.amqp.url.split(",")[0])
         async with connection:
             channel = await connection.channel()
-            for queue in (f"customevent.group.{group}", f"customevent.group.{group}.dead"):
+            for queue in (group_queue("customevents", group), dead_queue("customevents", group)):
                 await channel.queue_delete(queue)
 
 

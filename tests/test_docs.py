@@ -42,6 +42,7 @@ import httpx
 import pytest
 
 from adapter import Event, load_settings
+from adapter._bus.amqp._queues import group_queue
 from adapter._cli import _build_parser
 from adapter._secrets import verify_secret
 from adapter._settings import section_models
@@ -132,7 +133,7 @@ def _delete_example_groups() -> None:
         ["rabbitmqctl", "-q", "list_queues", "name"], capture_output=True, text=True, timeout=60
     )
     for queue in listing.stdout.split():
-        if queue.startswith("customevent.group.example-"):
+        if queue.startswith(group_queue("customevents", "example-")):
             subprocess.run(["rabbitmqctl", "-q", "delete_queue", queue], capture_output=True)
 
 

@@ -18,6 +18,7 @@ import aio_pika
 import httpx
 import pytest
 
+from adapter._bus.amqp._queues import resumable_queue
 from tests.support.processes import Daemon, clean_env, customevent, rabbitmqctl
 from tests.support.proxy import Proxy
 from tests.support.reliability import record
@@ -228,7 +229,9 @@ async def test_resumable_waiter_killed_and_restarted(amqp_url: str, unique_name:
     )
     connection = await aio_pika.connect(amqp_url)
     async with connection:
-        await _until_consumed(connection, f"customevent.wait.resumable.{wait_id}")
+        await _until_consumed(
+            connection, resumable_queue("customevents", wait_id, f"internal.{unique_name}")
+        )
         first.send_signal(signal.SIGKILL)
         await first.wait()
         sender_settings = {"CUSTOMEVENT_AMQP__URL": amqp_url}
@@ -250,7 +253,9 @@ async def test_resumable_waiter_killed_and_restarted(amqp_url: str, unique_name:
         assert event["properties"] == {"while": "down"}
         channel = await connection.channel()
         with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
-            await channel.declare_queue(f"customevent.wait.resumable.{wait_id}", passive=True)
+            await channel.declare_queue(
+                resumable_queue("customevents", wait_id, f"internal.{unique_name}"), passive=True
+            )
     record(
         "test_resumable_waiter_killed_and_restarted",
         load="one CLI waiter with --wait-id, RabbitMQ bus",

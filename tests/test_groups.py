@@ -19,6 +19,7 @@ from adapter import (
     PublishRejected,
     load_settings,
 )
+from adapter._bus.amqp._queues import group_queue
 
 GROUPS = {"retry_initial": 0.2, "retry_max": 0.4, "dedup_window": 60.0}
 
@@ -39,7 +40,11 @@ async def _delete_group_queues(url: str, test_name: str) -> None:
         "rabbitmqctl", "-q", "list_queues", "name", stdout=asyncio.subprocess.PIPE
     )
     out, _ = await process.communicate()
-    mine = [q for q in out.decode().split() if q.startswith(f"customevent.group.{_tag(test_name)}")]
+    mine = [
+        q
+        for q in out.decode().split()
+        if q.startswith(group_queue("customevents", _tag(test_name)))
+    ]
     connection = await aio_pika.connect(url)
     async with connection:
         channel = await connection.channel()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from adapter._bus.amqp._queues import dead_queue, group_queue, retry_queue
 from tests.support.processes import clean_env, customevent
 
 pytestmark = pytest.mark.rabbitmq
@@ -38,9 +39,9 @@ def group(amqp_url: str) -> Iterator[str]:
     name = f"t-listen-{uuid.uuid4().hex[:10]}"
     yield name
     for queue in (
-        f"customevent.group.{name}",
-        f"customevent.group.{name}.dead",
-        *(f"customevent.group.{name}.retry.{ms}" for ms in (200, 400)),
+        group_queue("customevents", name),
+        dead_queue("customevents", name),
+        *(retry_queue("customevents", name, ms) for ms in (200, 400)),
     ):
         subprocess.run(["rabbitmqctl", "-q", "delete_queue", queue], capture_output=True)
 

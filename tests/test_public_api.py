@@ -35,6 +35,7 @@ PUBLIC = [
     "Settings",
     "Subscription",
     "SyncClient",
+    "WaitConflict",
     "__version__",
     "load_settings",
     "name_from_topic",

@@ -14,7 +14,9 @@ import aio_pika
 import pytest
 
 from adapter import BrokerAuthenticationError, BusUnavailable, Client, load_settings
-from adapter._bus._amqp import AmqpBus, redact_url
+from adapter._bus.amqp import AmqpBus
+from adapter._bus.amqp._queues import resumable_queue
+from adapter._nodes import redact_url
 from tests.support.broker import connection_channels, queues_named, rabbitmqctl
 from tests.support.proxy import Proxy
 
@@ -234,7 +236,12 @@ async def test_resumable_waits_leave_no_channel_behind(amqp_url: str, unique_nam
             )
         after = await connection_channels(name)
         assert after == before
-        assert await queues_named(f"customevent.wait.resumable.{unique_name}") == []
+        assert (
+            await queues_named(
+                resumable_queue("customevents", unique_name, f"internal.{unique_name}")
+            )
+            == []
+        )
 
 
 async def test_an_unbind_never_overtakes_a_later_bind_of_the_same_key(
@@ -281,7 +288,9 @@ async def test_a_bug_is_not_mistaken_for_an_outage(
         async def broken(*args: object, **kwargs: object) -> None:
             raise RuntimeError("a bug")
 
-        channel = await bus._publish_channel().get_underlay_channel()
+        confirm = bus.link._confirm_channel
+        assert confirm is not None
+        channel = await confirm.get_underlay_channel()
         monkeypatch.setattr(channel, "basic_publish", broken)
         with pytest.raises(RuntimeError, match="a bug"):
             await client.send_custom_event(unique_name)

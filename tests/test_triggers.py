@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from adapter import Client, ConfigurationError, load_settings
+from adapter._bus.amqp._queues import dead_queue, group_queue
 from adapter._triggers import SIGNATURE_HEADER, Triggers, sign
 from adapter.testing import free_port
 from tests.support.processes import Daemon
@@ -92,7 +93,7 @@ def group() -> Iterator[str]:
         ["rabbitmqctl", "-q", "list_queues", "name"], capture_output=True, text=True
     )
     for queue in listing.stdout.split():
-        if queue.startswith(f"customevent.group.{name}"):
+        if queue.startswith(group_queue("customevents", name)):
             subprocess.run(["rabbitmqctl", "-q", "delete_queue", queue], capture_output=True)
 
 
@@ -227,7 +228,10 @@ async def test_a_dead_receiver_holds_up_neither_sends_nor_other_triggers(
                 await _until(lambda: len(good.received) == 30, "the good trigger's deliveries")
     finally:
         hole.close()
-        for queue in (f"customevent.group.{group}-bad", f"customevent.group.{group}-bad.dead"):
+        for queue in (
+            group_queue("customevents", f"{group}-bad"),
+            dead_queue("customevents", f"{group}-bad"),
+        ):
             await asyncio.to_thread(
                 subprocess.run, ["rabbitmqctl", "-q", "delete_queue", queue], capture_output=True
             )

@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import Self
 
 from .._event import Event
-from .._exceptions import ClientStateError, InvalidInput, LimitExceeded
+from .._exceptions import ClientStateError, InvalidInput, LimitExceeded, WaitConflict
 from .._groups import DeadLetter, GroupOptions, GroupSubscription
 from .._names import Kind, pattern_matches
 
@@ -51,35 +51,51 @@ def seconds_until(deadline: datetime) -> float:
 class ResumableWaits:
     """The resumable waits alive in one process, open or kept for a comeback until their
     deadline plus the grace, bounded by ``limits.max_resumable_waits``: each holds a queue at the
-    broker (or a mailbox in memory), and an open one an AMQP channel."""
+    broker (or a mailbox in memory), and an open one an AMQP channel. A wait id belongs to the
+    binding key it was first held with for as long as it is alive."""
 
     def __init__(self, limit: int, grace: float) -> None:
         self.limit = limit
         self._grace = grace
-        self._alive: dict[str, float] = {}  # wait id -> when it may be forgotten (loop time)
+        # wait id -> (binding key, when it may be forgotten: loop time, inf while open)
+        self._alive: dict[str, tuple[str, float]] = {}
 
-    def hold(self, wait_id: str) -> None:
-        """Count an opening wait; ``LimitExceeded`` if that would pass the limit."""
+    def hold(self, wait_id: str, binding_key: str) -> None:
+        """Count an opening wait; ``WaitConflict`` if the id is alive for another binding,
+        ``LimitExceeded`` if it would pass the limit (``retry_after``: until the first kept wait
+        may be forgotten)."""
         now = asyncio.get_running_loop().time()
-        if wait_id not in self._alive and len(self._alive) >= self.limit:
-            for known, until in list(self._alive.items()):
+        known = self._alive.get(wait_id)
+        if known is not None and known[1] <= now:
+            del self._alive[wait_id]
+            known = None
+        if known is not None and known[0] != binding_key:
+            raise WaitConflict(wait_id, held=known[0], asked=binding_key)
+        if known is None and len(self._alive) >= self.limit:
+            for other, (_, until) in list(self._alive.items()):
                 if until <= now:
-                    del self._alive[known]
+                    del self._alive[other]
             if len(self._alive) >= self.limit:
+                soonest = min(until for _, until in self._alive.values())
+                wait = soonest - now if soonest != math.inf else 60.0
                 raise LimitExceeded(
                     "too many resumable waits alive in this process",
                     limit=self.limit,
                     setting="limits.max_resumable_waits",
+                    retry_after=max(1, math.ceil(wait)),
                 )
-        self._alive[wait_id] = math.inf
+        self._alive[wait_id] = (binding_key, math.inf)
 
     def release(self, wait_id: str, kept_until: datetime | None) -> None:
         """A wait closed: forgotten at once when finished, else once its keeping expires."""
+        known = self._alive.get(wait_id)
+        if known is None:
+            return
         if kept_until is None:
-            self._alive.pop(wait_id, None)
+            del self._alive[wait_id]
             return
         until = seconds_until(kept_until + timedelta(seconds=self._grace))
-        self._alive[wait_id] = asyncio.get_running_loop().time() + until
+        self._alive[wait_id] = (known[0], asyncio.get_running_loop().time() + until)
 
     def __len__(self) -> int:
         return len(self._alive)

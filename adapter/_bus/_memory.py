@@ -162,11 +162,11 @@ class MemoryBus(Bus):
             self._subscriptions.add(sub)
             self.retained.watch(sub)
             return
-        self._resumable.hold(wait_id)
+        self._resumable.hold(wait_id, sub.binding_key)
         self._subscriptions.add(sub)
         box = self._mailboxes.get(wait_id)
         now = asyncio.get_running_loop().time()
-        if box is None or box.expires <= now or box.binding_key != sub.binding_key:
+        if box is None or box.expires <= now:
             self._forget_expired(now)
             expires = now + seconds_until(sub.deadline + timedelta(seconds=self._grace))
             events: deque[Event] = deque(maxlen=self.limits.max_resumable_events)

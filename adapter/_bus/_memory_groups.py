@@ -16,7 +16,15 @@ from typing import Self
 
 from .._event import Event
 from .._exceptions import ClientStateError, ConfigurationError, PublishRejected
-from .._groups import DeadLetter, Delivery, GroupOptions, GroupSubscription, RetryPolicy, SeenIds
+from .._groups import (
+    DeadLetter,
+    Delivery,
+    GroupOptions,
+    GroupSubscription,
+    RetryPolicy,
+    SeenIds,
+    dedup_key,
+)
 from .._names import pattern_matches
 
 __all__ = ["MemoryGroups"]
@@ -46,7 +54,7 @@ class _Group:
         self.consumers: list[_Consumer] = []
         self.dead: deque[DeadLetter] = deque(maxlen=_DEAD_MAX)
         self.seen = SeenIds(options.dedup_window, options.dedup_max)
-        self.in_flight: dict[str, int] = {}  # event id -> deliveries of it out now
+        self.in_flight: dict[str, int] = {}  # dedup key -> deliveries of it out now
         self.policy = RetryPolicy(options.retry_initial, options.retry_max)
         self.timers: set[asyncio.TimerHandle] = set()
         self._turn = itertools.count()
@@ -62,10 +70,10 @@ class _Group:
             if consumer is None:
                 return
             message = self.queue.popleft()
-            event_id = message.event.event_id
-            if self.options.dedup and (event_id in self.seen or event_id in self.in_flight):
+            key = dedup_key(message.event)
+            if self.options.dedup and (key in self.seen or key in self.in_flight):
                 continue  # a copy of an event handled (or being handled): acknowledged, dropped
-            self.in_flight[event_id] = self.in_flight.get(event_id, 0) + 1
+            self.in_flight[key] = self.in_flight.get(key, 0) + 1
             consumer.take(message)
 
     def _next_consumer(self) -> _Consumer | None:
@@ -82,12 +90,12 @@ class _Group:
         return None
 
     def settled(self, message: _Message) -> None:
-        event_id = message.event.event_id
-        left = self.in_flight.get(event_id, 1) - 1
+        key = dedup_key(message.event)
+        left = self.in_flight.get(key, 1) - 1
         if left:
-            self.in_flight[event_id] = left
+            self.in_flight[key] = left
         else:
-            self.in_flight.pop(event_id, None)
+            self.in_flight.pop(key, None)
 
     def requeue(self, message: _Message, *, front: bool = False) -> None:
         if front:
@@ -123,7 +131,7 @@ class _MemoryDelivery(Delivery):
     async def _ack(self) -> None:
         group = self._consumer.finish(self._message)
         if group.options.dedup:
-            group.seen.add(self._message.event.event_id)
+            group.seen.add(dedup_key(self._message.event))
 
     async def _retry(self, reason: str, at_least: float) -> None:
         group = self._consumer.finish(self._message)

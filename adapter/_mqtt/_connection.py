@@ -29,7 +29,7 @@ from tenacity import (
     wait_random,
 )
 
-from .._bus._amqp import redact_url
+from .._nodes import redact_url
 from .._settings import MqttSettings
 from .._tls import client_tls_context
 from ._driver import BufferedPaho, PahoDriver

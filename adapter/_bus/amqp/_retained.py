@@ -15,6 +15,10 @@ own to the stream and counts itself caught up when the marker comes back. A wait
 broker round trip at all; a cold process pays once for reading the stream's last
 ``amqp.max_retain`` (bounded by ``STREAM_MAX_BYTES``).
 
+Only a retained send creates the stream. A wait reads it only if it exists (it looks again, at
+most once a second, while it does not): waits that never meet a retained event pay nothing for
+them, and need no permission to declare it.
+
 The stream keeps at most ``amqp.max_retain`` of copies (``x-max-age``; RabbitMQ drops whole
 segments, so a little more may stay: the copies carry their own end and are judged by it) and at
 most ``STREAM_MAX_BYTES``. Streams are replicated like quorum queues, so the retained events of a
@@ -28,72 +32,79 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 
-from .._event import Event, encode_body, event_from_message
-from .._exceptions import AdapterError, BusUnavailable
-from .._names import routing_key, validate_kind
-from ._base import Subscription
-from ._retained import RetainedEvents
+from ..._event import Event
+from ..._exceptions import BusUnavailable
+from ..._names import routing_key
+from .._base import Subscription
+from .._retained import RetainedEvents
+from ._codec import H_ORIGINAL_ROUTING_KEY, BadMessage, Policy, decode, encode_body, message_headers
+from ._link import BrokerLink
+from ._metrics import refused
+from ._queues import retained_arguments, retained_stream
 
-if TYPE_CHECKING:
-    from ._amqp import AmqpBus
-
-__all__ = [
-    "RETAINED_QUEUE_TYPE",
-    "RETAIN_UNTIL_HEADER",
-    "STREAM_MAX_BYTES",
-    "RetainedStream",
-]
+__all__ = ["RETAIN_UNTIL_HEADER", "RetainedStream"]
 
 log = logging.getLogger("adapter.amqp")
 
-#: The queue type of the retained events' store: the one RabbitMQ type that many consumers read
-#: without taking messages from each other.
-RETAINED_QUEUE_TYPE = "stream"
 RETAIN_UNTIL_HEADER = "x-retain-until"
 _MARKER_HEADER = "x-customevent-caught-up"
-#: The most the stream holds, whatever the traffic (x-max-length-bytes), and its segment size:
-#: RabbitMQ applies the age and size limits a whole segment at a time.
-STREAM_MAX_BYTES = 256 * 1024 * 1024
-_SEGMENT_BYTES = 8 * 1024 * 1024
 _PREFETCH = 1000
 _ACK_EVERY = 100
 # After a failed start (a broker that refused the stream), waits go without retained events for
 # this long before the next attempt, instead of paying for a refusal each.
 _RETRY_SECONDS = 30.0
+# While the stream does not exist, a wait looks for it again after this long at the earliest.
+_ABSENT_SECONDS = 1.0
 
 
 class RetainedStream:
-    """The retained events of one ``AmqpBus``: writes to the stream and this process's view."""
+    """The retained events of one bus: writes to the stream and this process's view."""
 
-    def __init__(self, bus: AmqpBus) -> None:
-        self.bus = bus
-        self.name = f"customevent.retained.{bus.settings.exchange}"
-        self.view = RetainedEvents(bus.settings.max_retained_names)
+    def __init__(
+        self,
+        link: BrokerLink,
+        policy: Policy,
+        *,
+        max_names: int,
+        is_open: Callable[[], bool],
+    ) -> None:
+        self.link = link
+        self.policy = policy
+        self.name = retained_stream(link.exchange)
+        self.view = RetainedEvents(max_names)
+        self._is_open = is_open
         self._marker = uuid.uuid4().hex
         self._starting: asyncio.Task[None] | None = None
+        self._creating = False
         self._failed_at = -_RETRY_SECONDS
+        self._absent_at: float | None = None
         self._channel: AbstractRobustChannel | None = None
         self._unacked = 0
 
     # -- reading ---------------------------------------------------------------------------
 
-    def _start(self) -> asyncio.Task[None]:
+    def _start(self, *, create: bool) -> asyncio.Task[None]:
         task = self._starting
-        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+        again = task is None or (task.done() and (task.cancelled() or task.exception() is not None))
+        if not again and create and self._absent_at is not None:
+            again = True  # read it without creating it: it was not there; now make it
+        if again:
             task = self._starting = asyncio.get_running_loop().create_task(
-                self._follow(), name="customevent-retained-stream"
+                self._follow(create=create), name="customevent-retained-stream"
             )
             task.add_done_callback(self._started)
+        assert task is not None
         return task
 
     def _started(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or self.bus._state != "opened":
+        if task.cancelled() or not self._is_open():
             return  # stopped with its bus: nothing to warn about
         error = task.exception()
         if error is not None:
@@ -104,15 +115,23 @@ class RetainedStream:
                 error,
             )
 
-    async def _follow(self) -> None:
+    async def _follow(self, *, create: bool) -> None:
         old, self._channel = self._channel, None
         if old is not None:  # a start that failed half-way: its channel goes first
-            await self.bus._release(old)
-        async with self.bus._broker_call(f"the stream {self.name} could not be read"):
-            channel = self._channel = await self.bus._new_channel()
+            await self.link.release(old)
+        async with self.link.call(f"the stream {self.name} could not be read"):
+            name = self.name
+            exists = await self.link.probe(lambda probe: probe.queue_declare(name, passive=True))
+            if not exists and not create:
+                # Nothing was ever retained on this exchange: nothing to read, yet.
+                self._absent_at = time.monotonic()
+                self.view.mark_ready()
+                return
+            self._absent_at = None
+            channel = self._channel = await self.link.new_channel()
             await channel.set_qos(prefetch_count=_PREFETCH)
-            queue = await self._declare(channel)
-            since = datetime.now(UTC) - timedelta(seconds=self.bus.settings.max_retain)
+            queue = await self._declare(channel, exists)
+            since = datetime.now(UTC) - timedelta(seconds=self.link.settings.max_retain)
             await queue.consume(
                 self._on_message,
                 no_ack=False,
@@ -122,21 +141,16 @@ class RetainedStream:
             )
             await self._write(b"", {_MARKER_HEADER: self._marker}, "the caught-up marker")
 
-    async def _declare(self, channel: AbstractRobustChannel) -> AbstractQueue:
+    async def _declare(self, channel: AbstractRobustChannel, exists: bool) -> AbstractQueue:
         # Declared by whoever comes first; a stream made with other limits (another
         # amqp.max_retain) is used as it is: a re-declaration with other arguments is refused.
-        if await self.bus._probe(lambda probe: probe.queue_declare(self.name, passive=True)):
+        if exists:
             return await channel.declare_queue(self.name, passive=True)
         return await channel.declare_queue(
             self.name,
             durable=True,
             auto_delete=False,
-            arguments={
-                "x-queue-type": RETAINED_QUEUE_TYPE,
-                "x-max-age": f"{max(1, round(self.bus.settings.max_retain))}s",
-                "x-max-length-bytes": STREAM_MAX_BYTES,
-                "x-stream-max-segment-size-bytes": _SEGMENT_BYTES,
-            },
+            arguments=retained_arguments(self.link.settings.max_retain),
         )
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
@@ -156,7 +170,7 @@ class RetainedStream:
         headers = message.headers or {}
         marker = headers.get(_MARKER_HEADER)
         if marker is not None:
-            if _text(marker) == self._marker:
+            if marker in (self._marker, self._marker.encode()):
                 self.view.mark_ready()
             return
         until = headers.get(RETAIN_UNTIL_HEADER)
@@ -166,20 +180,23 @@ class RetainedStream:
             # would repeat in each until the stream drops it.
             log.debug("skipping a message in %s without %s", self.name, RETAIN_UNTIL_HEADER)
             return
+        original = None
+        if H_ORIGINAL_ROUTING_KEY not in headers:  # a copy written before it carried one
+            kind, name = headers.get("x-event-kind"), headers.get("x-event-name")
+            if isinstance(kind, str) and isinstance(name, str):
+                original = f"{kind}.{name}"
         try:
-            kind = validate_kind(_text(headers.get("x-event-kind")))
-            key = routing_key(kind, _text(headers.get("x-event-name")))
-            event = event_from_message(
-                routing_key=key,
-                body=message.body,
-                headers=headers,
-                message_id=message.message_id,
-                timestamp=message.timestamp,
-            )
-        except AdapterError as exc:
-            log.debug("skipping a message in %s that is not an event: %s", self.name, exc)
+            event = decode(message, self.policy, copies_to=self.name, original_key=original).event
+        except BadMessage as exc:
+            refused("retained", self.name, exc)
             return
-        self.view.put(key, event, until / 1000, order)
+        try:
+            ends = until / 1000
+            time.gmtime(ends)  # an end no clock can reach is a refusal, not an error later
+        except (OverflowError, OSError, ValueError):
+            refused("retained", self.name, BadMessage(f"{RETAIN_UNTIL_HEADER} is out of range"))
+            return
+        self.view.put(routing_key(event.kind, event.name), event, ends, order)
 
     async def watch(self, sub: Subscription) -> None:
         """Give a wait on an exact name the retained event, now or once the stream is read.
@@ -187,26 +204,33 @@ class RetainedStream:
         the stream costs the wait its retained event, not its answer."""
         if not sub.literal:
             return
-        if self._starting is None or time.monotonic() - self._failed_at >= _RETRY_SECONDS:
-            self._start()
+        now = time.monotonic()
+        absent = self._absent_at is not None and now - self._absent_at >= _ABSENT_SECONDS
+        if self._starting is None or absent or now - self._failed_at >= _RETRY_SECONDS:
+            self._start(create=False)
         self.view.watch(sub)
 
     def unwatch(self, sub: Subscription) -> None:
         self.view.unwatch(sub)
 
     async def caught_up(self) -> RetainedEvents:
-        """The view, once it has read every retained send confirmed before it started;
-        ``BusUnavailable`` if the stream cannot be read within ``amqp.publish_timeout``."""
-        if self.view.ready.is_set():
-            return self.view
-        task = self._start()
+        """The view, once it has read every retained send confirmed before it started (the
+        stream made if it was not there); ``BusUnavailable`` if the stream cannot be read within
+        ``amqp.publish_timeout``."""
         what = f"the retained events in {self.name} could not be read"
+        timeout = self.link.settings.publish_timeout
         try:
-            async with asyncio.timeout(self.bus.settings.publish_timeout):
-                await asyncio.shield(task)
-                await self.view.ready.wait()
+            async with asyncio.timeout(timeout):
+                # Twice at most: a read started by a wait may find no stream, which this makes.
+                for _ in range(2):
+                    if self.view.ready.is_set() and self._absent_at is None and self._channel:
+                        break
+                    if self._absent_at is not None:
+                        self.view.ready.clear()
+                    await asyncio.shield(self._start(create=True))
+                    await self.view.ready.wait()
         except TimeoutError:
-            raise BusUnavailable(f"{what} in {self.bus.settings.publish_timeout:g}s") from None
+            raise BusUnavailable(f"{what} in {timeout:g}s") from None
         return self.view
 
     # -- writing ---------------------------------------------------------------------------
@@ -214,11 +238,15 @@ class RetainedStream:
     async def retain(self, event: Event, retain: timedelta) -> None:
         """Write the event's copy to the stream, retained for ``retain`` from now."""
         until = int((time.time() + retain.total_seconds()) * 1000)
-        headers: dict[str, Any] = {**event.headers(), RETAIN_UNTIL_HEADER: until}
+        headers: dict[str, Any] = {
+            **message_headers(event),
+            H_ORIGINAL_ROUTING_KEY: routing_key(event.kind, event.name),
+            RETAIN_UNTIL_HEADER: until,
+        }
         await self._write(encode_body(event.properties), headers, f"the event {event.name!r}")
 
     async def _write(self, body: bytes, headers: dict[str, Any], what: str) -> None:
-        routed = await self.bus.publish_raw(
+        routed = await self.link.publish_raw(
             self.name,
             body,
             exchange="",
@@ -237,15 +265,9 @@ class RetainedStream:
         task, self._starting = self._starting, None
         if task is not None and not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, AdapterError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.view.clear()
 
 
 _GONE = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, ConnectionError)
-
-
-def _text(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value)

@@ -1,15 +1,21 @@
 """Groups on RabbitMQ.
 
-A group ``G`` is the quorum queue ``customevent.group.G``, bound to ``<kind>.<pattern>`` on the
-events exchange. Its consumers compete for its events; when the group de-duplicates, the queue has
-a single active consumer (the others stand by), which remembers the event ids it acknowledged.
-A retry publishes a copy, with a confirm, to ``customevent.group.G.retry.<ms>``: a quorum queue
-whose messages expire after that many milliseconds and are dead-lettered back to the group's queue,
-so the delay is kept by the broker, not by a sleeping process; then the original is acknowledged.
-Dead letters are copies in ``customevent.group.G.dead`` with the reason, the attempts and the
-first and last failure times in headers. A delivery whose consumers keep going away without
+A group ``G`` is the quorum queue ``customevent/<exchange>/group/G``, bound to
+``<kind>.<pattern>`` on the events exchange. Its consumers compete for its events; when the group
+de-duplicates, the queue has a single active consumer (the others stand by), which remembers the
+events it acknowledged. A retry publishes a copy, with a confirm, to ``.../group/G/retry/<ms>``: a
+quorum queue whose messages expire after that many milliseconds and are dead-lettered back to the
+group's queue, so the delay is kept by the broker, not by a sleeping process; then the original is
+acknowledged. Dead letters are copies in ``.../group/G/dead`` with the reason, the attempts and
+the first and last failure times in headers. A delivery whose consumers keep going away without
 settling it is dead-lettered by RabbitMQ itself after ``max_attempts`` redeliveries
 (``x-delivery-limit``).
+
+Every message is read by the codec (``_codec.decode``): a copy of ours (through the default
+exchange, which only the bridge's accounts may publish to) is read with the routing key and the
+retry count it carries; anything through the events exchange by its own routing key, whatever its
+headers claim. A message the codec refuses is dead-lettered with the reason and acknowledged, and
+the consumer goes on: no message can stall a group.
 """
 
 from __future__ import annotations
@@ -18,50 +24,51 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 
-from .._event import Event, event_from_message
-from .._exceptions import AdapterError, BusError, ClientStateError, ConfigurationError
-from .._groups import DeadLetter, Delivery, GroupOptions, GroupSubscription, RetryPolicy, SeenIds
-from .._names import Kind
-from ._durable import durable_queue_arguments
+from ..._event import Event
+from ..._exceptions import BusError, ClientStateError, ConfigurationError
+from ..._groups import (
+    DeadLetter,
+    Delivery,
+    GroupOptions,
+    GroupSubscription,
+    RetryPolicy,
+    SeenIds,
+    dedup_key,
+)
+from ..._names import Kind, routing_key
+from ._codec import H_ORIGINAL_ROUTING_KEY, BadMessage, Decoded, Policy, decode, message_headers
+from ._link import BrokerLink
+from ._metrics import refused
+from ._queues import (
+    dead_arguments,
+    dead_queue,
+    group_arguments,
+    group_queue,
+    retry_arguments,
+    retry_queue,
+)
 
-if TYPE_CHECKING:
-    from ._amqp import AmqpBus
-
-__all__ = ["AmqpGroups", "dead_queue", "group_queue", "retry_queue"]
+__all__ = ["AmqpGroups"]
 
 log = logging.getLogger("adapter.amqp.groups")
 
-
-H_ROUTING_KEY = "x-original-routing-key"
 H_RETRIES = "x-retry-count"
 H_FIRST_FAILURE = "x-first-failure"
 H_LAST_FAILURE = "x-last-failure"
 H_LAST_REASON = "x-last-failure-reason"
 H_DEAD_REASON = "x-deadletter-reason"
 H_DEAD_ATTEMPTS = "x-deadletter-attempts"
-_OURS = (H_RETRIES, H_FIRST_FAILURE, H_LAST_FAILURE, H_LAST_REASON, H_DEAD_REASON, H_DEAD_ATTEMPTS)
 _DEAD_LISTED = 10_000  # dead letters read at once by a listing or a replay
-
-
-def group_queue(group: str) -> str:
-    return f"customevent.group.{group}"
-
-
-def dead_queue(group: str) -> str:
-    return f"customevent.group.{group}.dead"
-
-
-def retry_queue(group: str, delay_ms: int) -> str:
-    return f"customevent.group.{group}.retry.{delay_ms}"
+_REASON_MAX = 1000
 
 
 def _text(value: object) -> str | None:
@@ -72,56 +79,56 @@ def _text(value: object) -> str | None:
 
 def _int(value: object) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
+        return max(value, 0)
     text = _text(value)
-    return int(text) if text is not None and text.isdigit() else 0
+    return int(text) if text is not None and text.isdigit() and len(text) < 10 else 0
 
 
 def _time(value: object) -> datetime | None:
     text = _text(value)
     if text is None:
         return None
-    with contextlib.suppress(ValueError):
-        return datetime.fromisoformat(text)
+    with contextlib.suppress(ValueError, OverflowError):
+        moment = datetime.fromisoformat(text)
+        return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
     return None
 
 
-def _decode(message: AbstractIncomingMessage) -> Event:
-    """The event of a group's message: a copy (retried, replayed) keeps the routing key it was
-    first published with in a header."""
-    headers = message.headers or {}
-    return event_from_message(
-        routing_key=_text(headers.get(H_ROUTING_KEY)) or message.routing_key or "",
-        body=message.body,
-        headers=headers,
-        message_id=message.message_id,
-        timestamp=message.timestamp,
-    )
+def _ours(message: AbstractIncomingMessage, decoded: Decoded) -> dict[str, Any]:
+    """The headers of ours a message may be believed to carry: only a copy of ours has any."""
+    if not decoded.copy:
+        return {}
+    names = (H_RETRIES, H_FIRST_FAILURE, H_LAST_FAILURE, H_LAST_REASON)
+    return {name: value for name in names if (value := (message.headers or {}).get(name))}
 
 
-def _copy_headers(message: AbstractIncomingMessage, **ours: str) -> dict[str, str]:
-    """The headers of a copy: the message's own text headers (not the broker's x-death records),
-    the original routing key, and ``ours``."""
-    headers = {
-        key: text
-        for key, value in (message.headers or {}).items()
-        if not key.startswith("x-death")
-        and not key.startswith("x-first-death")
-        and key != "x-delivery-count"
-        and (text := _text(value)) is not None
-    }
-    headers.setdefault(H_ROUTING_KEY, message.routing_key or "")
+def _copy_headers(event: Event, carried: dict[str, Any], **ours: str) -> dict[str, Any]:
+    """The headers of a copy: those the event is written with (only what was believed of the
+    original), its routing key, what a copy of ours carried, and ``ours``."""
+    headers: dict[str, Any] = message_headers(event)
+    headers[H_ORIGINAL_ROUTING_KEY] = routing_key(event.kind, event.name)
+    headers.update(carried)
     headers.update(ours)
     return headers
 
 
+def _attempt(message: AbstractIncomingMessage, decoded: Decoded) -> int:
+    retries = _int(_ours(message, decoded).get(H_RETRIES))
+    # Set by RabbitMQ on a redelivery; a publisher's own value on a first delivery is ignored.
+    redelivered = (
+        _int((message.headers or {}).get("x-delivery-count")) if message.redelivered else 0
+    )
+    return 1 + retries + redelivered
+
+
 class _AmqpDelivery(Delivery):
-    def __init__(self, sub: _AmqpGroupSubscription, message: AbstractIncomingMessage, event: Event):
-        headers = message.headers or {}
-        attempt = 1 + _int(headers.get(H_RETRIES)) + _int(headers.get("x-delivery-count"))
-        super().__init__(event, attempt)
+    def __init__(
+        self, sub: _AmqpGroupSubscription, message: AbstractIncomingMessage, decoded: Decoded
+    ) -> None:
+        super().__init__(decoded.event, _attempt(message, decoded))
         self._sub = sub
         self._message = message
+        self._carried = _ours(message, decoded)
 
     async def _ack(self) -> None:
         await self._sub._settle(self._message, self.event, acked=True)
@@ -132,14 +139,17 @@ class _AmqpDelivery(Delivery):
             await self._sub._bury(
                 self._message,
                 self.event,
+                self._carried,
                 f"{reason} (attempt {self.attempt} of {options.max_attempts})",
                 self.attempt,
             )
             return
-        await self._sub._again(self._message, self.event, reason, self.attempt, at_least)
+        await self._sub._again(
+            self._message, self.event, self._carried, reason, self.attempt, at_least
+        )
 
     async def _dead_letter(self, reason: str) -> None:
-        await self._sub._bury(self._message, self.event, reason, self.attempt)
+        await self._sub._bury(self._message, self.event, self._carried, reason, self.attempt)
 
 
 class _AmqpGroupSubscription(GroupSubscription):
@@ -149,7 +159,9 @@ class _AmqpGroupSubscription(GroupSubscription):
         super().__init__(group, kind, pattern, options)
         self._kind = kind
         self._groups = groups
-        self._bus = groups.bus
+        self._link = groups.link
+        self._queue_name = group_queue(groups.link.exchange, group)
+        self._dead_name = dead_queue(groups.link.exchange, group)
         self._channel: AbstractRobustChannel | None = None
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
@@ -159,10 +171,10 @@ class _AmqpGroupSubscription(GroupSubscription):
         self._policy = RetryPolicy(options.retry_initial, options.retry_max)
 
     async def __aenter__(self) -> Self:
-        self._bus._check_open()
+        self._groups.check_open()
         try:
-            async with self._bus._broker_call(f"the group {self.group!r} was not joined"):
-                self._channel = await self._bus._new_channel()
+            async with self._link.call(f"the group {self.group!r} was not joined"):
+                self._channel = await self._link.new_channel()
                 await self._channel.set_qos(prefetch_count=self.options.prefetch)
                 self._queue = await self._groups.declare(
                     self._channel, self.group, self._kind, self.pattern, self.options
@@ -185,10 +197,10 @@ class _AmqpGroupSubscription(GroupSubscription):
         channel, self._channel = self._channel, None
         queue, tag, self._queue, self._tag = self._queue, self._tag, None, None
         if queue is not None and tag is not None:
-            await self._bus._tidy(f"stop consuming {self.group!r}", lambda: queue.cancel(tag))
+            await self._link.tidy(f"stop consuming {self.group!r}", lambda: queue.cancel(tag))
         if channel is not None:
             # Unsettled deliveries go back to the group when the channel closes.
-            await self._bus._release(channel)
+            await self._link.release(channel)
 
     async def __aiter__(self) -> AsyncIterator[Delivery]:
         if self._channel is None:
@@ -197,29 +209,40 @@ class _AmqpGroupSubscription(GroupSubscription):
             yield await self._inbox.get()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        # Nothing may escape: aio-pika would leave the message unacknowledged, holding a
+        # prefetch slot for good, and the consumer would take nothing more.
         try:
-            event = _decode(message)
-        except AdapterError as exc:
-            log.warning("group %r: a message that is not an event: %s", self.group, exc)
-            await self._bury_raw(message, f"not an event: {exc}", 1)
+            await self._take(message)
+        except Exception as exc:
+            log.exception("group %r: could not handle a message; dead-lettering it", self.group)
+            with contextlib.suppress(Exception):
+                await self._bury_raw(message, f"could not be handled: {type(exc).__name__}")
+
+    async def _take(self, message: AbstractIncomingMessage) -> None:
+        try:
+            decoded = decode(message, self._groups.policy, copies_to=self._queue_name)
+        except BadMessage as exc:
+            refused("group", repr(self.group), exc)
+            await self._bury_raw(message, f"not an event: {exc.reason}")
             return
-        if self.options.dedup and (
-            event.event_id in self._seen or event.event_id in self._in_flight
-        ):
+        event = decoded.event
+        key = dedup_key(event)
+        if self.options.dedup and (key in self._seen or key in self._in_flight):
             # A copy of an event this (the only active) consumer handled or is handling.
             await self._ack_quietly(message)
             return
-        self._in_flight.add(event.event_id)
-        self._inbox.put_nowait(_AmqpDelivery(self, message, event))
+        self._in_flight.add(key)
+        self._inbox.put_nowait(_AmqpDelivery(self, message, decoded))
 
     # -- settling (called by the deliveries) ---------------------------------------------
 
     async def _settle(self, message: AbstractIncomingMessage, event: Event, *, acked: bool) -> None:
-        self._in_flight.discard(event.event_id)
+        key = dedup_key(event)
+        self._in_flight.discard(key)
         if acked and self.options.dedup:
             # Handled, whether or not the broker hears the ack: when the ack is lost with the
             # channel, the copy that comes again is a duplicate to drop.
-            self._seen.add(event.event_id)
+            self._seen.add(key)
         await self._ack_quietly(message)
 
     async def _ack_quietly(self, message: AbstractIncomingMessage) -> bool:
@@ -241,6 +264,7 @@ class _AmqpGroupSubscription(GroupSubscription):
         self,
         message: AbstractIncomingMessage,
         event: Event,
+        carried: dict[str, Any],
         reason: str,
         attempt: int,
         at_least: float,
@@ -248,11 +272,12 @@ class _AmqpGroupSubscription(GroupSubscription):
         delay = self._policy.delay_ms(attempt, at_least=at_least)
         now = datetime.now(UTC).isoformat()
         headers = _copy_headers(
-            message,
+            event,
+            carried,
             **{
-                H_RETRIES: str(_int((message.headers or {}).get(H_RETRIES)) + 1),
+                H_RETRIES: str(_int(carried.get(H_RETRIES)) + 1),
                 H_LAST_FAILURE: now,
-                H_LAST_REASON: reason[:1000],
+                H_LAST_REASON: reason[:_REASON_MAX],
             },
         )
         headers.setdefault(H_FIRST_FAILURE, now)
@@ -261,48 +286,51 @@ class _AmqpGroupSubscription(GroupSubscription):
         await self._settle(message, event, acked=False)
 
     async def _bury(
-        self, message: AbstractIncomingMessage, event: Event, reason: str, attempts: int
-    ) -> None:
-        await self._bury_raw(message, reason, attempts, event)
-
-    async def _bury_raw(
         self,
         message: AbstractIncomingMessage,
+        event: Event,
+        carried: dict[str, Any],
         reason: str,
         attempts: int,
-        event: Event | None = None,
     ) -> None:
         now = datetime.now(UTC).isoformat()
         headers = _copy_headers(
-            message,
+            event,
+            carried,
             **{
-                H_DEAD_REASON: reason[:1000],
+                H_DEAD_REASON: reason[:_REASON_MAX],
                 H_DEAD_ATTEMPTS: str(attempts),
                 H_LAST_FAILURE: now,
             },
         )
         headers.setdefault(H_FIRST_FAILURE, now)
-        what = f"the dead letter of {event.event_id!r}" if event else "a dead letter"
-        await self._publish_copy(dead_queue(self.group), message, event, headers, what)
-        if event is not None:
-            await self._settle(message, event, acked=False)
-        else:
-            await self._ack_quietly(message)
+        await self._publish_copy(
+            self._dead_name, message, event, headers, f"the dead letter of {event.event_id!r}"
+        )
+        await self._settle(message, event, acked=False)
+
+    async def _bury_raw(self, message: AbstractIncomingMessage, reason: str) -> None:
+        """Dead-letter a message that is no event: its body as it came, none of its headers
+        (nothing it claims is believed, now or on a replay), the reason; then acknowledge it."""
+        now = datetime.now(UTC).isoformat()
+        headers = {H_DEAD_REASON: reason[:_REASON_MAX], H_DEAD_ATTEMPTS: "1", H_LAST_FAILURE: now}
+        await self._publish_copy(self._dead_name, message, None, headers, "a dead letter")
+        await self._ack_quietly(message)
 
     async def _publish_copy(
         self,
         queue: str,
         message: AbstractIncomingMessage,
         event: Event | None,
-        headers: dict[str, str],
+        headers: dict[str, Any],
         what: str,
     ) -> None:
-        routed = await self._bus.publish_raw(
+        routed = await self._link.publish_raw(
             queue,
             message.body,
-            content_type=message.content_type or "application/json",
-            message_id=message.message_id or (event.event_id if event else str(uuid.uuid4())),
-            timestamp=message.timestamp or datetime.now(UTC),
+            content_type="application/json" if event is not None else "application/octet-stream",
+            message_id=event.event_id if event is not None else str(uuid.uuid4()),
+            timestamp=event.sent_at if event is not None else datetime.now(UTC),
             headers=headers,
             what=what,
             exchange="",
@@ -311,11 +339,31 @@ class _AmqpGroupSubscription(GroupSubscription):
             raise BusError(f"RabbitMQ has no queue {queue!r}: {what} was not kept")
 
 
+def _dead_original_key(message: AbstractIncomingMessage, exchange: str) -> str | None:
+    """For a message RabbitMQ dead-lettered itself (the delivery limit), the routing key it was
+    delivered to the group with, from the broker's newest ``x-death`` record: its own exchange and
+    routing key, not a header of the publisher's."""
+    deaths = (message.headers or {}).get("x-death")
+    if not isinstance(deaths, list) or not deaths or not isinstance(deaths[0], dict):
+        return None
+    newest = deaths[0]
+    if _text(newest.get("reason")) != "delivery_limit":
+        return None
+    keys = newest.get("routing-keys")
+    first = _text(keys[0]) if isinstance(keys, list) and keys else None
+    if _text(newest.get("exchange")) == exchange:
+        return first
+    # Delivered as a copy of ours (a retry): the key the copy carried, which we wrote.
+    return _text((message.headers or {}).get(H_ORIGINAL_ROUTING_KEY))
+
+
 class AmqpGroups:
     """The groups of one RabbitMQ bus: their queues, declared once each per process."""
 
-    def __init__(self, bus: AmqpBus) -> None:
-        self.bus = bus
+    def __init__(self, link: BrokerLink, policy: Policy, *, check_open: Callable[[], None]) -> None:
+        self.link = link
+        self.policy = policy
+        self.check_open = check_open
         self._retry_queues: dict[tuple[str, int], str] = {}
         self._lock = asyncio.Lock()
 
@@ -332,24 +380,20 @@ class AmqpGroups:
         pattern: str,
         options: GroupOptions,
     ) -> AbstractQueue:
-        arguments = durable_queue_arguments(
-            {
-                "x-single-active-consumer": options.dedup,
-                "x-max-length": options.max_length,
-                "x-overflow": "reject-publish",
-                # Consumers that keep dying on one message: RabbitMQ dead-letters it.
-                "x-delivery-limit": options.max_attempts,
-                "x-dead-letter-exchange": "",
-                "x-dead-letter-routing-key": dead_queue(group),
-                "x-dead-letter-strategy": "at-least-once",
-            }
+        exchange = self.link.exchange
+        arguments = group_arguments(
+            exchange,
+            group,
+            single_active=options.dedup,
+            max_length=options.max_length,
+            max_attempts=options.max_attempts,
         )
         try:
             await channel.declare_queue(
-                dead_queue(group), durable=True, arguments=durable_queue_arguments()
+                dead_queue(exchange, group), durable=True, arguments=dead_arguments()
             )
             queue = await channel.declare_queue(
-                group_queue(group), durable=True, arguments=arguments
+                group_queue(exchange, group), durable=True, arguments=arguments
             )
         except aio_pika.exceptions.ChannelPreconditionFailed as exc:
             raise ConfigurationError(
@@ -357,7 +401,7 @@ class AmqpGroups:
                 f"([groups]: dedup_window, max_attempts, max_length must be the same for every "
                 f"consumer of a group): {exc}"
             ) from None
-        await queue.bind(self.bus._exchange_name, f"{kind}.{pattern}")
+        await queue.bind(exchange, f"{kind}.{pattern}")
         return queue
 
     async def retry_queue(self, group: str, delay_ms: int) -> str:
@@ -366,24 +410,15 @@ class AmqpGroups:
         if name is not None:
             return name
         async with self._lock:
-            name = retry_queue(group, delay_ms)
-            channel = await self.bus._new_channel()
+            exchange = self.link.exchange
+            name = retry_queue(exchange, group, delay_ms)
+            channel = await self.link.new_channel()
             try:
                 await channel.declare_queue(
-                    name,
-                    durable=True,
-                    arguments=durable_queue_arguments(
-                        {
-                            "x-message-ttl": delay_ms,
-                            "x-dead-letter-exchange": "",
-                            "x-dead-letter-routing-key": group_queue(group),
-                            "x-dead-letter-strategy": "at-least-once",
-                            "x-overflow": "reject-publish",
-                        }
-                    ),
+                    name, durable=True, arguments=retry_arguments(exchange, group, delay_ms)
                 )
             finally:
-                await self.bus._release(channel)
+                await self.link.release(channel)
             self._retry_queues[key] = name
         return name
 
@@ -391,36 +426,45 @@ class AmqpGroups:
     async def _dead_messages(self, group: str) -> AsyncIterator[list[AbstractIncomingMessage]]:
         """The group's dead letters, taken unacknowledged on a channel of their own: what the
         caller does not acknowledge goes back, in order, when the channel closes."""
-        async with self.bus._broker_call(f"the dead letters of {group!r} were not read"):
-            exists = await self.bus._probe(
-                lambda probe: probe.queue_declare(dead_queue(group), passive=True)
-            )
-            channel = await self.bus._new_channel() if exists else None
+        name = dead_queue(self.link.exchange, group)
+        async with self.link.call(f"the dead letters of {group!r} were not read"):
+            exists = await self.link.probe(lambda probe: probe.queue_declare(name, passive=True))
+            channel = await self.link.new_channel() if exists else None
         if channel is None:
             yield []
             return
         try:
-            queue = await channel.get_queue(dead_queue(group), ensure=False)
+            queue = await channel.get_queue(name, ensure=False)
             messages: list[AbstractIncomingMessage] = []
             while len(messages) < _DEAD_LISTED:
                 message = await queue.get(
-                    no_ack=False, fail=False, timeout=self.bus.settings.publish_timeout
+                    no_ack=False, fail=False, timeout=self.link.settings.publish_timeout
                 )
                 if message is None:
                     break
                 messages.append(message)
             yield messages
         finally:
-            await self.bus._release(channel)
+            await self.link.release(channel)
+
+    def _read_dead(self, group: str, message: AbstractIncomingMessage) -> Event | None:
+        try:
+            return decode(
+                message,
+                self.policy,
+                copies_to=dead_queue(self.link.exchange, group),
+                original_key=_dead_original_key(message, self.link.exchange),
+            ).event
+        except BadMessage:
+            return None  # a refused message, kept for an operator with its reason
 
     async def dead_letters(self, group: str) -> list[DeadLetter]:
         letters = []
         async with self._dead_messages(group) as messages:
             for message in messages:
                 headers = message.headers or {}
-                try:
-                    event = _decode(message)
-                except AdapterError:
+                event = self._read_dead(group, message)
+                if event is None:
                     continue
                 reason = _text(headers.get(H_DEAD_REASON)) or _broker_reason(headers)
                 letters.append(
@@ -437,25 +481,24 @@ class AmqpGroups:
 
     async def replay(self, group: str, event_id: str | None) -> int:
         replayed = 0
+        target = group_queue(self.link.exchange, group)
         async with self._dead_messages(group) as messages:
             for message in messages:
-                if event_id is not None and message.message_id != event_id:
+                event = self._read_dead(group, message)
+                if event is None or (event_id is not None and event.event_id != event_id):
                     continue
-                headers = {
-                    key: value for key, value in _copy_headers(message).items() if key not in _OURS
-                }
-                routed = await self.bus.publish_raw(
-                    group_queue(group),
+                routed = await self.link.publish_raw(
+                    target,
                     message.body,
-                    content_type=message.content_type or "application/json",
-                    message_id=message.message_id or str(uuid.uuid4()),
-                    timestamp=message.timestamp or datetime.now(UTC),
-                    headers=headers,
-                    what=f"the replay of {message.message_id!r}",
+                    content_type="application/json",
+                    message_id=event.event_id,
+                    timestamp=event.sent_at,
+                    headers=_copy_headers(event, {}),
+                    what=f"the replay of {event.event_id!r}",
                     exchange="",
                 )
                 if not routed:
-                    raise BusError(f"RabbitMQ has no queue {group_queue(group)!r} to replay into")
+                    raise BusError(f"RabbitMQ has no queue {target!r} to replay into")
                 await message.ack()
                 replayed += 1
         return replayed

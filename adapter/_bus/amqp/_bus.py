@@ -1,0 +1,182 @@
+"""``AmqpBus``: the RabbitMQ bus, put together from its parts.
+
+- ``_link.BrokerLink``: the connection, its channels, publishing with a confirm;
+- ``_codec``: a message and an event, both ways (the one reader of what arrives);
+- ``_queues``: the name and arguments of every queue;
+- ``_waits.Waits``: wait queues and resumable waits;
+- ``_groups.AmqpGroups``: groups, their retries and dead letters;
+- ``_retained.RetainedStream``: retained events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+
+from ..._event import Event
+from ..._groups import DeadLetter, GroupOptions, GroupSubscription
+from ..._names import Kind, routing_key
+from ..._settings import AmqpSettings, LimitsSettings
+from .._base import Bus, Subscription, check_wait_id
+from ._codec import APP_ID, Policy, encode_body, message_headers
+from ._groups import AmqpGroups
+from ._link import BrokerLink
+from ._retained import RetainedStream
+from ._waits import Waits
+
+__all__ = ["AmqpBus"]
+
+
+class AmqpBus(Bus):
+    """The RabbitMQ bus: a durable topic exchange, confirmed publishing, wait queues."""
+
+    name = "RabbitMQ"
+
+    def __init__(
+        self,
+        settings: AmqpSettings,
+        *,
+        connection_name: str = APP_ID,
+        limits: LimitsSettings | None = None,
+    ) -> None:
+        self.settings = settings
+        self.limits = limits if limits is not None else LimitsSettings()
+        self.link = BrokerLink(settings, connection_name=connection_name)
+        trusted = set(settings.trusted_publishers)
+        if self.link.user is not None:
+            trusted.add(self.link.user)
+        self.policy = Policy(
+            exchange=settings.exchange,
+            trusted_publishers=frozenset(trusted),
+            max_bytes=self.limits.max_bytes,
+            max_properties=self.limits.max_properties,
+        )
+        self._retained = RetainedStream(
+            self.link,
+            self.policy,
+            max_names=settings.max_retained_names,
+            is_open=lambda: self._state == "opened",
+        )
+        self.waits = Waits(
+            self.link,
+            self.policy,
+            limits=self.limits,
+            retained=self._retained,
+            check_open=self._check_open,
+        )
+        self._groups = AmqpGroups(self.link, self.policy, check_open=self._check_open)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.link.on_reconnect.append(self._reconnected)
+
+    @property
+    def where(self) -> str:
+        return self.link.where
+
+    @property
+    def node(self) -> str | None:
+        """The node this bus is connected to (password hidden), or None while it is not."""
+        return self.link.node
+
+    @property
+    def on_reconnect(self) -> list[Callable[[], None]]:
+        """Callbacks (no argument) run after each reconnection to the broker."""
+        return self.link.on_reconnect
+
+    @property
+    def connected(self) -> bool:
+        return self.link.connected
+
+    async def start(self) -> None:
+        await self.link.open()
+        try:
+            await self.waits.open()
+        except BaseException:
+            await self.link.close()
+            raise
+
+    def _reconnected(self) -> None:
+        if self.waits.active_wait_queues:
+            task = asyncio.get_running_loop().create_task(
+                self.waits.rebind(), name="customevent-amqp-rebind"
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        await self._retained.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.link.close()
+
+    # -- publishing ------------------------------------------------------------------------
+
+    async def publish(self, event: Event, *, retain: timedelta | None = None) -> bool:
+        if retain is None:
+            return await self._publish_event(event)
+        view = await self._retained.caught_up()
+        key = routing_key(event.kind, event.name)
+        reserved = view.reserve(key, time.time() + retain.total_seconds())
+        try:
+            routed, _ = await asyncio.gather(
+                self._publish_event(event), self._retained.retain(event, retain)
+            )
+        except BaseException:
+            if reserved:
+                view.release(key)
+            raise
+        return routed
+
+    async def _publish_event(self, event: Event) -> bool:
+        self._check_open()
+        return await self.link.publish_raw(
+            routing_key(event.kind, event.name),
+            encode_body(event.properties),
+            content_type="application/json",
+            message_id=event.event_id,
+            timestamp=event.sent_at,
+            headers=message_headers(event),
+            what=f"the event {event.name!r}",
+        )
+
+    async def keep_refused(self, source: str, body: bytes, headers: Mapping[str, str]) -> None:
+        """Publish the refused message to routing key ``deadletter.<source>`` of the exchange,
+        persistent and confirmed; bind a queue there to inspect them (docs/devices.md)."""
+        self._check_open()
+        await self.link.publish_raw(
+            f"deadletter.{source}",
+            bytes(body),
+            content_type="application/octet-stream",
+            message_id=str(uuid.uuid4()),
+            timestamp=datetime.now(UTC),
+            headers=dict(headers),
+            what="the dead letter",
+        )
+
+    # -- waiting ---------------------------------------------------------------------------
+
+    def subscribe(
+        self, kind: Kind, pattern: str, deadline: datetime, *, wait_id: str | None = None
+    ) -> Subscription:
+        return self.waits.subscribe(kind, pattern, deadline, check_wait_id(wait_id))
+
+    def subscribe_group(
+        self, group: str, kind: Kind, pattern: str, options: GroupOptions
+    ) -> GroupSubscription:
+        self._check_open()
+        return self._groups.subscribe(group, kind, pattern, options)
+
+    async def dead_letters(self, group: str) -> list[DeadLetter]:
+        self._check_open()
+        return await self._groups.dead_letters(group)
+
+    async def replay(self, group: str, event_id: str | None = None) -> int:
+        self._check_open()
+        return await self._groups.replay(group, event_id)
+
+    @property
+    def active_wait_queues(self) -> int:
+        return self.waits.active_wait_queues
