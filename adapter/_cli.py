@@ -33,6 +33,7 @@ from ._exceptions import (
     BusUnavailable,
     ConfigurationError,
     InvalidInput,
+    WaitConflict,
 )
 from ._groups import check_group_name
 from ._listen import listen
@@ -42,7 +43,7 @@ from ._secrets import hash_secret, hash_token
 from ._settings import Settings, load_settings
 from ._version import __version__
 
-__all__ = ["main", "parse_until", "subcommands"]
+__all__ = ["main", "parse_until", "shown_text", "subcommands"]
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -175,6 +176,14 @@ def _build_parser() -> argparse.ArgumentParser:
     listening.add_argument("pattern", help="event name, or a pattern with * and # words")
     listening.add_argument("--group", required=True, help="the group's name (its queue's)")
     listening.add_argument(
+        "--pass-env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="pass the listener's own environment variable NAME (a CUSTOMEVENT_* setting) to "
+        "the command; by default none is passed, since they hold the AMQP password (repeatable)",
+    )
+    listening.add_argument(
         "--timeout",
         default="5m",
         help="stop a command still running after this long and retry its event (default 5m)",
@@ -236,7 +245,7 @@ def _exit_code(exc: AdapterError) -> int:
         return EXIT_UNAVAILABLE
     if isinstance(exc, ConfigurationError):
         return EXIT_CONFIG
-    if isinstance(exc, InvalidInput):
+    if isinstance(exc, InvalidInput | WaitConflict):
         return EXIT_USAGE
     return EXIT_ERROR
 
@@ -463,6 +472,7 @@ async def _listen(args: argparse.Namespace) -> int:
             command_timeout=timeout,
             show=show,
             stop=stop,
+            pass_env=args.pass_env,
         )
     return EXIT_OK
 
@@ -480,7 +490,7 @@ async def _dead(args: argparse.Namespace) -> int:
                     event = letter.event
                     print(
                         f"{event.event_id}  {event.kind} {event.name}  attempts={letter.attempts}"
-                        f"  reason={letter.reason}"
+                        f"  reason={shown_text(letter.reason)}"
                     )
             return EXIT_OK
         replayed = await client.replay(group, event_id=args.event_id)
@@ -489,6 +499,20 @@ async def _dead(args: argparse.Namespace) -> int:
     else:
         print(f"replayed {replayed} dead letter(s) of group {group!r}")
     return EXIT_OK
+
+
+def shown_text(text: str) -> str:
+    """Text from elsewhere (a receiver's answer, a command's failure) made safe for one line of a
+    terminal: line breaks, escapes and every other control character written as ``\\xNN``,
+    ``\\uNNNN``, so that it can neither start a line of its own nor move the cursor."""
+    return "".join(
+        char
+        if char.isprintable() or char == " "
+        else f"\\x{ord(char):02x}"
+        if ord(char) < 0x100
+        else f"\\u{ord(char):04x}"
+        for char in text
+    )
 
 
 def _hash_secret(args: argparse.Namespace) -> int:

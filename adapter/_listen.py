@@ -2,8 +2,9 @@
 
 With a command, the event goes to the command as JSON on stdin, with ``CUSTOMEVENT_NAME``,
 ``CUSTOMEVENT_EVENT_ID``, ``CUSTOMEVENT_KIND``, ``CUSTOMEVENT_GROUP`` and ``CUSTOMEVENT_ATTEMPT``
-in its environment. Exit status 0 acknowledges the event; anything else retries it (after the
-group's backoff; past ``max_attempts``, a dead letter); a command still running after its
+in its environment, and none of the listener's own ``CUSTOMEVENT_*`` settings (its AMQP URL holds
+a password) unless named with ``--pass-env``. Exit status 0 acknowledges the event; anything else
+retries it (after the group's backoff; past ``max_attempts``, a dead letter); a command still running after its
 timeout is stopped (SIGTERM to its process group, SIGKILL 5 s later) and the event retried.
 
 One event is in hand at a time (prefetch 1), so a stop (SIGTERM, SIGINT) lets the running command
@@ -25,11 +26,12 @@ from ._event import Event
 from ._exceptions import ConfigurationError
 from ._groups import Delivery
 
-__all__ = ["listen"]
+__all__ = ["command_environment", "listen", "run_command"]
 
 log = logging.getLogger("adapter.listen")
 
 _KILL_GRACE = 5.0
+_OWN_PREFIX = "CUSTOMEVENT_"
 
 
 async def listen(
@@ -42,6 +44,7 @@ async def listen(
     command_timeout: float,
     show: Callable[[Event], None],
     stop: asyncio.Event,
+    pass_env: Sequence[str] = (),
 ) -> int:
     """Consume ``group`` until ``stop`` is set; the number of events handled (acknowledged)."""
     handled = 0
@@ -56,17 +59,23 @@ async def listen(
                 await delivery.ack()
                 handled += 1
                 continue
-            failure = await run_command(command, delivery, group=group, limit=command_timeout)
+            failure = await run_command(
+                command, delivery, group=group, limit=command_timeout, pass_env=pass_env
+            )
             if failure is None:
                 await delivery.ack()
                 handled += 1
             else:
+                last = delivery.attempt >= client.settings.groups.max_attempts
                 log.warning(
-                    "event %s (%s, attempt %d): %s; it will be retried",
+                    "event %s (%s, attempt %d): %s; %s",
                     delivery.event.event_id,
                     delivery.event.name,
                     delivery.attempt,
                     failure,
+                    "that was the last attempt: it becomes a dead letter"
+                    if last
+                    else "it will be retried",
                 )
                 await delivery.retry(failure)
     return handled
@@ -88,14 +97,29 @@ async def _next_or_stop(incoming: object, stop: asyncio.Event) -> Delivery | Non
     return None
 
 
+def command_environment(pass_env: Sequence[str] = ()) -> dict[str, str]:
+    """The listener's environment for its command, less its own settings (``CUSTOMEVENT_*``:
+    the AMQP URL and its password, tokens, principals) but those named in ``pass_env``."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(_OWN_PREFIX) or name in pass_env
+    }
+
+
 async def run_command(
-    command: Sequence[str], delivery: Delivery, *, group: str, limit: float
+    command: Sequence[str],
+    delivery: Delivery,
+    *,
+    group: str,
+    limit: float,
+    pass_env: Sequence[str] = (),
 ) -> str | None:
     """Run the command for one delivery, for ``limit`` seconds at most: None when it exits 0,
     else why it failed."""
     event = delivery.event
     env = {
-        **os.environ,
+        **command_environment(pass_env),
         "CUSTOMEVENT_NAME": event.name,
         "CUSTOMEVENT_EVENT_ID": event.event_id,
         "CUSTOMEVENT_KIND": event.kind,

@@ -238,6 +238,18 @@ class HttpSettings(_Section):
     max_waits_per_caller: int = Field(
         default=100, ge=1, description="HTTP waits open at once per principal (anonymous: address)"
     )
+    max_resumable_waits_per_caller: int = Field(
+        default=32,
+        ge=1,
+        description="resumable waits alive at once per principal (anonymous: address), of "
+        "limits.max_resumable_waits in all; counted per replica",
+    )
+    max_retained_names_per_caller: int = Field(
+        default=1000,
+        ge=1,
+        description="event names one principal (anonymous: address) retains at once, of "
+        "amqp.max_retained_names in all; counted per replica",
+    )
     rate_limit: float = Field(
         default=200.0, ge=0, description="sends per second per principal; 0: unlimited"
     )

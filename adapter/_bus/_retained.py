@@ -13,6 +13,7 @@ covers has no single answer.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass
 
@@ -68,10 +69,13 @@ class RetainedEvents:
         self._forget_expired()  # only when full: it looks at every name
         if self._names() < self.max_names:
             return
+        ends = [entry.until for entry in self._latest.values()] + list(self._reserved.values())
         raise LimitExceeded(
             "too many event names retained at once",
             limit=self.max_names,
             setting="amqp.max_retained_names",
+            # Until the first of them stops being retained: then a name is free again.
+            retry_after=max(1, math.ceil(min(ends, default=time.time() + 1) - time.time())),
         )
 
     def reserve(self, key: str, until: float) -> bool:

@@ -21,7 +21,7 @@ from .._cloudevents import (
 )
 from .._event import Event, SendResult
 from .._exceptions import InvalidInput
-from ._gateway import Gateway, HttpError, bad_input, read_body, retain_parameter
+from ._gateway import Gateway, HttpError, bad_input, caller_key, read_body, retain_parameter
 
 __all__ = [
     "CLOUDEVENTS_PATH",
@@ -125,10 +125,15 @@ def cloudevents_route(gateway: Gateway, limit: int) -> Route:
             gateway.take_rate(request, caller, len(events))
             if not _is_batch(request):
                 (event,) = events
-                result = await gateway.publish(event, retain=retain)
+                result = await gateway.publish(
+                    event, retain=retain, caller_key=caller_key(request, caller)
+                )
                 return JSONResponse(result.to_json(), status_code=202)
             outcomes = await asyncio.gather(
-                *(gateway.publish(event, retain=retain) for event in events),
+                *(
+                    gateway.publish(event, retain=retain, caller_key=caller_key(request, caller))
+                    for event in events
+                ),
                 return_exceptions=True,
             )
             return _batch_answer(events, outcomes)

@@ -35,6 +35,7 @@ from ._auth import (
 )
 from ._metrics import PUBLISH_SECONDS, SENDS
 from ._ratelimit import RateLimiter
+from ._shares import Shares
 
 __all__ = [
     "BUS_RETRY_AFTER",
@@ -170,6 +171,10 @@ class Gateway:
         self.auth = Authenticator(settings.auth)
         self.limiter = RateLimiter(settings.http.rate_limit, settings.http.rate_burst)
         self.waits = WaitCounter(settings.http.max_waits, settings.http.max_waits_per_caller)
+        self.shares = Shares(
+            settings.http.max_resumable_waits_per_caller,
+            settings.http.max_retained_names_per_caller,
+        )
         # Set when the daemon begins to stop: open waits end, readiness turns false.
         self.stopping = asyncio.Event()
 
@@ -262,7 +267,7 @@ class Gateway:
             )
         except InvalidInput as exc:
             raise bad_input(exc) from None
-        return await self.publish(event, retain=retain)
+        return await self.publish(event, retain=retain, caller_key=caller_key(request, caller))
 
     def take_rate(self, request: Request, caller: Caller, sends: int = 1) -> None:
         """Charge ``sends`` sends to the caller's rate, all or none; 429 past it (413 for more
@@ -281,12 +286,23 @@ class Gateway:
                 headers={"Retry-After": str(max(1, math.ceil(delay)))},
             )
 
-    async def publish(self, event: Event, *, retain: timedelta | None = None) -> SendResult:
-        """Send a checked event; 400 for a ``retain`` out of bounds, 503 when the bus did not
-        confirm it."""
+    async def publish(
+        self, event: Event, *, retain: timedelta | None = None, caller_key: str | None = None
+    ) -> SendResult:
+        """Send a checked event; 400 for a ``retain`` out of bounds, 429 past the caller's share
+        of retained names, 503 when the bus did not confirm it."""
         started = time.perf_counter()
+        key = f"{event.kind}.{event.name}"
         try:
-            result = await self.client.send_event(event, retain=retain)
+            if retain is not None and caller_key is not None:
+                ends = time.time() + retain.total_seconds()
+                self.shares.hold_retained(caller_key, key, ends)
+            try:
+                result = await self.client.send_event(event, retain=retain)
+            except BaseException:
+                if retain is not None and caller_key is not None:
+                    self.shares.retained_failed(caller_key, key)
+                raise
         except InvalidInput as exc:
             raise bad_input(exc) from None
         except (BusError, ClientStateError) as exc:

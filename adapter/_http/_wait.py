@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,7 +27,7 @@ from .._bus import check_wait_id
 from .._client import parse_deadline_text
 from .._cloudevents import STRUCTURED_CONTENT_TYPE, to_structured_json
 from .._event import Event
-from .._exceptions import BusError, ClientStateError, InvalidInput, LimitExceeded
+from .._exceptions import BusError, ClientStateError, InvalidInput, LimitExceeded, WaitConflict
 from .._names import Kind
 from ._gateway import BUS_RETRY_AFTER, Gateway, HttpError
 from ._metrics import ACTIVE_WAITS, WAITS
@@ -110,11 +111,15 @@ class WaitResponse(Response):
         self._wait_id = wait_id
         self._stream = stream
         self._started = False
+        self._finished = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            with self._gateway.waits.holding(self._caller_key):
+            with self._gateway.waits.holding(self._caller_key), self._resumable_share():
                 await self._wait(receive, send)
+        except WaitConflict as exc:
+            WAITS.labels("refused").inc()
+            await self._finish(send, 409, {"detail": str(exc)})
         except LimitExceeded as exc:
             WAITS.labels("refused").inc()
             await self._finish(send, 429, {"detail": str(exc)}, retry_after=exc.retry_after)
@@ -127,6 +132,24 @@ class WaitResponse(Response):
             await self._finish(
                 send, 503, {"detail": f"the bus cannot serve waits right now ({exc})"}
             )
+
+    @contextlib.contextmanager
+    def _resumable_share(self) -> Iterator[None]:
+        """A resumable wait counts against its caller's share until it finishes, or, left early,
+        until its queue expires (deadline plus the grace)."""
+        wait_id = self._wait_id
+        if wait_id is None:
+            yield
+            return
+        shares = self._gateway.shares
+        shares.hold_resumable(self._caller_key, wait_id)
+        self._finished = False
+        try:
+            yield
+        finally:
+            grace = self._gateway.settings.amqp.wait_grace
+            kept = None if self._finished else self._deadline.timestamp() + grace
+            shares.resumable_done(self._caller_key, wait_id, kept)
 
     async def _wait(self, receive: Receive, send: Send) -> None:
         if self._gateway.stopping.is_set():
@@ -144,6 +167,7 @@ class WaitResponse(Response):
                 event = await self._race(waiter.get(), receive, send)
             finally:
                 ACTIVE_WAITS.dec()
+        self._finished = True
         if event is None:
             WAITS.labels("deadline").inc()
             await self._finish(send, 204, None)
