@@ -4,7 +4,8 @@ With a command, the event goes to the command as JSON on stdin, with ``CUSTOMEVE
 ``CUSTOMEVENT_EVENT_ID``, ``CUSTOMEVENT_KIND``, ``CUSTOMEVENT_GROUP`` and ``CUSTOMEVENT_ATTEMPT``
 in its environment, and none of the listener's own ``CUSTOMEVENT_*`` settings (its AMQP URL holds
 a password) unless named with ``--pass-env``. Exit status 0 acknowledges the event; anything else
-retries it (after the group's backoff; past ``max_attempts``, a dead letter); a command still running after its
+retries it (after the group's backoff; past ``max_attempts``, a dead letter); a command still
+running after its
 timeout is stopped (SIGTERM to its process group, SIGKILL 5 s later) and the event retried.
 
 One event is in hand at a time (prefetch 1), so a stop (SIGTERM, SIGINT) lets the running command
