@@ -47,6 +47,10 @@ class _Held:
                 )
         held[thing] = max(held.get(thing, 0.0), until)
 
+    def until(self, caller: str, thing: str) -> float:
+        held = self._held.get(caller, {}).get(thing)
+        return held if held is not None and held > time.time() else 0.0
+
     def keep(self, caller: str, thing: str, until: float) -> None:
         """Hold ``thing`` (already counted) until ``until`` exactly."""
         self._held.setdefault(caller, {})[thing] = until
@@ -76,16 +80,22 @@ class Shares:
             "retained event names", retained_names, "http.max_retained_names_per_caller"
         )
 
-    def hold_resumable(self, caller: str, wait_id: str) -> None:
-        """A caller's resumable wait opens (held until it finishes or its keeping ends)."""
+    def hold_resumable(self, caller: str, wait_id: str) -> float:
+        """A caller's resumable wait opens (held until it finishes or its keeping ends); when
+        the id was kept already, until when (else 0)."""
+        before = self.resumable.until(caller, wait_id)
         self.resumable.take(caller, wait_id, math.inf)
+        return before
 
-    def resumable_done(self, caller: str, wait_id: str, kept_until: float | None) -> None:
-        """It closed: finished (``None``), or kept for a comeback until ``kept_until``."""
+    def resumable_done(
+        self, caller: str, wait_id: str, kept_until: float | None, before: float
+    ) -> None:
+        """It closed: finished (``None``), or kept for a comeback until ``kept_until`` (or what
+        it was kept until before this wait, if later: a wait refused never shortens it)."""
         if kept_until is None:
             self.resumable.give_back(caller, wait_id)
         else:
-            self.resumable.keep(caller, wait_id, kept_until)
+            self.resumable.keep(caller, wait_id, max(kept_until, before))
 
     def hold_retained(self, caller: str, key: str, until: float) -> None:
         self.retained.take(caller, key, until)

@@ -142,14 +142,14 @@ class WaitResponse(Response):
             yield
             return
         shares = self._gateway.shares
-        shares.hold_resumable(self._caller_key, wait_id)
+        before = shares.hold_resumable(self._caller_key, wait_id)
         self._finished = False
         try:
             yield
         finally:
             grace = self._gateway.settings.amqp.wait_grace
             kept = None if self._finished else self._deadline.timestamp() + grace
-            shares.resumable_done(self._caller_key, wait_id, kept)
+            shares.resumable_done(self._caller_key, wait_id, kept, before)
 
     async def _wait(self, receive: Receive, send: Send) -> None:
         if self._gateway.stopping.is_set():
