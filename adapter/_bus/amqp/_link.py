@@ -116,6 +116,8 @@ class BrokerLink:
         self._connection: NodeConnection | None = None
         self._confirm_channel: AbstractRobustChannel | None = None
         self._next_number = 0
+        self._probe: aiormq.abc.AbstractConnection | None = None
+        self._probe_lock = asyncio.Lock()
         #: Called (on the event loop, with no argument) after each reconnection.
         self.on_reconnect: list[Callable[[], None]] = []
 
@@ -164,6 +166,10 @@ class BrokerLink:
             raise
 
     async def close(self) -> None:
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            with contextlib.suppress(*UNAVAILABLE, aiormq.exceptions.AMQPError, OSError):
+                await probe.close()
         connection, self._connection = self._connection, None
         if connection is not None:
             await connection.close()
@@ -231,6 +237,8 @@ class BrokerLink:
                     # that does not exist or that the user may not use (NOT_ALLOWED). Asking
                     # again, or another node, would get the same answer.
                     if "Connection.Close" in str(exc):
+                        with contextlib.suppress(Exception):
+                            await connection.close()
                         raise _Refused() from None
                     failures[shown(node)] = str(exc)
                     last = exc
@@ -328,24 +336,39 @@ class BrokerLink:
         """Run one method that the broker may answer by closing the channel (404 for a passive
         declare that finds nothing): True if it succeeded, False on 404; other refusals raise.
 
-        It runs on a plain aiormq channel of its own. On a robust channel, aio-pika would reopen
-        the channel the broker closed and keep it open for good: one leaked channel per probe.
+        It runs on a plain channel of a connection of its own, one probe at a time. Not on a
+        robust channel: aio-pika would reopen the channel the broker closed and keep it open for
+        good. Not on the main connection: aiormq answers the broker's close with a close-ok it
+        drops when that connection's write queue is full (ten frames, soon reached by a burst of
+        waits), so the broker kept such channels open, and a later channel.open on the same
+        number made it close the whole connection (``second 'channel.open' seen``).
         """
-        transport = self._require_connection().transport
-        if transport is None:
-            raise BusUnavailable("not connected to RabbitMQ")
-        connection = transport.connection
-        channel = await connection.channel(
-            channel_number=self._channel_number(connection), publisher_confirms=False
-        )
-        try:
-            await method(channel)
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            return False
-        finally:
-            if not channel.is_closed:
-                await channel.close()
+        async with self._probe_lock:
+            connection = await self._probe_connection()
+            channel = await connection.channel(publisher_confirms=False)
+            try:
+                await method(channel)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                return False
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
         return True
+
+    async def _probe_connection(self) -> aiormq.abc.AbstractConnection:
+        current = self._probe
+        if current is not None and not current.is_closed:
+            return current
+        main = self._require_connection()
+        if not self.connected and self._confirm_channel is not None:
+            raise BusUnavailable("not connected to RabbitMQ")
+        async with asyncio.timeout(self.settings.publish_timeout):
+            self._probe = await aiormq.connect(
+                main.url,
+                context=_ssl_context(self.settings),
+                client_properties={"connection_name": f"{self._connection_name} (probes)"},
+            )
+        return self._probe
 
     @contextlib.asynccontextmanager
     async def call(self, what: str) -> AsyncIterator[None]:
