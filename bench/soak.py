@@ -8,7 +8,14 @@ its MQTT side on a private Mosquitto) takes:
 - sends: vRO REST, JSON and SOAP over HTTP; MQTT QoS 1 and QoS 0 from a device;
 - waits: plain, pattern and resumable HTTP waits, library waits, and clients that vanish mid-wait;
 - faults, in turn: the proxy cutting the AMQP link, RabbitMQ ``stop_app``/``start_app``, and a
-  Mosquitto restart.
+  Mosquitto restart;
+- hostile actors, all the time: clients that send a request head and drip its body a byte at a
+  time (``--slow-clients``, the daemon's connections capped at ``--max-connections``), and a
+  publisher of poison messages to the exchange (bodies that are no event, 100k-deep JSON, a
+  ``ce-time`` out of range, a NUL in ``ce-id``, forged ``x-original-routing-key`` and
+  ``x-event-principal``) on the names the waits and the trigger listen to;
+- a webhook trigger on the soak's names whose receiver misbehaves in turn (a gzip bomb, a reply
+  dripped a byte a second, a 200 MiB body, a 500) and answers 204 the rest of the time.
 
 Every accepted send (HTTP 2xx or a SOAP response; MQTT QoS 1 acknowledged by Mosquitto) carries a
 ``soak`` property that a durable audit queue of its own must receive. At the start (after a
@@ -66,7 +73,14 @@ SOAP = (
     "</vso:sendCustomEvent></soapenv:Body></soapenv:Envelope>"
 )
 LATE_MARGIN = 5.0  # a wait answered later than its deadline plus this is late
-GOALS = {"lost": 0, "queues_left": 0, "channels_growth": 5, "rss_growth_mib": 40, "late_waits": 0}
+GOALS = {
+    "lost": 0,
+    "queues_left": 0,
+    "channels_growth": 5,
+    "rss_growth_mib": 40,
+    "fds_growth": 32,
+    "late_waits": 0,
+}
 
 
 @dataclass
@@ -78,6 +92,7 @@ class Tally:
     waits: Counter[str] = field(default_factory=Counter)
     late_waits: int = 0
     qos0_sent: int = 0
+    hostile: Counter[str] = field(default_factory=Counter)
     faults: list[str] = field(default_factory=list)
 
     def wait_ended(self, kind: str, outcome: str, elapsed: float, budget: float) -> None:
@@ -232,6 +247,69 @@ class Soak:
                     self.tally.waits["stream:vanished"] += 1
             await asyncio.sleep(1.0)
 
+    # -- hostile actors ------------------------------------------------------------------
+
+    async def slow_body(self, index: int) -> None:
+        """A client without credentials that sends a complete head and then drips its body:
+        the daemon must cut it at http.body_timeout, and serve everyone else meanwhile."""
+        assert self.daemon is not None
+        while not self.stop.is_set():
+            writer = None
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", self.daemon.port)
+                writer.write(
+                    f"POST /api/v1/events/{self.word}.slow.{index} HTTP/1.1\r\nHost: soak\r\n"
+                    "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n".encode()
+                )
+                await writer.drain()
+                status = b""
+                while not self.stop.is_set():
+                    try:
+                        status = await asyncio.wait_for(reader.readline(), 1.0)
+                        break
+                    except TimeoutError:
+                        writer.write(b" ")
+                        await writer.drain()
+                code = status.split(b" ")[1].decode() if status.count(b" ") >= 2 else "closed"
+                self.tally.hostile[f"slow-body:{code}"] += 1
+            except (OSError, ConnectionError):
+                self.tally.hostile["slow-body:connection-error"] += 1
+                await asyncio.sleep(0.5)
+            finally:
+                if writer is not None:
+                    writer.transport.abort()
+
+    async def poison(self) -> None:
+        """Messages no consumer may believe or choke on, published to the exchange as any
+        holder of publish rights could."""
+        deep = b"[" * 100_000 + b"]" * 100_000
+        kinds: list[tuple[str, bytes, dict[str, Any]]] = [
+            ("deep", deep, {}),
+            ("not-json", b"\xff not json", {}),
+            ("time", b'{"a": "1"}', {"ce-time": "9999-12-31T23:59:59-14:00"}),
+            ("nul-id", b'{"a": "1"}', {"ce-id": "bad\x00id"}),
+            (
+                "forged",
+                b'{"a": "1"}',
+                {"x-original-routing-key": f"internal.{self.word}.x", "x-event-principal": "admin"},
+            ),
+        ]
+        connection = await aio_pika.connect_robust(self.args.amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            exchange = await channel.get_exchange("customevents", ensure=False)
+            for n in itertools.count():
+                if self.stop.is_set():
+                    return
+                label, body, headers = kinds[n % len(kinds)]
+                with contextlib.suppress(aio_pika.exceptions.AMQPError, ConnectionError):
+                    await exchange.publish(
+                        aio_pika.Message(body, headers=headers),
+                        routing_key=f"external.{self.word}.w.{n % 4}",
+                    )
+                    self.tally.hostile[f"poison:{label}"] += 1
+                await asyncio.sleep(0.5)
+
     async def wait_in_library(self, index: int) -> None:
         settings = load_settings(amqp={"url": self.args.amqp_url, "reconnect_interval": 0.5})
         budget = 5.0
@@ -312,7 +390,10 @@ class Soak:
         )
         await audit.bind(exchange, f"external.{self.word}.#")
         await connection.close()
-        queues_before = set(await queues_named("customevent.wait."))
+        queues_before = {
+            *await queues_named("customevent.wait."),
+            *await queues_named("customevent/customevents/wait/"),
+        }
 
         with PrivateMosquitto() as mosquitto:
             async with Proxy.in_front_of(args.amqp_url) as proxy:
@@ -324,6 +405,7 @@ class Soak:
                     CUSTOMEVENT_MQTT__URL=mosquitto.url,
                     CUSTOMEVENT_MQTT__CLIENT_ID=f"bridge-{self.word}",
                     CUSTOMEVENT_LOG__LEVEL="WARNING",
+                    CUSTOMEVENT_HTTP__MAX_CONNECTIONS=str(args.max_connections),
                 )
                 await asyncio.to_thread(self.daemon.start)
                 device = Device(mosquitto.port, self.tally, "customevents")
@@ -360,6 +442,8 @@ class Soak:
                 *(asyncio.create_task(self.wait_over_http("resumable", i)) for i in range(2)),
                 *(asyncio.create_task(self.wait_in_library(i)) for i in range(2)),
                 asyncio.create_task(self.vanish_mid_stream()),
+                *(asyncio.create_task(self.slow_body(i)) for i in range(self.args.slow_clients)),
+                asyncio.create_task(self.poison()),
             ]
             await asyncio.sleep(min(15.0, self.args.minutes * 60 / 4))  # warm-up
             start = await self.sample()
@@ -385,6 +469,7 @@ class Soak:
             "faults": len(self.tally.faults),
             "sends": dict(self.tally.sends),
             "waits": dict(self.tally.waits),
+            "hostile": dict(self.tally.hostile),
             "qos0_sent": self.tally.qos0_sent,
             "mqtt_unacked_at_end": device.unacked,
             "channels_growth": int(end["channels"] - start["channels"]),
@@ -399,7 +484,10 @@ class Soak:
         # plus the grace): give them that long, then count what is still there.
         left: set[str] = set()
         for _ in range(45):
-            left = set(await queues_named("customevent.wait.")) - before
+            left = {
+                *await queues_named("customevent.wait."),
+                *await queues_named("customevent/customevents/wait/"),
+            } - before
             if not left:
                 return 0
             await asyncio.sleep(1)
@@ -417,7 +505,10 @@ class Soak:
                 message = await queue.get(no_ack=True, fail=False, timeout=10)
                 if message is None:
                     break
-                soak = json.loads(message.body).get("soak")
+                try:
+                    soak = json.loads(message.body).get("soak")
+                except (ValueError, RecursionError, AttributeError):
+                    continue  # the poison publisher's
                 if isinstance(soak, str):
                     seen.add(soak)
                     copies += 1
@@ -434,6 +525,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=20.0, help="sends per second, per kind")
     parser.add_argument("--faults", type=int, default=0, help="faults in all (0: one a minute)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the result")
+    parser.add_argument(
+        "--slow-clients", type=int, default=100, help="clients dripping a request body at once"
+    )
+    parser.add_argument(
+        "--max-connections", type=int, default=256, help="the daemon's http.max_connections"
+    )
     args = parser.parse_args(argv)
     if args.faults <= 0:
         args.faults = max(3, round(args.minutes))
@@ -475,6 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"soak: sends {result['sends']}", flush=True)
     print(f"soak: waits {result['waits']}", flush=True)
+    print(f"soak: hostile {result['hostile']}", flush=True)
     if missed:
         print(f"soak: goals missed: {', '.join(missed)} (goals: {GOALS})", flush=True)
     print(json.dumps(summary))
