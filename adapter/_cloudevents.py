@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal
 
 from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.bindings import http as ce_http
@@ -28,6 +28,13 @@ from cloudevents.core.exceptions import BaseCloudEventException, CloudEventValid
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
+from ._event import (
+    MAX_ATTRIBUTE_BYTES,
+    MAX_ATTRIBUTES,
+    Event,
+    check_cloudevent_attributes,
+    check_event_id,
+)
 from ._exceptions import InvalidEventName, InvalidInput
 from ._names import Kind, validate_kind, validate_name
 from ._properties import (
@@ -37,9 +44,6 @@ from ._properties import (
     check_properties,
     loads_json_object,
 )
-
-if TYPE_CHECKING:
-    from ._event import Event
 
 __all__ = [
     "BATCH_CONTENT_TYPE",
@@ -69,73 +73,11 @@ DATA_CONTENT_TYPE: Final = "application/json"
 STRUCTURED_CONTENT_TYPE: Final = "application/cloudevents+json"
 BATCH_CONTENT_TYPE: Final = "application/cloudevents-batch+json"
 CE_PREFIX: Final = "ce-"
-#: Bounds on what an event keeps of a CloudEvent beyond the mapping: each value goes into a
-#: header of every message and every HTTP answer.
-MAX_ATTRIBUTES: Final = 32
-MAX_ATTRIBUTE_BYTES: Final = 1024
 
 Mode = Literal["binary", "structured"]
 
 _FORMAT = JSONFormat()
-# Attributes the mapping writes from the event's own fields: an event cannot keep another value.
-_MAPPED = frozenset(
-    {"specversion", "id", "type", "time", "datacontenttype", "eventkind", "principal"}
-)
-# Names the format reserves: never attributes.
-_RESERVED = frozenset({"data", "data_base64"})
-_ATTRIBUTE_NAME = re.compile(r"[a-z0-9]{1,20}")
 _JSON_MEDIA = re.compile(r"^(application|text)/([a-z0-9\-.]+\+)?json\s*(;.*)?$", re.IGNORECASE)
-
-
-def _shown(text: str) -> str:
-    return repr(text if len(text) <= 60 else text[:57] + "...")
-
-
-def _attribute_value(name: str, value: object) -> str:
-    """A kept attribute's value as text (the form every binary binding carries it in)."""
-    if isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, int | str):
-        text = str(value)
-    else:
-        raise InvalidInput(
-            f"CloudEvent attribute {name!r} must be a string, an integer or a boolean, "
-            f"not {type(value).__name__}"
-        )
-    if not text:
-        raise InvalidInput(f"CloudEvent attribute {name!r} is empty")
-    if not text.isprintable():
-        raise InvalidInput(f"CloudEvent attribute {name!r} has a control character")
-    size = len(text.encode("utf-8", "surrogatepass"))
-    if size > MAX_ATTRIBUTE_BYTES:
-        raise InvalidInput(
-            f"CloudEvent attribute {name!r} is {size} bytes, more than {MAX_ATTRIBUTE_BYTES}"
-        )
-    return text
-
-
-def check_cloudevent_attributes(attributes: Mapping[str, object]) -> dict[str, str]:
-    """The CloudEvent attributes an event may keep beyond its mapping (``source``, ``subject``,
-    ``dataschema``, extensions), as text; ``InvalidInput`` naming the first one that breaks a
-    rule: a name of 1 to 20 lowercase letters and digits that the mapping does not write itself,
-    a printable value of at most ``MAX_ATTRIBUTE_BYTES``, at most ``MAX_ATTRIBUTES`` of them."""
-    if not isinstance(attributes, Mapping):
-        raise InvalidInput("cloudevent_attributes must be an object of strings")
-    if len(attributes) > MAX_ATTRIBUTES:
-        raise InvalidInput(
-            f"{len(attributes)} CloudEvent attributes to keep, more than {MAX_ATTRIBUTES}"
-        )
-    kept: dict[str, str] = {}
-    for name, value in attributes.items():
-        if not isinstance(name, str) or not _ATTRIBUTE_NAME.fullmatch(name):
-            raise InvalidInput(
-                f"CloudEvent attribute name {_shown(str(name))} is not 1 to 20 lowercase "
-                "letters and digits"
-            )
-        if name in _MAPPED or name in _RESERVED:
-            raise InvalidInput(f"CloudEvent attribute {name!r} is not one an event keeps")
-        kept[name] = _attribute_value(name, value)
-    return kept
 
 
 def parse_time(text: str) -> datetime:
@@ -221,8 +163,6 @@ def from_cloudevent(
     ``principal``, if it carries them, must agree with ``kind`` and ``principal``: they are
     never taken from the sender. ``InvalidInput`` names the attribute that breaks a rule.
     """
-    from ._event import Event, check_event_id
-
     checked_kind: Kind = validate_kind(kind)
     attributes = dict(cloudevent.get_attributes())
     specversion = attributes.pop("specversion", None)

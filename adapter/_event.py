@@ -4,21 +4,97 @@ travels on RabbitMQ is the codec's (``adapter/_bus/amqp/_codec.py``)."""
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
-from ._cloudevents import check_cloudevent_attributes
 from ._exceptions import InvalidInput
 from ._names import Kind, validate_kind, validate_name
 from ._properties import check_properties
 
-__all__ = ["SOURCES", "Event", "SendResult", "Source", "check_event_id", "encode_body"]
+__all__ = [
+    "MAX_ATTRIBUTES",
+    "MAX_ATTRIBUTE_BYTES",
+    "SOURCES",
+    "Event",
+    "SendResult",
+    "Source",
+    "check_cloudevent_attributes",
+    "check_event_id",
+    "encode_body",
+]
 
 Source = Literal["http", "soap", "mqtt", "amqp", "cli"]
 SOURCES: tuple[str, ...] = ("http", "soap", "mqtt", "amqp", "cli")
+
+
+#: Bounds on what an event keeps of a CloudEvent beyond the mapping: each value goes into a
+#: header of every message and every HTTP answer.
+MAX_ATTRIBUTES: Final = 32
+MAX_ATTRIBUTE_BYTES: Final = 1024
+
+
+# Attributes the mapping writes from the event's own fields: an event cannot keep another value.
+_MAPPED = frozenset(
+    {"specversion", "id", "type", "time", "datacontenttype", "eventkind", "principal"}
+)
+# Names the format reserves: never attributes.
+_RESERVED = frozenset({"data", "data_base64"})
+_ATTRIBUTE_NAME = re.compile(r"[a-z0-9]{1,20}")
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
+def _attribute_value(name: str, value: object) -> str:
+    """A kept attribute's value as text (the form every binary binding carries it in)."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, int | str):
+        text = str(value)
+    else:
+        raise InvalidInput(
+            f"CloudEvent attribute {name!r} must be a string, an integer or a boolean, "
+            f"not {type(value).__name__}"
+        )
+    if not text:
+        raise InvalidInput(f"CloudEvent attribute {name!r} is empty")
+    if not text.isprintable():
+        raise InvalidInput(f"CloudEvent attribute {name!r} has a control character")
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_ATTRIBUTE_BYTES:
+        raise InvalidInput(
+            f"CloudEvent attribute {name!r} is {size} bytes, more than {MAX_ATTRIBUTE_BYTES}"
+        )
+    return text
+
+
+def check_cloudevent_attributes(attributes: Mapping[str, object]) -> dict[str, str]:
+    """The CloudEvent attributes an event may keep beyond its mapping (``source``, ``subject``,
+    ``dataschema``, extensions), as text; ``InvalidInput`` naming the first one that breaks a
+    rule: a name of 1 to 20 lowercase letters and digits that the mapping does not write itself,
+    a printable value of at most ``MAX_ATTRIBUTE_BYTES``, at most ``MAX_ATTRIBUTES`` of them."""
+    if not isinstance(attributes, Mapping):
+        raise InvalidInput("cloudevent_attributes must be an object of strings")
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise InvalidInput(
+            f"{len(attributes)} CloudEvent attributes to keep, more than {MAX_ATTRIBUTES}"
+        )
+    kept: dict[str, str] = {}
+    for name, value in attributes.items():
+        if not isinstance(name, str) or not _ATTRIBUTE_NAME.fullmatch(name):
+            raise InvalidInput(
+                f"CloudEvent attribute name {_shown(str(name))} is not 1 to 20 lowercase "
+                "letters and digits"
+            )
+        if name in _MAPPED or name in _RESERVED:
+            raise InvalidInput(f"CloudEvent attribute {name!r} is not one an event keeps")
+        kept[name] = _attribute_value(name, value)
+    return kept
 
 
 @dataclass(frozen=True, slots=True)

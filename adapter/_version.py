@@ -2,9 +2,12 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-__all__ = ["__version__"]
+__all__ = ["APP_ID", "__version__"]
+
+#: The name the bridge gives itself on the wire (AMQP app_id, connection names).
+APP_ID = "customevent-bridge"
 
 try:
-    __version__ = version("customevent-bridge")
+    __version__ = version(APP_ID)
 except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"

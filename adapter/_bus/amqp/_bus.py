@@ -20,8 +20,9 @@ from ..._event import Event
 from ..._groups import DeadLetter, GroupOptions, GroupSubscription
 from ..._names import Kind, routing_key
 from ..._settings import AmqpSettings, LimitsSettings
+from ..._version import APP_ID
 from .._base import Bus, Subscription, check_wait_id
-from ._codec import APP_ID, Policy, encode_body, message_headers
+from ._codec import Policy, encode_body, message_headers
 from ._groups import AmqpGroups
 from ._link import BrokerLink
 from ._retained import RetainedStream

@@ -3,9 +3,9 @@ Imports no sibling.
 
 Writing: the body is the properties as a JSON object; the headers are ours (``x-event-name``,
 ``x-event-kind``, ``x-event-source``, ``x-event-principal``) and the ``ce-*`` headers of the
-CloudEvents RabbitMQ binding (binary mode), so that the message is also a CloudEvent; the message
-is persistent, its ``message_id`` the event id, its ``user_id`` the bridge's own AMQP user, which
-RabbitMQ checks against the connection.
+CloudEvents RabbitMQ binding (binary mode), so that the message is also a CloudEvent. The link
+(``_link.publish_raw``) makes it persistent, with the event id as ``message_id`` and the
+bridge's own AMQP user as ``user_id``, which RabbitMQ checks against the connection.
 
 Reading: everything that arrives is untrusted. Anyone allowed to publish to the exchange sets any
 header and any body, so ``decode`` believes:
@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import aiormq
 from aio_pika.abc import AbstractIncomingMessage
 
 from ..._cloudevents import (
@@ -56,7 +55,6 @@ from ..._properties import (
 )
 
 __all__ = [
-    "APP_ID",
     "H_ORIGINAL_ROUTING_KEY",
     "BadMessage",
     "Decoded",
@@ -65,12 +63,10 @@ __all__ = [
     "decode",
     "encode_body",
     "message_headers",
-    "message_properties",
     "rabbitmq_headers",
     "read_rabbitmq_headers",
 ]
 
-APP_ID = "customevent-bridge"
 H_ORIGINAL_ROUTING_KEY = "x-original-routing-key"
 _PRINCIPAL_MAX = 200
 
@@ -138,26 +134,6 @@ def message_headers(event: Event) -> dict[str, str]:
         headers["x-event-principal"] = event.principal
     headers.update(rabbitmq_headers(event))
     return headers
-
-
-def message_properties(
-    *,
-    content_type: str,
-    message_id: str,
-    timestamp: datetime,
-    headers: Mapping[str, Any],
-    user_id: str | None,
-) -> aiormq.spec.Basic.Properties:
-    """The AMQP properties of a persistent message of the bridge."""
-    return aiormq.spec.Basic.Properties(
-        content_type=content_type,
-        message_id=message_id,
-        timestamp=timestamp,
-        app_id=APP_ID,
-        delivery_mode=2,
-        user_id=user_id,
-        headers=headers,  # type: ignore[arg-type]
-    )
 
 
 # -- reading -------------------------------------------------------------------------------------
