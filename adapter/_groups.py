@@ -21,8 +21,6 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
-from tenacity import RetryCallState, wait_exponential
-
 from ._event import Event
 from ._exceptions import ClientStateError, InvalidInput
 
@@ -75,24 +73,23 @@ class GroupOptions:
 
 
 class RetryPolicy:
-    """The delay before a retried delivery comes again: tenacity's exponential backoff from
-    ``retry_initial`` doubling up to ``retry_max``, in whole milliseconds (each distinct delay is
+    """The delay before a retried delivery comes again: an exponential backoff from
+    ``retry_initial``, doubling up to ``retry_max``, in whole milliseconds (each distinct delay is
     a queue at the broker, so the ladder is short)."""
 
     def __init__(self, initial: float, maximum: float) -> None:
-        self._wait = wait_exponential(multiplier=initial, min=initial, max=maximum)
+        self.initial = initial
         self.maximum = maximum
 
     def delay_ms(self, attempt: int, *, at_least: float = 0.0) -> int:
         """The delay after failed attempt ``attempt`` (1-based), and not less than ``at_least``
         seconds (a receiver's ``Retry-After``), rounded up to a step of the ladder."""
-        state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
-        for step in range(max(attempt, 1), 64):
-            state.attempt_number = step
-            seconds = float(self._wait(state))
+        step = max(attempt, 1)
+        while True:
+            seconds = min(self.initial * (1 << min(step - 1, 62)), self.maximum)
             if seconds >= at_least or seconds >= self.maximum:
                 return round(seconds * 1000)
-        return round(self.maximum * 1000)  # pragma: no cover - the ladder ends first
+            step += 1
 
 
 class SeenIds:
