@@ -95,3 +95,25 @@ async def client(bus_kind: str, request: pytest.FixtureRequest) -> AsyncIterator
     else:
         async with memory_client(load_settings(amqp={"url": None, "wait_grace": 2.0})) as opened:
             yield opened
+
+
+# What a test needs beyond Python, for running the suite in pieces (`make test-fast` runs none of
+# these): a broker by the fixture it takes; a browser, the Helm SDK or image tooling by its file.
+_NEEDS_BY_FIXTURE = {"amqp_url": "rabbitmq", "mqtt_url": "mosquitto"}
+_NEEDS_BY_FILE = {
+    "test_docs_rendered.py": "chromium",
+    "test_docs.py": "docs",
+    "test_chart.py": "helm",
+    "test_image.py": "image",
+    "test_cluster.py": "cluster",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, marker in _NEEDS_BY_FIXTURE.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(getattr(pytest.mark, marker))
+        marker = _NEEDS_BY_FILE.get(item.path.name)
+        if marker is not None:
+            item.add_marker(getattr(pytest.mark, marker))

@@ -124,14 +124,14 @@ class BrokerLink:
             raise ConfigurationError("the RabbitMQ bus needs amqp.url (CUSTOMEVENT_AMQP__URL)")
         self.settings = settings
         self.exchange = settings.exchange
-        #: The AMQP user this link publishes as (every message carries it as ``user_id``, which
-        #: RabbitMQ checks), or None when the broker names it.
-        self.user = _user(settings)
         self._url = settings.url
         try:
             self._nodes = Nodes.from_settings(settings)
         except ValueError as exc:  # settings made without validation (a --url, model_copy)
             raise ConfigurationError(f"amqp.url: {exc}") from None
+        #: The AMQP user this link publishes as (every message carries it as ``user_id``, which
+        #: RabbitMQ checks), or None when the broker names it.
+        self.user = _user(settings)
         self._connection_name = connection_name
         self._connection: NodeConnection | None = None
         self._confirm_channel: AbstractRobustChannel | None = None
