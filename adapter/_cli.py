@@ -29,11 +29,10 @@ from ._cloudevents import to_structured_json
 from ._event import Event
 from ._exceptions import (
     AdapterError,
-    BrokerAuthenticationError,
     BusUnavailable,
     ConfigurationError,
     InvalidInput,
-    WaitConflict,
+    edge_of,
 )
 from ._groups import check_group_name
 from ._listen import listen
@@ -239,15 +238,7 @@ def _fail(message: str, code: int) -> int:
 
 
 def _exit_code(exc: AdapterError) -> int:
-    if isinstance(exc, BrokerAuthenticationError):
-        return EXIT_NOPERM
-    if isinstance(exc, BusUnavailable):
-        return EXIT_UNAVAILABLE
-    if isinstance(exc, ConfigurationError):
-        return EXIT_CONFIG
-    if isinstance(exc, InvalidInput | WaitConflict):
-        return EXIT_USAGE
-    return EXIT_ERROR
+    return edge_of(exc).exit
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -19,17 +19,24 @@ Every error the library raises on purpose derives from ``AdapterError``::
     │   ├── BrokerAuthenticationError the broker refused the credentials; retrying will not help
     │   └── PublishRejected          the broker nacked the message
     └── ClientStateError             a Client used before it was opened or after it was closed
+
+``EDGES`` gives each of them, once, what every edge answers: the HTTP status, the SOAP fault code
+and the CLI's exit status (``edge_of`` finds the entry of the nearest class).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 __all__ = [
+    "EDGES",
     "AdapterError",
     "BrokerAuthenticationError",
     "BusError",
     "BusUnavailable",
     "ClientStateError",
     "ConfigurationError",
+    "Edge",
     "InvalidDeadline",
     "InvalidEventName",
     "InvalidInput",
@@ -39,6 +46,7 @@ __all__ = [
     "PropertiesTooLarge",
     "PublishRejected",
     "WaitConflict",
+    "edge_of",
 ]
 
 
@@ -133,3 +141,37 @@ class PublishRejected(BusError):
 
 class ClientStateError(AdapterError):
     """A client was used outside its ``async with`` block, or reopened."""
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    """What an edge answers for an error: HTTP status, SOAP fault code, CLI exit status."""
+
+    http: int
+    soap: str
+    exit: int
+
+
+#: The one table from errors to edges. A 5xx or a ``Server`` fault means "ours, retry later"; the
+#: exit codes are sysexits.h's (64 usage, 69 unavailable, 77 no permission, 78 configuration).
+EDGES: dict[type[AdapterError], Edge] = {
+    AdapterError: Edge(500, "Server", 1),
+    InvalidInput: Edge(400, "Client", 64),
+    PropertiesTooLarge: Edge(413, "Client", 64),
+    ConfigurationError: Edge(500, "Server", 78),
+    LimitExceeded: Edge(429, "Client", 69),
+    WaitConflict: Edge(409, "Client", 64),
+    BusError: Edge(503, "Server", 69),
+    BrokerAuthenticationError: Edge(503, "Server", 77),
+    ClientStateError: Edge(503, "Server", 1),
+}
+
+
+def edge_of(error: AdapterError | type[AdapterError]) -> Edge:
+    """The entry of ``EDGES`` for ``error``: its own class's, else its nearest ancestor's."""
+    cls = error if isinstance(error, type) else type(error)
+    for ancestor in cls.__mro__:
+        entry = EDGES.get(ancestor)
+        if entry is not None:
+            return entry
+    return EDGES[AdapterError]

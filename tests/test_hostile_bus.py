@@ -425,3 +425,26 @@ def test_a_reason_cannot_forge_lines_of_dead_list() -> None:
     assert len(shown.splitlines()) == 1
     assert "\x1b" not in shown and "\\x0a" in shown and "\\x1b" in shown
     assert json.dumps(shown)  # still text
+
+
+async def test_the_daemons_refusals_reach_a_client_as_the_same_errors() -> None:
+    from adapter import LimitExceeded
+    from adapter._exceptions import EDGES, edge_of
+    from tests.test_http_support import url_with_credentials
+
+    settings = make_settings(http={"max_retained_names_per_caller": 1})
+    with BridgeDaemon(settings) as daemon:
+        async with Client(url_with_credentials(daemon)) as client:
+            await client.send_custom_event(
+                "t.once.a", kind="external", retain=timedelta(seconds=60)
+            )
+            with pytest.raises(LimitExceeded) as refused:
+                await client.send_custom_event(
+                    "t.once.b", kind="external", retain=timedelta(seconds=60)
+                )
+            assert refused.value.retry_after > 30
+            assert "max_retained_names_per_caller" in str(refused.value)
+    # One table gives every error its answer at each edge.
+    assert edge_of(LimitExceeded("x", limit=1, setting="s")).http == 429
+    assert edge_of(WaitConflict("w", held="a", asked="b")) == EDGES[WaitConflict]
+    assert edge_of(BrokerAuthenticationError("x")).exit == 77

@@ -13,19 +13,23 @@ import json
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import httpx
 
 from .._event import Event
 from .._exceptions import (
+    AdapterError,
     BrokerAuthenticationError,
     BusError,
     BusUnavailable,
     ClientStateError,
     ConfigurationError,
     InvalidInput,
+    LimitExceeded,
+    PropertiesTooLarge,
+    WaitConflict,
 )
 from .._groups import DeadLetter, GroupOptions, GroupSubscription
 from .._names import Kind, validate_kind, validate_name
@@ -56,6 +60,19 @@ def _split_credentials(url: str) -> tuple[str, httpx.BasicAuth | None]:
     if parts.username is not None:
         auth = httpx.BasicAuth(unquote(parts.username), unquote(parts.password or ""))
     return base, auth
+
+
+E = TypeVar("E", bound=AdapterError)
+
+
+def _remote(cls: type[E], detail: str, **attributes: object) -> E:
+    """An error of the daemon's as the same type here, with its words (the daemon's own values
+    of the attributes it does not send are None or 0)."""
+    error = cls.__new__(cls)
+    Exception.__init__(error, detail)
+    for name, value in attributes.items():
+        setattr(error, name, value)
+    return error
 
 
 def _detail(response: httpx.Response) -> str:
@@ -120,8 +137,9 @@ class HttpBus(Bus):
             "is 'customevent serve' running there?"
         )
 
-    def _refusal(self, response: httpx.Response) -> BusError | InvalidInput:
-        """The error for a response that is not a success."""
+    def _refusal(self, response: httpx.Response) -> AdapterError:
+        """The error for a response that is not a success: the daemon's own error, as the same
+        type (``EDGES`` maps each to its status), with the daemon's words."""
         status = response.status_code
         detail = _detail(response)
         self._connected = status != 503
@@ -130,12 +148,20 @@ class HttpBus(Bus):
                 f"the bridge daemon at {self.url} answered {status} "
                 f"{response.reason_phrase}: {detail}"
             )
-        if status in (400, 413, 422):
+        if status == 413:
+            return _remote(PropertiesTooLarge, detail, rule=detail, line=None, limit=0, size=0)
+        if status in (400, 422):
             return InvalidInput(detail)
+        if status == 409:
+            return _remote(WaitConflict, detail, wait_id=None, held=None, asked=None)
         if status == 429:
-            return BusUnavailable(
-                f"the bridge daemon at {self.url} is rate limiting this caller ({detail}); "
-                f"retry after {response.headers.get('retry-after', 'a moment')}s"
+            retry_after = response.headers.get("retry-after", "1")
+            return _remote(
+                LimitExceeded,
+                f"the bridge daemon at {self.url} refused it: {detail}",
+                limit=0,
+                setting="the daemon's",
+                retry_after=int(retry_after) if retry_after.isdigit() else 1,
             )
         return BusUnavailable(f"the bridge daemon at {self.url} answered {status}: {detail}")
 
