@@ -1,13 +1,22 @@
 """Webhook triggers of the daemon (``[[triggers]]``): each is a group, named after the trigger,
-whose events are POSTed to an HTTP service as CloudEvents 1.0 (binary mode, or structured),
-signed ``X-CustomEvent-Signature: sha256=<hex HMAC-SHA256 of the body>``.
+whose events are POSTed to an HTTP service as CloudEvents 1.0 (structured mode by default, or
+binary), signed per Standard Webhooks (``webhook-id``, ``webhook-timestamp``,
+``webhook-signature: v1,<base64 HMAC-SHA256 of id.timestamp.body>``, one signature per secret).
+
+What the signature covers is everything a receiver acts on. In structured mode every attribute is
+in the body. In binary mode the attributes travel in ``ce-*`` headers, which Standard Webhooks does
+not sign, so ``webhook-id`` is a digest of them (``attributes_id``): a receiver that recomputes it
+from the headers it got and verifies with that id refuses any header changed, added or removed.
 
 A 2xx answer acknowledges the event. 408, 429, 5xx and network errors (a timeout included)
 retry it after the group's backoff, never sooner than the receiver's ``Retry-After``; any other
-answer dead-letters it at once. Each trigger has its own HTTP client and at most
-``max_in_flight`` deliveries under way, so a receiver that is down or slow holds up neither the
-daemon's sends nor the other triggers. A trigger whose group cannot be joined (the broker away)
-tries again with a backoff, and says so in its ``customevent_trigger_running`` gauge.
+answer dead-letters it at once. ``timeout`` bounds the whole exchange, and at most
+``REPLY_BYTES`` of the answer's body are read, as sent (``Accept-Encoding: identity``, never
+decompressed): a receiver can hold a delivery slot no longer than the timeout and cost no more
+memory than that. Each trigger has its own HTTP client and at most ``max_in_flight`` deliveries
+under way, so a receiver that is down or slow holds up neither the daemon's sends nor the other
+triggers. A trigger whose group cannot be joined (the broker away) tries again with a backoff, and
+says so in its ``customevent_trigger_running`` gauge.
 """
 
 from __future__ import annotations
@@ -16,16 +25,18 @@ import asyncio
 import contextlib
 import email.utils
 import hashlib
-import hmac
 import logging
 import ssl
 import time
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Self
+from urllib.parse import quote
 
 import httpx
 from prometheus_client import Counter, Gauge, Histogram
+from standardwebhooks import Webhook
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from ._client import Client
@@ -35,13 +46,22 @@ from ._groups import Delivery
 from ._settings import Settings, Trigger
 from ._version import __version__
 
-__all__ = ["SIGNATURE_HEADER", "Triggers", "sign"]
+__all__ = ["ATTRIBUTES_ID_PREFIX", "REPLY_BYTES", "Triggers", "attributes_id", "sign", "webhook_id"]
 
 log = logging.getLogger("adapter.triggers")
 
-SIGNATURE_HEADER = "X-CustomEvent-Signature"
+#: How a binary-mode ``webhook-id`` begins. A ``%`` followed by ``s`` is never part of a
+#: percent-encoded event id (the structured-mode ``webhook-id``), so a receiver tells the two
+#: forms apart from the signed id itself and cannot be made to read one mode as the other.
+ATTRIBUTES_ID_PREFIX = "%sha256:"
+#: The most of a receiver's answer body that is read: enough for the reason of a dead letter.
+REPLY_BYTES = 4096
 _RETRIED_STATUSES = frozenset({408, 429})
 _BODY_SHOWN = 200
+_OWS = " \t"
+# What the CloudEvents HTTP binding leaves as it is in a header value (section 3.1.3.2):
+# printable ASCII but space, double quote and percent.
+_HEADER_SAFE = "".join(c for c in map(chr, range(0x21, 0x7F)) if c not in ' "%')
 # At start, how long the daemon waits for its triggers to have joined their groups (so that the
 # events sent once it is up are caught), before it goes on and they keep trying on their own.
 _JOIN_SECONDS = 10.0
@@ -67,9 +87,39 @@ RUNNING = Gauge(
 )
 
 
-def sign(secret: bytes, body: bytes) -> str:
-    """The value of ``X-CustomEvent-Signature`` for a body: ``sha256=<hex HMAC-SHA256>``."""
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+def attributes_id(headers: Iterable[tuple[str, str]]) -> str:
+    """The ``webhook-id`` of a binary-mode delivery: ``%sha256:`` and the hex SHA-256 of its
+    ``ce-*`` and ``Content-Type`` headers, each as ``name:value`` (name in lowercase, value
+    without surrounding spaces or tabs), sorted, joined by newlines. The same for every attempt."""
+    lines = sorted(
+        name.lower() + ":" + value.strip(_OWS)
+        for name, value in headers
+        if name.lower().startswith("ce-") or name.lower() == "content-type"
+    )
+    return ATTRIBUTES_ID_PREFIX + hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def webhook_id(event_id: str, headers: dict[str, str]) -> str:
+    """The ``webhook-id`` of a delivery whose CloudEvent HTTP message has these headers: in
+    binary mode (``ce-*`` headers) their digest (``attributes_id``), in structured mode the
+    event id, percent-encoded as a ``ce-id`` header is (a UUID stays as it is)."""
+    if any(name.lower().startswith("ce-") for name in headers):
+        return attributes_id(headers.items())
+    return quote(event_id, safe=_HEADER_SAFE)
+
+
+def sign(
+    webhooks: Sequence[Webhook], message_id: str, timestamp: int, body: bytes
+) -> dict[str, str]:
+    """The Standard Webhooks headers of a delivery: ``webhook-id``, ``webhook-timestamp`` (Unix
+    seconds) and ``webhook-signature``, one ``v1,<base64>`` signature per secret."""
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    data = body.decode("utf-8")
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": " ".join(w.sign(message_id, moment, data) for w in webhooks),
+    }
 
 
 def _retry_after(response: httpx.Response) -> float:
@@ -88,11 +138,32 @@ def _retry_after(response: httpx.Response) -> float:
     return max((moment - datetime.now(UTC)).total_seconds(), 0.0)
 
 
+async def _reply_head(response: httpx.Response) -> bytes:
+    """At most ``REPLY_BYTES`` of the answer's body, as sent; the rest is never read (closing
+    the response closes the connection instead)."""
+    kept = bytearray()
+    async for chunk in response.aiter_raw():  # each at most one socket read (64 KiB)
+        kept += chunk[: REPLY_BYTES - len(kept)]
+        if len(kept) >= REPLY_BYTES:
+            break
+    return bytes(kept)
+
+
+def _shown(response: httpx.Response, head: bytes) -> str:
+    """The start of an answer's body for a dead letter's reason: one line of printable text, or
+    nothing for an encoded body (never decompressed)."""
+    if response.headers.get("content-encoding", "identity").strip().lower() != "identity":
+        return ""
+    text = head.decode("utf-8", "replace")
+    return "".join(c if c.isprintable() else " " for c in text).strip()[:_BODY_SHOWN]
+
+
 class _Runner:
-    def __init__(self, trigger: Trigger, client: Client) -> None:
+    def __init__(self, trigger: Trigger, client: Client, clock: Callable[[], float]) -> None:
         self.trigger = trigger
         self.client = client
-        self.secret = trigger.read_secret()
+        self.clock = clock
+        self.webhooks = [Webhook(key) for key in trigger.signing_keys()]
         self.slots = asyncio.Semaphore(trigger.max_in_flight)
         self.tasks: set[asyncio.Task[None]] = set()
         self.joined = asyncio.Event()
@@ -156,7 +227,12 @@ class _Runner:
             timeout=httpx.Timeout(self.trigger.timeout),
             follow_redirects=False,
             verify=self._tls,
-            headers={"User-Agent": f"customevent-bridge/{__version__}"},
+            # The answer is read raw, never inflated (_reply_head): ask for it uncompressed, so
+            # that its start can be shown in a dead letter's reason.
+            headers={
+                "User-Agent": f"customevent-bridge/{__version__}",
+                "Accept-Encoding": "identity",
+            },
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
         )
         self._lanes.append(lane)
@@ -181,10 +257,20 @@ class _Runner:
         trigger = self.trigger
         event = delivery.event
         headers, body = to_http(event, trigger.mode)
-        headers[SIGNATURE_HEADER] = sign(self.secret, body)
+        message_id = webhook_id(event.event_id, headers)
+        headers.update(sign(self.webhooks, message_id, int(self.clock()), body))
         started = time.perf_counter()
         try:
-            response = await http.post(trigger.url, content=body, headers=headers)
+            # httpx's timeout bounds each read; a receiver that drips its answer a byte at a
+            # time would hold the slot for as long as it likes.
+            async with (
+                asyncio.timeout(trigger.timeout),
+                http.stream("POST", trigger.url, content=body, headers=headers) as response,
+            ):
+                head = await _reply_head(response)
+        except TimeoutError:
+            await delivery.retry(f"{trigger.url} did not answer within {trigger.timeout:g} s")
+            return "retry"
         except httpx.HTTPError as exc:
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             await delivery.retry(f"{trigger.url} could not be reached ({reason})")
@@ -196,7 +282,7 @@ class _Runner:
             await delivery.ack()
             return "ok"
         detail = f"{trigger.url} answered {status}"
-        text = response.text.strip()[:_BODY_SHOWN]
+        text = _shown(response, head)
         if text:
             detail += f": {text}"
         if status in _RETRIED_STATUSES or status >= 500:
@@ -217,10 +303,13 @@ class _Runner:
 
 class Triggers:
     """The daemon's webhook triggers: ``async with Triggers(settings, client):`` runs one task per
-    trigger, and stops them (and their deliveries under way, which come again) on exit."""
+    trigger, and stops them (and their deliveries under way, which come again) on exit.
+    ``clock`` gives the ``webhook-timestamp`` of each attempt (Unix seconds)."""
 
-    def __init__(self, settings: Settings, client: Client) -> None:
-        self._runners = [_Runner(trigger, client) for trigger in settings.triggers]
+    def __init__(
+        self, settings: Settings, client: Client, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._runners = [_Runner(trigger, client, clock) for trigger in settings.triggers]
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> Self:

@@ -20,12 +20,14 @@ import argparse
 import asyncio
 import contextlib
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aio_pika
 import httpx
+from standardwebhooks import Webhook
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -39,11 +41,11 @@ from adapter import Client, load_settings  # noqa: E402
 from adapter._bus.amqp._queues import dead_queue, group_queue  # noqa: E402
 from adapter._cloudevents import to_http  # noqa: E402
 from adapter._event import Event  # noqa: E402
-from adapter._triggers import SIGNATURE_HEADER, Triggers, sign  # noqa: E402
+from adapter._triggers import Triggers, sign, webhook_id  # noqa: E402
 from adapter.testing import free_port  # noqa: E402
 
 PREFETCH = 64
-SECRET = "bench-webhook-secret-0123456789"
+SECRET = "whsec_YmVuY2gtd2ViaG9vay1zZWNyZXQtMDEyMzQ1Njc4OQ=="
 
 
 def log(message: str) -> None:
@@ -199,11 +201,14 @@ async def plain_posts(count: int) -> float:
     events = [
         Event(name="bench.plain", kind="internal", properties={"n": str(i)}) for i in range(count)
     ]
+    webhooks = [Webhook(SECRET)]
     async with receiver(count) as (hook, received), httpx.AsyncClient() as http:
         with Stopwatch() as watch:
             for event in events:
-                headers, body = to_http(event)
-                headers[SIGNATURE_HEADER] = sign(SECRET.encode(), body)
+                headers, body = to_http(event, "structured")  # as a trigger does by default
+                headers.update(
+                    sign(webhooks, webhook_id(event.event_id, headers), int(time.time()), body)
+                )
                 response = await http.post(hook, content=body, headers=headers)
                 response.raise_for_status()
             await received()

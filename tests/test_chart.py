@@ -353,10 +353,10 @@ def test_triggers_take_their_signing_keys_from_secrets_by_reference(
     assert mounts["trigger-reload"]["mountPath"] == "/etc/customevent/triggers/reload"
     # The daemon reads the rendered file, the key where the Secret is mounted.
     secret = tmp_path / "secret"
-    secret.write_text("a-signing-key-from-a-secret\n")
+    secret.write_text("whsec_YS1zaWduaW5nLWtleS1mcm9tLWEtc2VjcmV0\n")  # a whsec_ secret
     settings = Settings.model_validate(result.config())
     moved = settings.triggers[0].model_copy(update={"secret_file": secret})
-    assert moved.read_secret() == b"a-signing-key-from-a-secret"
+    assert moved.signing_keys() == [b"a-signing-key-from-a-secret"]
     validate_all(result)
 
 

@@ -1,21 +1,21 @@
-"""Webhook triggers against real receivers (uvicorn on a free port) and the real RabbitMQ: signed
-CloudEvents that the SDK parses, retries honouring Retry-After, dead letters, timeouts, a daemon
-restarted mid-stream, and a dead receiver that holds up nobody else."""
+"""Webhook triggers against real receivers (uvicorn on a free port) and the real RabbitMQ:
+CloudEvents signed per Standard Webhooks that the SDK parses and the standardwebhooks library
+verifies, key rotation, retries honouring Retry-After, dead letters, timeouts, a daemon restarted
+mid-stream, and a dead receiver that holds up nobody else. Hostile receivers and replayed or
+altered deliveries: test_hostile_webhooks.py."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
-import hashlib
-import hmac
-import importlib.util
 import json
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +23,18 @@ import httpx
 import pytest
 import uvicorn
 from cloudevents.core.bindings import http as ce_http
+from standardwebhooks import Webhook
 from starlette.requests import Request
 from starlette.responses import Response
 
 from adapter import Client, ConfigurationError, load_settings
 from adapter._bus.amqp._queues import dead_queue, group_queue
-from adapter._triggers import SIGNATURE_HEADER, Triggers, sign
+from adapter._triggers import attributes_id
 from adapter.testing import free_port
 from tests.support.processes import Daemon
-
-SECRET = "a-webhook-secret-of-some-length"
-RETRY = {"retry_initial": 0.2, "retry_max": 2.0}
+from tests.support.webhooks import SECRET, delete_group_queues, running, serving_example
+from tests.support.webhooks import trigger as _trigger
+from tests.support.webhooks import until as _until
 
 
 @dataclass
@@ -81,34 +82,19 @@ async def serving(receiver: Receiver) -> AsyncIterator[Receiver]:
         await task
 
 
-def _trigger(name: str, pattern: str, url: str, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "pattern": pattern, "url": url, "secret": SECRET, "timeout": 2, **extra}
-
-
 @pytest.fixture
 def group() -> Iterator[str]:
     name = f"t-hook-{uuid.uuid4().hex[:10]}"
     yield name
-    listing = subprocess.run(
-        ["rabbitmqctl", "-q", "list_queues", "name"], capture_output=True, text=True
-    )
-    for queue in listing.stdout.split():
-        if queue.startswith(group_queue("customevents", name)):
-            subprocess.run(["rabbitmqctl", "-q", "delete_queue", queue], capture_output=True)
+    delete_group_queues(name)
 
 
-@contextlib.asynccontextmanager
-async def running(amqp_url: str, *triggers: dict[str, Any]) -> AsyncIterator[Client]:
-    settings = load_settings(amqp={"url": amqp_url}, groups=RETRY, triggers=list(triggers))
-    async with Client(settings) as client, Triggers(settings, client):
-        yield client
-
-
-async def _until(check: Callable[[], bool], what: str, seconds: float = 20) -> None:
-    async with asyncio.timeout(seconds):
-        while not check():
-            await asyncio.sleep(0.05)
-    assert check(), what
+def _verify(secret: str, headers: dict[str, str], body: bytes) -> None:
+    """What a receiver does: verify with the standardwebhooks library, binding the ce-* headers
+    through webhook-id in binary mode."""
+    if "ce-id" in headers:
+        headers = {**headers, "webhook-id": attributes_id(headers.items())}
+    Webhook(secret).verify(body, headers, json_parse=False)
 
 
 @pytest.mark.rabbitmq
@@ -126,8 +112,10 @@ async def test_a_delivery_is_a_signed_cloudevent_the_sdk_reads(
             await asyncio.sleep(0.5)
     assert len(receiver.received) == 1
     _, headers, body = receiver.received[0]
-    expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-    assert headers["x-customevent-signature"] == expected == sign(SECRET.encode(), body)
+    _verify(SECRET, headers, body)
+    assert "x-customevent-signature" not in headers
+    assert headers["webhook-signature"].startswith("v1,")
+    assert abs(int(headers["webhook-timestamp"]) - time.time()) < 60
     event = receiver.events()[0]
     assert event.get_id() == f"{group}-1"
     assert event.get_type() == f"{unique_name}.created"
@@ -137,8 +125,35 @@ async def test_a_delivery_is_a_signed_cloudevent_the_sdk_reads(
     assert event.get_data() == {"vm": "web-1"}
     if mode == "structured":
         assert headers["content-type"].startswith("application/cloudevents+json")
+        assert headers["webhook-id"] == f"{group}-1"  # receivers de-duplicate by it
     else:
         assert headers["ce-id"] == f"{group}-1"
+        assert headers["webhook-id"] == attributes_id(headers.items())
+    assert headers["accept-encoding"] == "identity"
+
+
+@pytest.mark.rabbitmq
+async def test_structured_mode_is_the_default_and_every_secret_signs(
+    amqp_url: str, group: str, unique_name: str, tmp_path: Path
+) -> None:
+    old, new = (
+        "whsec_" + base64.b64encode(f"{word}-key-for-rotation-tests".encode()).decode()
+        for word in ("old", "new")
+    )
+    secrets = tmp_path / "secrets"
+    secrets.write_text(f"# rotating: the new one first\n{new}\n\n{old}\n")
+    async with serving(Receiver()) as receiver:
+        hook = {**_trigger(group, unique_name, receiver.url), "secret": None}
+        hook["secret_file"] = str(secrets)
+        async with running(amqp_url, hook) as client:
+            await client.send_custom_event(unique_name, event_id=f"{group}-rot")
+            await _until(lambda: len(receiver.received) == 1, "the delivery")
+    _, headers, body = receiver.received[0]
+    assert headers["content-type"].startswith("application/cloudevents+json")
+    assert not any(name.startswith("ce-") for name in headers)
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    for secret in (old, new):  # a receiver holding either one verifies the delivery
+        _verify(secret, headers, body)
 
 
 @pytest.mark.rabbitmq
@@ -307,45 +322,47 @@ async def test_trigger_metrics_and_readiness(amqp_url: str, group: str, unique_n
     assert f'customevent_trigger_seconds_count{{trigger="{group}"}} 2.0' in text
 
 
-def test_a_trigger_needs_one_secret_and_a_readable_file(tmp_path: Path) -> None:
+def test_a_trigger_needs_whsec_secrets_and_a_readable_file(tmp_path: Path) -> None:
     base = {"name": "t", "pattern": "vm.*", "url": "http://x/"}
     with pytest.raises(ConfigurationError, match="as secret or as secret_file"):
         load_settings(triggers=[base])
-    with pytest.raises(ConfigurationError, match="at least 16 characters"):
-        load_settings(triggers=[{**base, "secret": "short"}])
+    with pytest.raises(ConfigurationError, match="trigger 't': secret is not a Standard Webhooks"):
+        load_settings(triggers=[{**base, "secret": "a-plain-secret-of-32-characters!"}])
+    with pytest.raises(ConfigurationError, match="not base64 after whsec_"):
+        load_settings(triggers=[{**base, "secret": "whsec_not base64!"}])
+    short = "whsec_" + base64.b64encode(b"15 bytes of key").decode()
+    with pytest.raises(ConfigurationError, match=r"\(secret 2\) is a key of 15 bytes, fewer"):
+        load_settings(triggers=[{**base, "secret": [SECRET, short]}])
     with pytest.raises(ConfigurationError, match=r"triggers\.url must look like"):
         load_settings(triggers=[{**base, "secret": SECRET, "url": "ftp://x/"}])
+    unpadded = load_settings(triggers=[{**base, "secret": SECRET.rstrip("=")}])
+    assert unpadded.triggers[0].signing_keys() == [b"a-webhook-secret-of-some-length"]
     settings = load_settings(triggers=[{**base, "secret_file": str(tmp_path / "none")}])
-    with pytest.raises(ConfigurationError, match="cannot read secret_file"):
-        settings.triggers[0].read_secret()
+    with pytest.raises(ConfigurationError, match="trigger 't': cannot read secret_file"):
+        settings.triggers[0].signing_keys()
+    (tmp_path / "empty").write_text("# nothing yet\n\n")
+    empty = load_settings(triggers=[{**base, "secret_file": str(tmp_path / "empty")}])
+    with pytest.raises(ConfigurationError, match="holds no secret"):
+        empty.triggers[0].signing_keys()
 
 
 async def test_the_webhook_receiver_example_checks_what_a_trigger_sends(unique_name: str) -> None:
-    spec = importlib.util.spec_from_file_location(
-        "webhook_receiver", Path(__file__).parents[1] / "docs" / "examples" / "webhook_receiver.py"
-    )
-    assert spec is not None and spec.loader is not None
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
     handled: list[tuple[str, str, dict[str, str]]] = []
-    port = free_port()
-    server = example.make_server(port, SECRET.encode(), lambda *event: handled.append(event))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        settings = load_settings(amqp={"url": None}, triggers=[_trigger("docs", "t.#", url)])
-        async with Client(settings) as client, Triggers(settings, client):
+    with serving_example(handled) as url:
+        hooks = [_trigger("docs", "t.#", url), _trigger("docs-bin", "t.#", url, mode="binary")]
+        async with running(None, *hooks) as client:
             await client.send_custom_event(unique_name, {"vm": "web-1"}, event_id="docs-1")
-            await _until(lambda: len(handled) == 1, "the example to handle the event")
+            await _until(lambda: len(handled) == 2, "the example to handle the event twice")
         async with httpx.AsyncClient() as http:
-            forged = await http.post(url, content=b"{}", headers={SIGNATURE_HEADER: "sha256=00"})
+            stamp = str(int(time.time()))
+            forged = {"webhook-id": "x", "webhook-timestamp": stamp, "webhook-signature": "v1,AA=="}
+            forged_answer = await http.post(url, content=b"{}", headers=forged)
             body = b'{"not": "a cloudevent"}'
-            unsigned = {SIGNATURE_HEADER: sign(SECRET.encode(), body)}
-            not_an_event = await http.post(url, content=body, headers=unsigned)
-    finally:
-        server.shutdown()
-        thread.join(10)
-    assert handled == [("docs-1", unique_name, {"vm": "web-1"})]
-    assert forged.status_code == 401
+            signed = Webhook(SECRET).sign(
+                "y", datetime.fromtimestamp(int(stamp), UTC), body.decode()
+            )
+            headers = {"webhook-id": "y", "webhook-timestamp": stamp, "webhook-signature": signed}
+            not_an_event = await http.post(url, content=body, headers=headers)
+    assert handled == [("docs-1", unique_name, {"vm": "web-1"})] * 2  # structured, binary
+    assert forged_answer.status_code == 401
     assert not_an_event.status_code == 400
