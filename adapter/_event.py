@@ -164,7 +164,12 @@ def encode_body(properties: Mapping[str, str]) -> bytes:
 
 
 def check_event_id(event_id: str | None) -> str:
-    """The sender's event id (1 to 200 printable characters), or a new UUID."""
+    """The sender's event id (1 to 200 printable characters), or a new UUID.
+
+    Printable (``str.isprintable``) leaves out every control character, surrogate and Unicode
+    noncharacter (these are unassigned), so an id is always a string MQTT can carry: egress sends
+    it as a user property, and a NUL or U+FFFF there made Mosquitto drop the bridge.
+    """
     if event_id is None:
         return str(uuid.uuid4())
     if not isinstance(event_id, str) or not 0 < len(event_id) <= 200 or not event_id.isprintable():

@@ -18,6 +18,7 @@ __all__ = [
     "MAX_NAME_BYTES",
     "MAX_PATTERN_HASHES",
     "Kind",
+    "is_noncharacter",
     "name_from_topic",
     "parse_routing_key",
     "pattern_covers",
@@ -43,6 +44,14 @@ def validate_kind(kind: str) -> Kind:
     return kind
 
 
+def is_noncharacter(char: str) -> bool:
+    """True for the 66 Unicode noncharacters: U+FDD0 to U+FDEF and the last two code points of
+    every plane (U+FFFE, U+FFFF, U+1FFFE, ... U+10FFFF). MQTT lets a receiver treat them as a
+    malformed packet (MQTT 5.0, 1.5.4), and Mosquitto does: it drops the connection."""
+    code = ord(char)
+    return 0xFDD0 <= code <= 0xFDEF or code & 0xFFFE == 0xFFFE
+
+
 def _check_text(name: str, *, allow_wildcards: bool) -> None:
     if not isinstance(name, str):
         raise InvalidEventName(repr(name), "must be a string")
@@ -54,7 +63,8 @@ def _check_text(name: str, *, allow_wildcards: bool) -> None:
         raise InvalidEventName(name, "must be valid UTF-8 (it has an unpaired surrogate)") from None
     if size > MAX_NAME_BYTES:
         raise InvalidEventName(name, f"is {size} bytes of UTF-8, more than {MAX_NAME_BYTES}")
-    # Printable ASCII has no control characters: only the forbidden ones need looking for.
+    # Printable ASCII has no control characters nor noncharacters: only the forbidden ones need
+    # looking for.
     if not (name.isascii() and name.isprintable()) or not _FORBIDDEN.isdisjoint(name):
         _check_characters(name, allow_wildcards=allow_wildcards)
     if name.startswith("."):
@@ -70,6 +80,12 @@ def _check_characters(name: str, *, allow_wildcards: bool) -> None:
         if unicodedata.category(char) == "Cc":
             raise InvalidEventName(
                 name, f"must not contain control characters (U+{ord(char):04X} at {index})"
+            )
+        if is_noncharacter(char):
+            raise InvalidEventName(
+                name,
+                f"must not contain Unicode noncharacters, which MQTT cannot carry "
+                f"(U+{ord(char):04X} at {index})",
             )
         if char in _FORBIDDEN and not (allow_wildcards and char in "*#"):
             raise InvalidEventName(name, f"must not contain {char!r} (at {index})")

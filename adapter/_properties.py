@@ -7,7 +7,7 @@ reads or writes serializedProperties (REST, SOAP, MQTT, CLI) calls it.
 from __future__ import annotations
 
 import json
-import unicodedata
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,6 +29,12 @@ __all__ = [
 DEFAULT_MAX_BYTES = 64 * 1024
 DEFAULT_MAX_PROPERTIES = 256
 _NAME_SPACE = " \t"
+# Every control character (Unicode category Cc: U+0000-U+001F, U+007F-U+009F) and the line and
+# paragraph separators: with them, every character at which str.splitlines() splits a line.
+_NAME_REFUSED = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# A value may hold a TAB, and nothing else of those.
+_VALUE_REFUSED = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_VALUE_ASCII = bytes(range(0x20, 0x7F)) + b"\t"
 
 
 def _utf8_len(text: str, *, line: int | None) -> int:
@@ -74,11 +80,29 @@ def _shown(text: str) -> str:
     return repr(text if len(text) <= 60 else text[:57] + "...")
 
 
+def _refused_character(match: re.Match[str], *, in_value: bool) -> str:
+    char = match.group()
+    if char in "\u2028\u2029":
+        what = "a line or paragraph separator"
+    elif in_value and len(f"a{char}b".splitlines()) > 1:
+        what = "a line break"  # CR, LF, and what str.splitlines() also splits on
+    else:
+        what = "a control character"
+    return f"{what} (U+{ord(char):04X} at {match.start()})"
+
+
+def _plain_ascii(value: str) -> bool:
+    # The common case, in C: 50 us for a 64 KiB value where the search takes 300 us.
+    return value.isascii() and not value.encode("ascii").translate(None, _VALUE_ASCII)
+
+
 def check_property(name: object, value: object, *, line: int | None = None) -> None:
     """The rule every edge applies, so that every event stays representable as
     serializedProperties and ``key=value`` output can never be forged: a name is a non-empty
-    string with no ``=``, no control character and no surrounding spaces; a value is a string
-    with no CR or LF. Raises ``InvalidProperties`` naming the property."""
+    string with no ``=``, no control character, no U+2028/U+2029 and no surrounding spaces; a
+    value is a string with no control character but TAB and no U+2028/U+2029, so that neither
+    splits a line (on ``\\n`` or as ``str.splitlines()`` does) nor sends a terminal an escape
+    sequence. Raises ``InvalidProperties`` naming the property and the character."""
     if not isinstance(name, str) or not isinstance(value, str):
         raise InvalidProperties(
             f"property names and values must be strings, got {type(name).__name__}="
@@ -91,22 +115,19 @@ def check_property(name: object, value: object, *, line: int | None = None) -> N
         raise InvalidProperties("empty property name", line=line)
     if "=" in name:
         raise InvalidProperties(f"property name {_shown(name)} contains '='", line=line)
-    for index, char in enumerate(name):
-        if unicodedata.category(char) == "Cc":
-            raise InvalidProperties(
-                f"property name {_shown(name)} contains a control character "
-                f"(U+{ord(char):04X} at {index})",
-                line=line,
-            )
+    if (match := _NAME_REFUSED.search(name)) is not None:
+        found = _refused_character(match, in_value=False)
+        raise InvalidProperties(f"property name {_shown(name)} contains {found}", line=line)
     if name != name.strip(_NAME_SPACE):
         raise InvalidProperties(
             f"property name {_shown(name)} has surrounding spaces, which the format drops",
             line=line,
         )
-    if "\n" in value or "\r" in value:
-        raise InvalidProperties(
-            f"the value of property {_shown(name)} contains a line break (CR or LF)", line=line
-        )
+    if _plain_ascii(value):
+        return
+    if (match := _VALUE_REFUSED.search(value)) is not None:
+        found = _refused_character(match, in_value=True)
+        raise InvalidProperties(f"the value of property {_shown(name)} contains {found}", line=line)
 
 
 def check_properties(properties: Mapping[Any, Any]) -> dict[str, str]:

@@ -16,7 +16,14 @@ from adapter import (
     validate_name,
     validate_pattern,
 )
-from adapter._names import MAX_PATTERN_HASHES, parse_routing_key, pattern_covers, validate_kind
+from adapter._mqtt._mapping import mqtt_string_problem
+from adapter._names import (
+    MAX_PATTERN_HASHES,
+    is_noncharacter,
+    parse_routing_key,
+    pattern_covers,
+    validate_kind,
+)
 
 
 @pytest.mark.parametrize(
@@ -35,6 +42,14 @@ from adapter._names import MAX_PATTERN_HASHES, parse_routing_key, pattern_covers
         ("a.", "end with '.'"),
         ("a..b", "empty word"),
         ("a\ud800", "UTF-8"),
+        ("a\x85b", "control characters (U+0085 at 1)"),
+        ("a\x7fb", "control characters (U+007F at 1)"),
+        ("a\uffff", "noncharacters, which MQTT cannot carry (U+FFFF at 1)"),
+        ("a\ufffeb", "noncharacters, which MQTT cannot carry (U+FFFE at 1)"),
+        ("\ufdd0", "noncharacters, which MQTT cannot carry (U+FDD0 at 0)"),
+        ("ab\ufdef", "noncharacters, which MQTT cannot carry (U+FDEF at 2)"),
+        ("a\U0001fffe", "noncharacters, which MQTT cannot carry (U+1FFFE at 1)"),
+        ("a\U0010ffff", "noncharacters, which MQTT cannot carry (U+10FFFF at 1)"),
     ],
 )
 def test_invalid_names_say_which_rule_broke(name: str, rule: str) -> None:
@@ -44,9 +59,34 @@ def test_invalid_names_say_which_rule_broke(name: str, rule: str) -> None:
     assert caught.value.rule in str(caught.value)
 
 
-@pytest.mark.parametrize("name", ["a", "vm.created", "x" * 200, "é" * 100, "with space", "a-b_c"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "a",
+        "vm.created",
+        "x" * 200,
+        "é" * 100,
+        "with space",
+        "a-b_c",
+        # Next to the noncharacters, and not among them: Mosquitto carries these.
+        "a\ufdcf\ufdf0\ufffd\U0010fffd",
+        "\u2028\ue000\ufeff",
+    ],
+)
 def test_valid_names(name: str) -> None:
     assert validate_name(name) == name
+
+
+def test_noncharacters_are_the_66_of_unicode() -> None:
+    found = [code for code in range(0x110000) if is_noncharacter(chr(code))]
+    assert len(found) == 66
+    assert found[:32] == list(range(0xFDD0, 0xFDF0))
+    assert found[32:] == [plane << 16 | low for plane in range(17) for low in (0xFFFE, 0xFFFF)]
+
+
+def test_patterns_refuse_noncharacters_too() -> None:
+    with pytest.raises(InvalidEventName, match="noncharacters"):
+        validate_pattern("a.*.\uffff")
 
 
 def test_kinds() -> None:
@@ -88,7 +128,9 @@ def test_topic_mapping_refuses_what_it_cannot_map() -> None:
 
 
 name_words = st.text(
-    alphabet=st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="*#+/."),
+    alphabet=st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="*#+/.").filter(
+        lambda char: not is_noncharacter(char)
+    ),
     min_size=1,
     max_size=12,
 )
@@ -125,6 +167,27 @@ def test_any_text_validates_or_raises_our_error(text: str) -> None:
     except InvalidEventName:
         return
     assert pattern_matches(f"internal.{text}", f"internal.{text}")
+    # A valid name is always a topic MQTT can carry (egress publishes it).
+    assert mqtt_string_problem(topic_for("customevents", "internal", text)) is None
+
+
+# What Mosquitto 2.0 refuses in a topic (NUL, C0 and C1 controls, noncharacters), what it
+# accepts next to them, and anything else.
+edge_characters = st.sampled_from(
+    list(
+        "\x00\x01\x1f\x7f\x85\x9f\xa0\ufdcf\ufdd0\ufdef\ufdf0\ufffd\ufffe\uffff\u2028"
+        "\U0001fffe\U0010ffff\U0010fffd"
+    )
+)
+
+
+@given(st.text(alphabet=edge_characters | st.characters(), max_size=40))
+def test_every_valid_name_is_a_topic_mqtt_can_carry(text: str) -> None:
+    try:
+        validate_name(text)
+    except InvalidEventName:
+        return
+    assert mqtt_string_problem(topic_for("customevents", "internal", text)) is None
 
 
 @given(st.text(max_size=60))

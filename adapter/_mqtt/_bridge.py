@@ -102,6 +102,11 @@ class MqttBridge:
         await link.subscribed.wait()
 
     @property
+    def connections(self) -> int:
+        """Connections the MQTT broker accepted since ``async with``: 1 while the first holds."""
+        return self._link.session if self._link is not None else 0
+
+    @property
     def in_flight(self) -> int:
         """QoS 1 messages received and not yet acknowledged to the MQTT broker."""
         return self._ingress.in_flight

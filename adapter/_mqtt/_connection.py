@@ -33,7 +33,7 @@ from .._nodes import redact_url
 from .._settings import MqttSettings
 from .._tls import client_tls_context
 from ._driver import BufferedPaho, PahoDriver
-from ._mapping import new_properties
+from ._mapping import MQTT_MAX_PACKET, new_properties
 from ._metrics import CONNECTED
 
 __all__ = ["MqttLink"]
@@ -82,6 +82,7 @@ class MqttLink:
         )
         self.session = 0  # counts accepted connections: an ack is only meaningful on its own
         self.up = False
+        self.max_packet = MQTT_MAX_PACKET  # what the broker takes (MQTT v5 CONNACK may say less)
         self.subscribed = asyncio.Event()
         self._subscribe_mid: int | None = None
         self._connack: asyncio.Future[None] | None = None
@@ -244,6 +245,8 @@ class MqttLink:
             return
         self.session += 1
         self.up = True
+        broker_max = getattr(properties, "MaximumPacketSize", None) if properties else None
+        self.max_packet = broker_max if isinstance(broker_max, int) else MQTT_MAX_PACKET
         log.info(
             "MQTT bridge connected to %s (session %s)",
             self.shown_url,

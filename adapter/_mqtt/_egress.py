@@ -5,6 +5,11 @@ Each pattern has a task that holds a subscription on the bus. A subscription las
 one binds a minute before it ends (events both catch are dropped by id), so there is no gap. A task
 that fails is logged, counted (``customevent_mqtt_egress_restarts_total``) and restarted with
 backoff; ``customevent_mqtt_egress_running`` says whether each pattern is bound.
+
+An event read from the bus is untrusted (anyone allowed to publish ``internal.*`` sets its routing
+key and headers): one that MQTT cannot carry is never handed to paho, which would resend it on
+every reconnect after the broker dropped the connection for it. It is dropped, counted in
+``customevent_mqtt_egress_dropped_total{reason}`` and logged, one line each.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from .._event import Event
 from .._exceptions import BusUnavailable
 from .._settings import MqttSettings
 from ._connection import MqttLink
-from ._mapping import egress_message
+from ._mapping import egress_message, egress_problem
 from ._metrics import EGRESS_DROPPED, EGRESS_RESTARTS, EGRESS_RUNNING, EGRESS_SENT
 
 __all__ = ["EGRESS_OVERLAP", "EGRESS_SPAN", "Egress"]
@@ -145,15 +150,26 @@ class Egress:
                 self._publish(event)
 
     def _publish(self, event: Event) -> None:
-        message = egress_message(self._settings.prefix, event, v5=self._link.v5)
-        rc = self._link.publish(
-            message.topic, message.payload, qos=1, properties=message.properties
-        )
+        link = self._link
+        message = egress_message(self._settings.prefix, event, v5=link.v5)
+        problem = egress_problem(message, max_packet=link.max_packet)
+        if problem is not None:
+            reason, detail = problem
+            self._drop(event, reason, detail)
+            return
+        rc = link.publish(message.topic, message.payload, qos=1, properties=message.properties)
         # NO_CONN: paho keeps the message and sends it once reconnected.
         if rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             EGRESS_SENT.inc()
         else:
-            EGRESS_DROPPED.inc()
-            log.warning(
-                "MQTT egress: event %r not published (%s)", event.name, mqtt.error_string(rc)
-            )
+            self._drop(event, "queue", mqtt.error_string(rc))
+
+    def _drop(self, event: Event, reason: str, detail: str) -> None:
+        EGRESS_DROPPED.labels(reason=reason).inc()
+        log.warning(
+            "MQTT egress: event %r (id %r) dropped (%s): %s",
+            event.name,
+            event.event_id,
+            reason,
+            detail,
+        )

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import unicodedata
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -15,21 +17,24 @@ from .._client import Client
 from .._cloudevents import STRUCTURED_CONTENT_TYPE, from_cloudevent, from_structured
 from .._event import Event, encode_body
 from .._exceptions import InvalidEventName, InvalidInput, InvalidProperties, PropertiesTooLarge
-from .._names import name_from_topic
+from .._names import is_noncharacter, name_from_topic
 from .._properties import loads_json_object, string_object
 
 __all__ = [
     "DEADLETTER_ROUTING_KEY",
     "DEADLETTER_SOURCE",
     "DEVICE_WORD",
+    "MQTT_MAX_PACKET",
     "RETAIN_PROPERTY",
     "EgressMessage",
     "dead_letter_headers",
     "egress_message",
+    "egress_problem",
     "egress_topic",
     "event_from_mqtt",
     "message_content_type",
     "message_topic",
+    "mqtt_string_problem",
     "new_properties",
     "principal_from_name",
     "refusal_reason",
@@ -214,6 +219,35 @@ def new_properties(packet_type: int) -> Properties:
     return Properties(packet_type)  # type: ignore[no-untyped-call]
 
 
+MQTT_MAX_PACKET = 1 + 4 + 268_435_455
+"""The largest MQTT packet: a fixed header byte, four bytes of length, and that length."""
+
+_MQTT_MAX_STRING = 65_535  # bytes of UTF-8 in an MQTT string (its length is two bytes)
+
+
+def mqtt_string_problem(text: str) -> str | None:
+    """What stops ``text`` from being an MQTT UTF-8 string that any broker takes, or None.
+
+    MQTT 5.0 (1.5.4; 3.1.1, 1.5.3, alike) forbids an unpaired surrogate and U+0000, and lets a
+    receiver treat C0 and C1 control characters and noncharacters as a malformed packet: Mosquitto
+    2.0 does, and drops the connection. A string holds at most 65,535 bytes.
+    """
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        return f"an unpaired surrogate (U+{ord(text[exc.start]):04X} at {exc.start})"
+    if size > _MQTT_MAX_STRING:
+        return f"{size} bytes of UTF-8, more than the {_MQTT_MAX_STRING} of an MQTT string"
+    if text.isprintable():  # no control character, no noncharacter (they are unassigned, Cn)
+        return None
+    for index, char in enumerate(text):
+        if unicodedata.category(char) == "Cc":
+            return f"a control character (U+{ord(char):04X} at {index})"
+        if is_noncharacter(char):
+            return f"a Unicode noncharacter (U+{ord(char):04X} at {index})"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class EgressMessage:
     """What an egress event becomes on MQTT: topic, JSON payload and (v5) properties."""
@@ -223,8 +257,18 @@ class EgressMessage:
     properties: Properties | None
 
 
+def _egress_body(properties: dict[str, str]) -> bytes:
+    # Properties read from the bus were checked as text, but a bus (or a bug) could still hand
+    # over one that is not UTF-8: escaped, it is still JSON, and never an exception here.
+    try:
+        return encode_body(properties)
+    except UnicodeEncodeError:
+        return json.dumps(properties, separators=(",", ":")).encode("ascii")
+
+
 def egress_message(prefix: str, event: Event, *, v5: bool) -> EgressMessage:
-    """An internal event as the message devices get on ``<prefix>/out/...``."""
+    """An internal event as the message devices get on ``<prefix>/out/...``. Nothing here is
+    checked: ``egress_problem`` says whether MQTT can carry it."""
     properties: Properties | None = None
     if v5:
         properties = new_properties(PacketTypes.PUBLISH)
@@ -234,5 +278,48 @@ def egress_message(prefix: str, event: Event, *, v5: bool) -> EgressMessage:
             user.append(("principal", event.principal))
         properties.UserProperty = user
     return EgressMessage(
-        egress_topic(prefix, event.name), encode_body(event.properties), properties
+        egress_topic(prefix, event.name), _egress_body(event.properties), properties
     )
+
+
+def _user_properties(message: EgressMessage) -> list[tuple[str, object]]:
+    user = getattr(message.properties, "UserProperty", None) if message.properties else None
+    return list(user or [])
+
+
+def egress_problem(message: EgressMessage, *, max_packet: int) -> tuple[str, str] | None:
+    """Why the broker could not take ``message`` (reason label, what is wrong), or None.
+
+    An event read from the bus is untrusted: a third-party publisher sets its name (the routing
+    key), its id (``ce-id``), source and principal. Whatever MQTT cannot carry would make the broker
+    drop the bridge's connection, and paho would send the same message again on every reconnect,
+    for ever; so it is never sent. ``max_packet`` is the broker's Maximum Packet Size (MQTT v5
+    CONNACK), else ``MQTT_MAX_PACKET``.
+    """
+    problem = mqtt_string_problem(message.topic)
+    if problem is None and not message.topic:
+        problem = "it is empty"
+    if problem is None and ("+" in message.topic or "#" in message.topic):
+        problem = "it holds a wildcard ('+' or '#')"
+    if problem is not None:
+        return "topic", f"the topic {message.topic!r} cannot be sent over MQTT: {problem}"
+    for key, value in _user_properties(message):
+        if not isinstance(value, str):
+            return "property", f"the user property {key!r} is not text"
+        problem = mqtt_string_problem(value)
+        if problem is not None:
+            return "property", f"the user property {key!r} cannot be sent over MQTT: {problem}"
+    size = _publish_packet_size(message)
+    if size > max_packet:
+        return "oversize", f"{size} bytes as an MQTT packet, more than the broker's {max_packet}"
+    return None
+
+
+def _publish_packet_size(message: EgressMessage) -> int:
+    """The size of the QoS 1 PUBLISH packet of a message whose strings are all valid."""
+    properties = b""
+    if message.properties is not None:
+        properties = bytes(message.properties.pack())  # type: ignore[no-untyped-call]
+    remaining = 2 + len(message.topic.encode("utf-8")) + 2 + len(properties) + len(message.payload)
+    length_bytes = next(n for n in (1, 2, 3, 4) if remaining < 128**n or n == 4)  # a varint
+    return 1 + length_bytes + remaining

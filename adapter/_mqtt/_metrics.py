@@ -50,7 +50,10 @@ OVERRUNS = Counter(
 )
 EGRESS_SENT = Counter("customevent_mqtt_egress", "events published to MQTT devices")
 EGRESS_DROPPED = Counter(
-    "customevent_mqtt_egress_dropped", "events not published to MQTT (client queue full)"
+    "customevent_mqtt_egress_dropped",
+    "events not published to MQTT, by reason: queue (the client's queue full), topic or property "
+    "(a name or user property MQTT cannot carry), oversize (over the broker's packet size)",
+    ["reason"],
 )
 EGRESS_RESTARTS = Counter(
     "customevent_mqtt_egress_restarts",
