@@ -37,15 +37,25 @@ __all__ = [
 
 
 def resolve_deadline(until: datetime | timedelta) -> datetime:
-    """An aware UTC deadline from an aware datetime or a timedelta from now."""
+    """An aware UTC deadline from an aware datetime or a timedelta from now; ``InvalidDeadline``
+    for one that UTC cannot hold (past the year 9999, or before the year 1, once its offset is
+    applied)."""
     if isinstance(until, timedelta):
-        return datetime.now(UTC) + until
+        try:
+            return datetime.now(UTC) + until
+        except OverflowError:
+            raise InvalidDeadline(f"{until} from now is past the year 9999") from None
     if isinstance(until, datetime):
         if until.tzinfo is None or until.utcoffset() is None:
             raise InvalidDeadline(
                 f"{until.isoformat()} has no time zone; give an aware datetime or a timedelta"
             )
-        return until.astimezone(UTC)
+        try:
+            return until.astimezone(UTC)
+        except OverflowError:
+            raise InvalidDeadline(
+                f"{until.isoformat()} is outside the years 1 to 9999 once in UTC"
+            ) from None
     raise InvalidDeadline(f"until must be a datetime or a timedelta, not {type(until).__name__}")
 
 
@@ -93,7 +103,12 @@ def parse_deadline_text(text: str, what: str = "the deadline") -> datetime:
         ) from None
     if moment.tzinfo is None:
         raise InvalidInput(f"{what} {text!r} has no time zone offset (add Z or +01:00)")
-    return resolve_deadline(moment)
+    try:
+        return resolve_deadline(moment)
+    except InvalidDeadline:
+        raise InvalidDeadline(
+            f"{what} {text!r} is outside the years 1 to 9999 once in UTC"
+        ) from None
 
 
 def check_retain(retain: timedelta | None, max_retain: float) -> timedelta | None:

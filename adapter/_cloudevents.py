@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
@@ -81,11 +81,24 @@ _JSON_MEDIA = re.compile(r"^(application|text)/([a-z0-9\-.]+\+)?json\s*(;.*)?$",
 
 
 def parse_time(text: str) -> datetime:
-    """An RFC 3339 time (a CloudEvent's ``time``) as an aware datetime; ``ValueError`` if not."""
+    """An RFC 3339 time (a CloudEvent's ``time``) as an aware datetime; ``ValueError`` if not,
+    or if UTC cannot hold it."""
     moment = datetime.fromisoformat(text.strip().replace("z", "Z"))
     if moment.tzinfo is None:
         raise ValueError(f"time {text!r} has no zone offset")
+    _in_utc(moment)
     return moment
+
+
+def _in_utc(moment: datetime) -> datetime:
+    """``moment`` in UTC; ``ValueError`` when its offset takes it past the year 9999 or before
+    the year 1 (``9999-12-31T23:59:59-14:00``), which ``astimezone`` reports as an overflow."""
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(
+            f"time {moment.isoformat()} is outside the years 1 to 9999 once in UTC"
+        ) from None
 
 
 # -- event -> CloudEvent ------------------------------------------------------------------------
@@ -183,6 +196,10 @@ def from_cloudevent(
         moment = datetime.now(UTC)
     elif not isinstance(moment, datetime) or moment.tzinfo is None:
         raise InvalidInput("CloudEvent time must be an RFC 3339 time with a zone offset")
+    try:
+        moment = _in_utc(moment)
+    except ValueError as exc:
+        raise InvalidInput(f"CloudEvent {exc}") from None
     content_type = attributes.pop("datacontenttype", None)
     if not _is_json_media(content_type):
         raise InvalidInput(
@@ -214,7 +231,7 @@ def from_cloudevent(
         kind=checked_kind,
         properties=properties,
         event_id=event_id,
-        sent_at=moment.astimezone(UTC),
+        sent_at=moment,
         source=source,
         principal=principal,
         cloudevent_attributes=check_cloudevent_attributes(attributes),
@@ -266,11 +283,20 @@ def _media_type(content_type: str | None) -> str:
     return (content_type or "").split(";")[0].strip().lower()
 
 
-def from_http(headers: Iterable[tuple[str, str]], body: bytes) -> list[CloudEvent]:
+def from_http(
+    headers: Iterable[tuple[str, str]],
+    body: bytes,
+    *,
+    admit: Callable[[int], None] | None = None,
+) -> list[CloudEvent]:
     """The CloudEvents of an HTTP request: binary mode (``ce-*`` headers), structured mode
     (``application/cloudevents+json``) or a batch (``application/cloudevents-batch+json``).
     Each header may be given once; JSON with a key given twice is refused. ``InvalidInput``
-    names what breaks a rule (for a batch, the position of the CloudEvent)."""
+    names what breaks a rule (for a batch, the position of the CloudEvent).
+
+    ``admit``, when given, is called with the number of CloudEvents once they are counted and
+    before any is decoded, so that it can refuse them (a bound on a batch, a rate) for the cost
+    of one JSON decoding: the SDK costs far more per CloudEvent."""
     seen: dict[str, str] = {}
     for key, value in headers:
         lowered = key.lower()
@@ -281,13 +307,17 @@ def from_http(headers: Iterable[tuple[str, str]], body: bytes) -> list[CloudEven
     content_type = seen.get("content-type")
     media = _media_type(content_type)
     binary = any(key.startswith(CE_PREFIX) for key in seen)
-    if media == STRUCTURED_CONTENT_TYPE:
-        return [from_structured(body)]
     if media == BATCH_CONTENT_TYPE:
         batch = loads_json_object(body, "the CloudEvents batch")
         if not isinstance(batch, list):
             raise InvalidInput("a CloudEvents batch is a JSON array of CloudEvents")
+        if admit is not None:
+            admit(len(batch))
         return [_structured(item, f"CloudEvent {i} of the batch") for i, item in enumerate(batch)]
+    if admit is not None and (media == STRUCTURED_CONTENT_TYPE or binary):
+        admit(1)
+    if media == STRUCTURED_CONTENT_TYPE:
+        return [from_structured(body)]
     if not binary:
         raise InvalidInput(
             "not a CloudEvent: give ce-* headers (binary mode), or Content-Type "

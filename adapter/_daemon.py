@@ -163,7 +163,8 @@ async def _serve(settings: Settings, sockets: list[socket.socket]) -> None:
 
 def server_config(app: Any, http: HttpSettings, **overrides: Any) -> uvicorn.Config:
     """uvicorn's configuration for the daemon's app: bounded connections (``_protocol``), our
-    logging, no lifespan, the drain on stop."""
+    logging, no lifespan, the drain on stop, and ``X-Forwarded-For`` believed only from
+    ``http.trusted_proxies``."""
     options: dict[str, Any] = {
         "host": http.host,
         "port": http.port,
@@ -175,6 +176,10 @@ def server_config(app: Any, http: HttpSettings, **overrides: Any) -> uvicorn.Con
         "lifespan": "off",
         "server_header": False,
         "timeout_graceful_shutdown": math.ceil(http.drain_seconds),
+        # uvicorn believes X-Forwarded-For from 127.0.0.1 by default: any local process (a
+        # sidecar, another user) would pick its own address and escape the per-address bounds.
+        "proxy_headers": bool(http.trusted_proxies),
+        "forwarded_allow_ips": list(http.trusted_proxies) or None,
     }
     return uvicorn.Config(app, **{**options, **overrides})
 

@@ -16,6 +16,7 @@ from ._exceptions import InvalidProperties, PropertiesTooLarge
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_PROPERTIES",
+    "MAX_JSON_DEPTH",
     "check_limits",
     "check_properties",
     "check_property",
@@ -28,6 +29,10 @@ __all__ = [
 
 DEFAULT_MAX_BYTES = 64 * 1024
 DEFAULT_MAX_PROPERTIES = 256
+#: Arrays and objects in any JSON read from a caller nest at most this deep (properties are one
+#: level, a CloudEvents batch three): deeper, the decoder and whatever walks the result recurse
+#: towards Python's recursion limit.
+MAX_JSON_DEPTH = 64
 _NAME_SPACE = " \t"
 # Every control character (Unicode category Cc: U+0000-U+001F, U+007F-U+009F) and the line and
 # paragraph separators: with them, every character at which str.splitlines() splits a line.
@@ -154,15 +159,50 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def _too_deep(text: str, value: Any) -> bool:
+    """True if ``value``, decoded from ``text``, nests arrays and objects deeper than
+    ``MAX_JSON_DEPTH``."""
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return False  # the common case: two passes in C
+    # One level at a time over the containers only: it costs less than the decoding that built
+    # them (a 1 MiB batch of 19,000 CloudEvents: 5 ms against 25 ms).
+    level = [value]
+    for _ in range(MAX_JSON_DEPTH):
+        below = []
+        for container in level:
+            for item in container.values() if type(container) is dict else container:
+                if type(item) is dict or type(item) is list:
+                    below.append(item)
+        if not below:
+            return False
+        level = below
+    return True
+
+
 def loads_json_object(text: str | bytes, what: str) -> Any:
     """Decode JSON text, refusing (``InvalidProperties``) an object with a key given twice at any
-    depth, which ``json.loads`` would silently resolve to the last one."""
+    depth, which ``json.loads`` would silently resolve to the last one, and arrays and objects
+    nested deeper than ``MAX_JSON_DEPTH``. Every JSON the bridge reads from a caller comes here:
+    HTTP bodies, CloudEvents, MQTT payloads, bus messages."""
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        if isinstance(text, bytes):
+            text = text.decode(json.detect_encoding(text), "surrogatepass")
+        value = json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except (ValueError, UnicodeDecodeError) as exc:
         if isinstance(exc, InvalidProperties):
             raise
         raise InvalidProperties(f"{what} is not JSON: {exc}") from None
+    except RecursionError:
+        # The C decoder recurses once per level: 100k levels end here, not in a 500.
+        value = None
+        deep = True
+    else:
+        deep = type(value) in (dict, list) and _too_deep(text, value)
+    if deep:
+        raise InvalidProperties(
+            f"{what} nests arrays or objects deeper than {MAX_JSON_DEPTH} levels"
+        )
+    return value
 
 
 def parse_properties(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
 import re
 import typing
@@ -231,7 +232,19 @@ class HttpSettings(_Section):
     header_timeout: float = Field(
         default=10.0, gt=0, description="time a client has to send a request's head, seconds"
     )
+    body_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="time a client has, from the end of a request's head, to send its whole "
+        "body, seconds; past it: 408 and closed",
+    )
     max_connections: int = Field(default=1024, ge=1, description="HTTP connections open at once")
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="addresses or CIDRs of the reverse proxies whose X-Forwarded-For and "
+        "X-Forwarded-Proto are believed (behind an ingress: its controller's pod CIDR); "
+        "default none: the client address is the socket's",
+    )
     max_wait: float = Field(default=3600.0, gt=0, description="longest HTTP wait, seconds")
     max_batch: int = Field(
         default=100, ge=1, description="CloudEvents in one batch request; past it: 413"
@@ -261,6 +274,20 @@ class HttpSettings(_Section):
     )
     tls_cert_file: Path | None = Field(default=None, description="serve HTTPS with this cert")
     tls_key_file: Path | None = Field(default=None, description="private key for tls_cert_file")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted_proxies(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                # uvicorn would also take "*" or a host name: trusting every peer is the very
+                # hole this setting closes, and a name cannot be matched to a peer address.
+                raise ValueError(
+                    f"{entry!r} is not an IP address or CIDR (such as 10.0.0.0/8)"
+                ) from None
+        return value
 
 
 class Principal(_Section):

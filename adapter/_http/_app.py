@@ -256,15 +256,18 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
             if len(queries) > 1:
                 raise HttpError(400, "the query gives properties more than once")
             retain = retain_parameter(query_once(request, "retain"))
+            name = path_name(request, "eventName")
+            gateway.authorize(caller, name)  # a 403 before the body is read
             body = await read_body(request, limit)
             text = _properties_text(request, body, queries[0] if queries else None)
-            name = path_name(request, "eventName")
             result = await gateway.send(request, caller, name, text, source="http", retain=retain)
         return Response(status_code=200, headers={"x-event-id": result.event_id})
 
     async def json_send(request: Request) -> Response:
         with gateway.counting("json"):
             caller = await gateway.caller(request)
+            name = path_name(request, "name")
+            gateway.authorize(caller, name)  # a 403 before the body is read
             body = await read_body(request, limit)
             try:
                 data = loads_json_object(body, "the request body") if body else {}
@@ -276,7 +279,7 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
             result = await gateway.send(
                 request,
                 caller,
-                path_name(request, "name"),
+                name,
                 payload.properties,
                 source="http",
                 event_id=payload.event_id,

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from urllib.parse import unquote_to_bytes
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from .._client import Client, parse_duration_text
 from .._event import Event, SendResult
@@ -53,6 +53,7 @@ _OUTCOMES = {
     400: "invalid",
     401: "unauthorized",
     403: "forbidden",
+    408: "incomplete",
     413: "too_large",
     429: "rate_limited",
     503: "unavailable",
@@ -117,11 +118,16 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise HttpError(413, f"the request body is larger than the limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HttpError(413, f"the request body is larger than the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HttpError(413, f"the request body is larger than the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The client left, or did not send the body within http.body_timeout and was answered
+        # 408 by the connection itself: nobody hears this one.
+        raise HttpError(408, "the request body did not arrive whole") from None
     return b"".join(chunks)
 
 

@@ -4,7 +4,14 @@ httptools keeps a request's head in memory until it is complete, however large, 
 for it as long as the client likes and accepts every connection the kernel hands it. Here a head
 (request line and headers) is cut at ``http.max_header_bytes`` (431), must arrive within
 ``http.header_timeout`` (408), and a connection past ``http.max_connections`` is answered 503 and
-closed at once, so its file descriptor is free again. Everything else is uvicorn's.
+closed at once, so its file descriptor is free again.
+
+A body, too, must be complete within ``http.body_timeout`` of the end of its head (408, closed).
+And a response that starts before its request's body has all arrived (401, 403, 413: refused
+before the body is read) closes the connection once sent: uvicorn would keep it open and discard
+the rest of the body as it comes, each byte putting off its keep-alive timeout, so a client with
+no credentials dripping a body held a connection slot for as long as it liked. Everything else
+is uvicorn's.
 """
 
 from __future__ import annotations
@@ -14,7 +21,9 @@ import logging
 import resource
 from typing import Any, ClassVar
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallable, ASGISendEvent
+from uvicorn._types import Scope as ASGIScope
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from .._settings import HttpSettings
 
@@ -35,6 +44,7 @@ class _BoundedProtocol(HttpToolsProtocol):
         self._head: int | None = None  # bytes of the request head so far; None once complete
         self._saw_header = False
         self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
 
     # -- connections ----------------------------------------------------------------------
 
@@ -51,6 +61,7 @@ class _BoundedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
+        self._stop_body_timer()
         super().connection_lost(exc)
 
     # -- the request head -----------------------------------------------------------------
@@ -98,7 +109,57 @@ class _BoundedProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._head = None
         self._stop_head_timer()
+        before = self.cycle
         super().on_headers_complete()
+        if self.cycle is not before:  # a request (not an upgrade): its body is now due
+            self._stop_body_timer()
+            self._body_timer = self.loop.call_later(
+                self.bounds.body_timeout, self._body_too_slow, self.cycle
+            )
+
+    # -- the request body ------------------------------------------------------------------
+
+    def on_message_complete(self) -> None:
+        self._stop_body_timer()
+        super().on_message_complete()
+
+    def _stop_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_too_slow(self, cycle: RequestResponseCycle) -> None:
+        self._body_timer = None
+        if not cycle.more_body or self.transport.is_closing():
+            return
+        started = cycle.response_started
+        # The app hears that the client is gone (its read ends), and nothing it sends from now
+        # on is written after this answer.
+        cycle.disconnected = True
+        cycle.message_event.set()
+        if started:
+            self.transport.close()
+            return
+        self._refuse(
+            408,
+            f"the request body did not arrive within {self.bounds.body_timeout:g}s "
+            "(http.body_timeout)",
+        )
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        async def closing_early(
+            scope: ASGIScope, receive: ASGIReceiveCallable, send: ASGISendCallable
+        ) -> None:
+            async def send_early(message: ASGISendEvent) -> None:
+                if message["type"] == "http.response.start" and cycle.more_body:
+                    # Answered before the body arrived whole: say so and close once sent,
+                    # rather than read (and wait for) the rest of a body nobody needs.
+                    cycle.keep_alive = False
+                await send(message)
+
+            await app(scope, receive, send_early)
+
+        super()._start_asgi_task(cycle, closing_early)
 
     def _too_large(self, limit: int) -> str:
         part = "request headers are" if self._saw_header else "request line is"
@@ -115,6 +176,7 @@ class _BoundedProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, detail: str) -> None:
         self._stop_head_timer()
+        self._stop_body_timer()
         body = detail.encode()
         head = [
             b"HTTP/1.1 %d %s" % (status, _REASONS[status]),
