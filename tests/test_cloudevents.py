@@ -396,7 +396,9 @@ names = st.text(
     max_size=30,
 )
 values = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=30
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\u2028\u2029")
+    | st.just("\t"),
+    max_size=30,
 )
 keys = st.text(
     alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zs"), blacklist_characters="="),
