@@ -514,7 +514,7 @@ def test_http_host_is_always_all_interfaces(chart: helm.Chart) -> None:
 
 def test_toml_rendering_keeps_every_value_type(chart: helm.Chart) -> None:
     config = {
-        "amqp": {"exchange": 'ev "quoted" \\ back', "publish_timeout": 2.5, "heartbeat": 0},
+        "amqp": {"connection_name": 'ev "quoted" \\ back', "publish_timeout": 2.5, "heartbeat": 0},
         "mqtt": {"egress": ["vm.*", "backup.#"], "protocol": "3.1.1", "session_expiry": 86400},
         "http": {
             "max_body_bytes": 10_000_000,
