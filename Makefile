@@ -7,8 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: install install-dev install-runtime serve test lint bench docs image base-image lock \
-	image-smoke kube-play
+.PHONY: install install-dev install-runtime serve test lint bench docs image base-image lock image-smoke
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -74,10 +73,7 @@ base-image:
 lock:
 	scripts/lock.sh
 
-# CI's checks of the built image and of the chart's pod (RabbitMQ and Mosquitto on 127.0.0.1):
-# see the scripts' headers. Both build the image from $(BASE_IMAGE) unless told otherwise.
+# The built image run read-only as uid 10001 against RabbitMQ and Mosquitto on 127.0.0.1:
+# see scripts/image-smoke.sh. Builds from $(BASE_IMAGE) unless PYTHON_IMAGE is set.
 image-smoke:
 	scripts/image-smoke.sh
-
-kube-play: install-dev
-	$(PY) scripts/kube_play.py

@@ -264,6 +264,44 @@ def test_config_and_secrets_mounted_where_the_daemon_reads_them(rendered: Render
     assert "secretName" in volumes[secret_mount["name"]]["secret"]
 
 
+def _secret_volume_sources(result: Rendered) -> Iterator[dict[str, Any]]:
+    for volume in result.pod_spec()["volumes"]:
+        if "secret" in volume:
+            yield volume["secret"]
+        for source in volume.get("projected", {}).get("sources", []):
+            if "secret" in source:
+                yield source["secret"]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {"existingSecret": FULLNAME},
+        {"rabbitmqCluster": {"name": "rabbit"}},
+        {
+            "triggers": [
+                {"name": "t", "pattern": "a.*", "url": "https://x", "secretRef": {"name": "k"}}
+            ]
+        },
+    ],
+    ids=["default", "existing-secret-named-like-the-release", "rabbitmq-cluster", "trigger"],
+)
+def test_config_map_and_secrets_have_distinct_names_and_say_optional(
+    chart: helm.Chart, values: dict[str, Any]
+) -> None:
+    # Volumes of one name would be one volume where the pod runs under podman kube play; a secret
+    # volume without `optional` crashes it. Kubernetes reads both the same way.
+    result = render(chart, values)
+    config_map = result.one("ConfigMap")["metadata"]["name"]
+    assert config_map == f"{FULLNAME}-config"
+    sources = list(_secret_volume_sources(result))
+    assert sources
+    for source in sources:
+        assert source["optional"] is False
+        assert source.get("secretName", source.get("name")) != config_map
+
+
 def test_secret_holds_the_secrets_values(chart: helm.Chart) -> None:
     principals = json.dumps([{"name": "ops", "password_hash": "scrypt$h", "allow": ["vm.*"]}])
     result = render(chart, {"secrets": {"amqp__url": AMQP_URL, "auth__principals": principals}})
@@ -346,6 +384,7 @@ def test_triggers_take_their_signing_keys_from_secrets_by_reference(
     volumes = {volume["name"]: volume for volume in result.pod_spec()["volumes"]}
     assert volumes["trigger-reload"]["secret"] == {
         "secretName": "reloader-webhook",
+        "optional": False,
         "defaultMode": 288,
         "items": [{"key": "hmac", "path": "secret"}],
     }
@@ -451,6 +490,7 @@ def test_a_rabbitmq_cluster_gives_the_url_and_the_mounted_credentials(
     assert own["secret"]["name"] == result.one("Secret")["metadata"]["name"]
     assert operator["secret"] == {
         "name": "rabbit-default-user",
+        "optional": False,
         "items": [
             {"key": "username", "path": "amqp__username"},
             {"key": "password", "path": "amqp__password"},
