@@ -1,13 +1,18 @@
-# syntax=docker/dockerfile:1
-# Image of the bridge daemon: `docker build -t customevent-bridge .`
+# Image of the bridge daemon: `make image` (scripts/build-image.sh), or by hand from the repo's root:
+#   docker build -t customevent-bridge:0.1.0 .        (or podman build; BuildKit for docker)
 #
-# The builder stage installs the project (non-editable, from this repo's pyproject.toml) into a
-# virtualenv; the final stage gets only that virtualenv, so no compiler, pip cache or source tree
-# ships. The venv lives at the same path in both stages because its scripts hard-code it.
+# No `# syntax=` line: BuildKit would fetch that frontend from a registry, and the built-in one
+# has all this file needs. Builds on the official image (the default) and on a Debian-python base
+# (`make base-image`, for machines that reach no registry):
+#   --build-arg PYTHON_IMAGE=localhost/customevent-python:3.11-bookworm
+# A CA bundle for the package index (a TLS-inspecting proxy), used only while pip runs and never
+# stored in a layer:
+#   docker build --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt ...
 #
-# KEEP IN STEP with scripts/install-like-image.sh: CI runs that script to prove these install
-# steps without a Docker engine. A change to the COPY list or the pip/venv commands below goes
-# into the script too.
+# The builder stage installs the pinned dependencies (requirements/image.txt, from `make lock`,
+# checked against their hashes), then the project itself without resolving anything, into a
+# virtualenv; the final stage gets only that virtualenv, so no compiler, pip or source tree ships.
+# The venv lives at the same path in both stages because its scripts hard-code it.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -16,11 +21,20 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
-# Only what the build needs (see .dockerignore); the same files the script stages.
+# Only what the build needs (see .dockerignore).
+COPY requirements/image.txt ./requirements/
 COPY pyproject.toml README.md ./
 COPY adapter/ ./adapter/
-RUN python -m venv /opt/customevent \
- && /opt/customevent/bin/pip install /src \
+# `python3`, not `python`: a Debian base has no `python` without python-is-python3. The venv's own
+# pip and setuptools are the base's (pip 23 on Debian 12); the lock brings the setuptools the
+# project builds with.
+RUN --mount=type=secret,id=ca,required=false \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+ && python3 -m venv /opt/customevent \
+ && /opt/customevent/bin/pip install --require-hashes --no-deps -r requirements/image.txt \
+ && /opt/customevent/bin/pip install --no-deps --no-build-isolation --no-index /src \
+ && /opt/customevent/bin/pip check \
+ && /opt/customevent/bin/pip uninstall -y -q setuptools pip \
  && /opt/customevent/bin/customevent --help >/dev/null
 
 FROM ${PYTHON_IMAGE}

@@ -1,8 +1,9 @@
-"""`make image`: the runtime it picks, the tag it builds, and what it says when it cannot build.
+"""`make image`: the runtime it picks, the tag and flags it builds with, and what it says when it
+cannot build.
 
-The machines that run these tests have no container engine, so the runtimes are stand-ins on
-PATH: scripts that answer `info` as a working (or an engine-less) docker or podman would, and
-record the `build` command they were given.
+The runtimes here are stand-ins on PATH: scripts that answer `info` as a working (or an
+engine-less) docker or podman would, and record the `build` command they were given. The real
+build and run are CI's (scripts/image-smoke.sh, scripts/kube_play.py in .ci/run).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 import shutil
 import stat
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -29,7 +31,7 @@ exit 1
 """
 WORKING = """#!/bin/sh
 if [ "$1" = info ]; then echo ok; exit 0; fi
-echo "$(basename "$0") $* (in $(pwd))" >> "$RECORD"
+echo "$(basename "$0") $* (in $(pwd)) CONTAINERS_CONF=$CONTAINERS_CONF" >> "$RECORD"
 """
 
 
@@ -90,7 +92,10 @@ def test_builds_with_the_first_runtime_that_works_tagged_with_the_version(
     record = tmp_path / "record"
     result = _make_image(tmp_path, record, **env)
     assert result.returncode == 0, result.stderr
-    assert record.read_text() == f"{used} build -t customevent-bridge:{__version__} . (in {ROOT})\n"
+    conf = ROOT / "config/podman/containers.conf"
+    assert record.read_text() == (
+        f"{used} build -t customevent-bridge:{__version__} . (in {ROOT}) CONTAINERS_CONF={conf}\n"
+    )
     custom = _make_image(tmp_path, record, "IMAGE=registry.example.com/bridge", **env)
     assert custom.returncode == 0, custom.stderr
     assert f"build -t registry.example.com/bridge:{__version__} ." in record.read_text()
@@ -104,3 +109,50 @@ def test_the_chart_pulls_the_tag_make_image_builds() -> None:
     assert values["image"]["tag"] == ""  # the appVersion
     assert re.search(r"^IMAGE \?= customevent-bridge$", (ROOT / "Makefile").read_text(), re.M)
     assert os.access(ROOT / "scripts/build-image.sh", os.X_OK)
+
+
+def test_base_image_ca_bundle_and_build_flags_are_passed(tmp_path: Path) -> None:
+    _runtime(tmp_path, "podman", WORKING)
+    record = tmp_path / "record"
+    ca = tmp_path / "proxy-ca.crt"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    result = _make_image(
+        tmp_path,
+        record,
+        "PYTHON_IMAGE=localhost/customevent-python:3.11-bookworm",
+        f"CA_FILE={ca}",
+        "BUILD_FLAGS=--network host --pull=never",
+        "IMAGE=bridge:dev",
+    )
+    assert result.returncode == 0, result.stderr
+    assert record.read_text().startswith(
+        "podman build --build-arg PYTHON_IMAGE=localhost/customevent-python:3.11-bookworm"
+        f" --secret id=ca,src={ca} --network host --pull=never -t bridge:dev . "
+    )
+
+
+def test_an_unreadable_ca_bundle_is_refused_before_building(tmp_path: Path) -> None:
+    _runtime(tmp_path, "podman", WORKING)
+    record = tmp_path / "record"
+    result = _make_image(tmp_path, record, f"CA_FILE={tmp_path / 'missing.crt'}")
+    assert result.returncode != 0
+    assert "is not a readable file" in result.stderr
+    assert not record.exists()
+
+
+def test_an_own_containers_conf_is_kept(tmp_path: Path) -> None:
+    _runtime(tmp_path, "podman", WORKING)
+    record = tmp_path / "record"
+    result = _make_image(tmp_path, record, CONTAINERS_CONF="/etc/mine.conf")
+    assert result.returncode == 0, result.stderr
+    assert record.read_text().endswith("CONTAINERS_CONF=/etc/mine.conf\n")
+
+
+def test_the_podman_settings_are_those_debian_podman_needs_here() -> None:
+    conf = tomllib.loads((ROOT / "config/podman/containers.conf").read_text())
+    assert conf["engine"] == {
+        "runtime": "runc",
+        "cgroup_manager": "cgroupfs",
+        "events_logger": "file",
+    }
+    assert conf["containers"]["default_ulimits"] == ["nofile=20000:20000", "nproc=32768:32768"]

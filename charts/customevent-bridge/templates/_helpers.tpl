@@ -46,6 +46,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
 {{- end }}
 
+{{- define "customevent-bridge.configMapName" -}}
+{{- printf "%s-config" (include "customevent-bridge.fullname" . | trunc 56 | trimSuffix "-") }}
+{{- end }}
+
 {{- define "customevent-bridge.secretName" -}}
 {{- .Values.existingSecret | default (include "customevent-bridge.fullname" .) }}
 {{- end }}
