@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: install install-dev install-runtime serve test lint bench docs image base-image lock image-smoke
+.PHONY: test-fast install install-dev install-runtime serve test lint bench docs image base-image lock image-smoke
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ serve: install-runtime
 # Every test, broker tests included: RabbitMQ and Mosquitto must be running (see README).
 test: install-dev
 	$(PY) -m pytest
+
+# The tests that need no broker, browser, Helm or image tooling (markers: tests/conftest.py).
+test-fast: install-dev
+	$(PY) -m pytest -q -m "not rabbitmq and not mosquitto and not cluster and not slow and not chromium and not docs and not helm and not image"
 
 lint: install-dev
 	$(VENV)/bin/ruff check .
