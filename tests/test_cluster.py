@@ -306,6 +306,9 @@ async def test_a_resumable_wait_gets_an_event_sent_after_its_node_stopped(
             event = await asyncio.wait_for(wait.get(), 90)
         assert isinstance(event, Event), "the wait ended without the event"
         assert event.properties == {"sent": "after the loss"}
+        # The wait's own channel can be back before the bus's confirm channel: it is connected
+        # again once both are.
+        await _until(lambda: waiter.bus.connected, "the waiter's reconnection")
         assert _node(cluster, waiter) != lost
     await cluster.run("start_app", lost)
     record(
