@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import aiormq
 import httpx
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -302,7 +303,14 @@ class Soak:
                 if self.stop.is_set():
                     return
                 label, body, headers = kinds[n % len(kinds)]
-                with contextlib.suppress(aio_pika.exceptions.AMQPError, ConnectionError):
+                # The faults take RabbitMQ away now and then: the publisher waits them out.
+                with contextlib.suppress(
+                    aio_pika.exceptions.AMQPError,
+                    aiormq.exceptions.ChannelInvalidStateError,
+                    ConnectionError,
+                    TimeoutError,
+                    RuntimeError,
+                ):
                     await exchange.publish(
                         aio_pika.Message(body, headers=headers),
                         routing_key=f"external.{self.word}.w.{n % 4}",
