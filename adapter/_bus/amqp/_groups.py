@@ -112,8 +112,8 @@ def _copy_headers(event: Event, carried: dict[str, Any], **ours: str) -> dict[st
     return headers
 
 
-def _attempt(message: AbstractIncomingMessage, decoded: Decoded) -> int:
-    retries = _int(_ours(message, decoded).get(H_RETRIES))
+def _attempt(message: AbstractIncomingMessage, carried: dict[str, Any]) -> int:
+    retries = _int(carried.get(H_RETRIES))
     # Set by RabbitMQ on a redelivery; a publisher's own value on a first delivery is ignored.
     redelivered = (
         _int((message.headers or {}).get("x-delivery-count")) if message.redelivered else 0
@@ -125,10 +125,11 @@ class _AmqpDelivery(Delivery):
     def __init__(
         self, sub: _AmqpGroupSubscription, message: AbstractIncomingMessage, decoded: Decoded
     ) -> None:
-        super().__init__(decoded.event, _attempt(message, decoded))
+        carried = _ours(message, decoded)
+        super().__init__(decoded.event, _attempt(message, carried))
         self._sub = sub
         self._message = message
-        self._carried = _ours(message, decoded)
+        self._carried = carried
 
     async def _ack(self) -> None:
         await self._sub._settle(self._message, self.event, acked=True)
