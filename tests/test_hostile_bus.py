@@ -106,6 +106,8 @@ async def test_poison_messages_are_dead_lettered_and_the_group_goes_on(
         (b"not json", {}),
         (b'{"a": 1}', {}),
         (b'{"a": "1"}', {"headers": {"ce-specversion": "0.3"}}),
+        # Huge: past what an event of limits.max_bytes can be, refused before it is parsed.
+        (b'{"a": "' + b"x" * 500_000 + b'"}', {}),
     ]
     async with Client(load_settings(amqp={"url": amqp_url}, groups=GROUPS)) as client:
         try:
