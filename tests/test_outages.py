@@ -157,6 +157,9 @@ async def test_set_ups_cut_by_an_outage_leave_no_channel_behind(
         }
     )
     async with Client(settings) as client:
+        # One wait first: it starts the reader of the retained events, whose channel stays for
+        # good (a wait bound between two cuts would start it, and count it, otherwise).
+        await client.wait_custom_event_until("internal", unique_name, timedelta(seconds=0.1))
         await asyncio.sleep(0.5)
         before = await connection_channels(name)
         for round_ in range(5):
