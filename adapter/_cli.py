@@ -20,7 +20,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import NoReturn, TextIO
+from typing import Any, NoReturn, TextIO
 
 from ._bus import Bus, check_wait_id
 from ._bus._base import seconds_until
@@ -65,6 +65,21 @@ def parse_until(text: str) -> datetime:
 
 
 class _Parser(argparse.ArgumentParser):
+    """A parser that exits 64 on a usage error and keeps its subcommands' action.
+
+    argparse has no public way to find a parser's subcommands again; ``add_subparsers`` returns the
+    action, whose ``choices`` (public) map each name to its parser, so the parser keeps it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, argparse.ArgumentParser] = {}
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        action = super().add_subparsers(**kwargs)
+        self.commands = action.choices
+        return action
+
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
@@ -577,10 +592,7 @@ def _option_values_first(parser: argparse.ArgumentParser, argv: list[str]) -> li
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     """The parser's subcommands by name (also read by the docs' CLI reference)."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}
+    return dict(parser.commands) if isinstance(parser, _Parser) else {}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
