@@ -72,6 +72,7 @@ _VRO_ONLY = (
     "token_file",
     "event_parameters",
 )
+_SECRET_FILE_BYTES = 64 * 1024
 _PARAMETER = re.compile(r"[^\x00-\x1f\x7f=]{1,200}")
 
 
@@ -612,11 +613,18 @@ class Trigger(_Section):
 
     def _secret_file(self, path: Path, what: str) -> str:
         try:
-            text = path.read_text("utf-8")
+            with path.open("rb") as file:
+                data = file.read(_SECRET_FILE_BYTES + 1)
+            text = data.decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigurationError(
                 f"trigger {self.name!r}: cannot read {what} {str(path)!r}: {exc}"
             ) from None
+        if len(data) > _SECRET_FILE_BYTES:
+            raise ConfigurationError(
+                f"trigger {self.name!r}: {what} {str(path)!r} is larger than "
+                f"{_SECRET_FILE_BYTES // 1024} KiB: not a password or token"
+            )
         return text.removesuffix("\n").removesuffix("\r")
 
     def authorization(self, *, read_files: bool = True) -> str | None:

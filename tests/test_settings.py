@@ -171,6 +171,9 @@ def test_a_vro_trigger_loads_and_reads_its_credentials(tmp_path: Path) -> None:
     assert from_file.authorization() == "Basic YnJpZGdlQHZzcGhlcmUubG9jYWw6ZnJvbSBhIGZpbGU="
     assert bearer.authorization() == "Bearer bearer-token-0123456789"
     assert "secret: with a colon" not in repr(settings)  # secrets never shown
+    (tmp_path / "token").write_text("t" * (64 * 1024 + 1))
+    with pytest.raises(ConfigurationError, match="is larger than 64 KiB"):
+        bearer.authorization()
     (tmp_path / "token").write_text("\n")
     with pytest.raises(ConfigurationError, match="token is empty"):
         bearer.authorization()
