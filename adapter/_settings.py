@@ -58,6 +58,22 @@ __all__ = [
 
 DEFAULT_SECRETS_DIR = "/run/secrets/customevent"
 _EXCHANGE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+# vRO's ids: UUIDs for workflows made in the client, 60-odd hex digits for the library's own.
+_WORKFLOW_ID = re.compile(r"[A-Za-z0-9-]{1,128}")
+_USERNAME = re.compile(r"[^\x00-\x1f\x7f:]{1,1024}")
+_PASSWORD = re.compile(r"[^\x00-\x1f\x7f]{1,1024}")
+_TOKEN = re.compile(r"[\x21-\x7e]{1,16384}")
+_VRO_ONLY = (
+    "workflow_id",
+    "username",
+    "password",
+    "password_file",
+    "token",
+    "token_file",
+    "event_parameters",
+)
+_SECRET_FILE_BYTES = 64 * 1024
+_PARAMETER = re.compile(r"[^\x00-\x1f\x7f=]{1,200}")
 
 
 class _Section(BaseModel):
@@ -74,6 +90,15 @@ def _check_url(value: str | None, schemes: tuple[str, ...], what: str) -> str | 
             f"one of the schemes {', '.join(schemes)}"
         )
     return value
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_patterns(patterns: list[str]) -> list[str]:
@@ -405,8 +430,19 @@ class LogSettings(_Section):
 
 
 class Trigger(_Section):
-    """A webhook: every event of the group ``name`` is POSTed to ``url`` as a CloudEvent signed
-    per Standard Webhooks."""
+    """A trigger: every event of the group ``name`` is POSTed to ``url``, as a CloudEvent signed
+    per Standard Webhooks (target ``webhook``), or as the input parameters of a vRO workflow
+    execution (target ``vro``: ``{url}/vco/api/workflows/{workflow_id}/executions``)."""
+
+    #: Attributes of an event that a vro target can pass as extra workflow parameters.
+    EVENT_ATTRIBUTES: ClassVar[tuple[str, ...]] = (
+        "id",
+        "name",
+        "kind",
+        "source",
+        "principal",
+        "time",
+    )
 
     #: Secrets are Standard Webhooks' ``whsec_<base64 of the key>``; a key this short or shorter
     #: is refused (the spec asks for 24 to 64 bytes; 16 was this setting's old minimum).
@@ -415,7 +451,31 @@ class Trigger(_Section):
     name: str = Field(description="the trigger's name, also its group's")
     pattern: str = Field(description="event names it delivers (a name or a topic pattern)")
     kind: Literal["internal", "external"] = Field(default="internal", description="event kind")
-    url: str = Field(description="http:// or https:// URL the events are POSTed to")
+    target: Literal["webhook", "vro"] = Field(
+        default="webhook",
+        description="webhook (a signed CloudEvent) or vro (starts the vRO workflow workflow_id)",
+    )
+    url: str = Field(
+        description="webhook: the http(s):// URL the events are POSTed to; vro: the "
+        "Orchestrator's https:// address, such as https://vro.example.com:8281"
+    )
+    workflow_id: str | None = Field(
+        default=None, description="vro: the id of the workflow each event starts"
+    )
+    username: str | None = Field(default=None, description="vro: user name for HTTP Basic")
+    password: SecretStr | None = Field(default=None, description="vro: its password")
+    password_file: Path | None = Field(
+        default=None, description="vro: a file holding the password (one line)"
+    )
+    token: SecretStr | None = Field(
+        default=None, description="vro: a bearer token, instead of username and password"
+    )
+    token_file: Path | None = Field(default=None, description="vro: a file holding the token")
+    event_parameters: dict[str, str] = Field(
+        default_factory=dict,
+        description="vro: event attributes (id, name, kind, source, principal, time) passed as "
+        "extra string parameters, each to the parameter name given",
+    )
     secret: str | list[str] | None = Field(
         default=None,
         description="Standard Webhooks signing secret whsec_<base64>, or a list of them "
@@ -465,6 +525,14 @@ class Trigger(_Section):
 
     @model_validator(mode="after")
     def _one_secret(self) -> Trigger:
+        if self.target == "vro":
+            self._check_vro()
+            return self
+        vro_only = [key for key in _VRO_ONLY if key in self.model_fields_set]
+        if vro_only:
+            raise ValueError(
+                f'trigger {self.name!r}: {", ".join(vro_only)} only go with target = "vro"'
+            )
         if (self.secret is None) == (self.secret_file is None):
             raise ValueError(
                 f"trigger {self.name!r}: give its signing secret as secret or as secret_file "
@@ -476,6 +544,122 @@ class Trigger(_Section):
             except ConfigurationError as exc:
                 raise ValueError(str(exc)) from None
         return self
+
+    def _check_vro(self) -> None:
+        who = f"trigger {self.name!r} (target vro)"
+        for key in ("secret", "secret_file", "mode"):
+            if key in self.model_fields_set:
+                raise ValueError(
+                    f"{who}: vRO verifies no webhook signature, so {key} has no use; it "
+                    "authenticates with username and password, or a token"
+                )
+        parts = urlsplit(self.url)
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(f"{who}: give the credentials as username and password, not in url")
+        if parts.query or parts.fragment or "/vco/" in parts.path + "/":
+            raise ValueError(
+                f"{who}: url is the Orchestrator's address, such as "
+                "https://vro.example.com:8281 (no /vco/... path, query or fragment): the "
+                "bridge adds /vco/api/workflows/{workflow_id}/executions"
+            )
+        if parts.scheme != "https" and not _is_loopback(parts.hostname or ""):
+            raise ValueError(
+                f"{who}: url must be https:// (the credentials would cross the network in "
+                "clear); http:// only to a loopback address"
+            )
+        if self.workflow_id is None:
+            raise ValueError(f"{who}: workflow_id is required (the id of the workflow to start)")
+        if not _WORKFLOW_ID.fullmatch(self.workflow_id):
+            raise ValueError(
+                f"{who}: workflow_id {self.workflow_id[:80]!r} is not a vRO workflow id: "
+                "1 to 128 letters, digits and '-', such as c0278910-9ae2-46c5-bb45-2292fe88e3ab"
+            )
+        basic = self.password is not None or self.password_file is not None
+        bearer = self.token is not None or self.token_file is not None
+        if (self.password is not None and self.password_file is not None) or (
+            self.token is not None and self.token_file is not None
+        ):
+            raise ValueError(f"{who}: give the password (or token) inline or as a file, not both")
+        if basic == bearer:
+            raise ValueError(
+                f"{who}: give username with password (or password_file), or a token (or "
+                "token_file): one of them"
+            )
+        if basic and not self.username:
+            raise ValueError(f"{who}: a password needs its username")
+        if bearer and self.username is not None:
+            raise ValueError(f"{who}: username goes with a password, not with a token")
+        if self.username is not None and not _USERNAME.fullmatch(self.username):
+            raise ValueError(
+                f"{who}: username must be printable text without ':' (HTTP Basic cannot carry it)"
+            )
+        try:
+            self.authorization(read_files=False)
+        except ConfigurationError as exc:
+            raise ValueError(str(exc)) from None
+        names: set[str] = set()
+        for attribute, parameter in self.event_parameters.items():
+            if attribute not in self.EVENT_ATTRIBUTES:
+                raise ValueError(
+                    f"{who}: event_parameters has {attribute[:40]!r}, not an event attribute "
+                    f"(one of {', '.join(self.EVENT_ATTRIBUTES)})"
+                )
+            if not _PARAMETER.fullmatch(parameter) or parameter in names:
+                raise ValueError(
+                    f"{who}: event_parameters.{attribute} must name a parameter of its own "
+                    "(1 to 200 printable characters, no '=')"
+                )
+            names.add(parameter)
+
+    def _secret_file(self, path: Path, what: str) -> str:
+        try:
+            with path.open("rb") as file:
+                data = file.read(_SECRET_FILE_BYTES + 1)
+            text = data.decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigurationError(
+                f"trigger {self.name!r}: cannot read {what} {str(path)!r}: {exc}"
+            ) from None
+        if len(data) > _SECRET_FILE_BYTES:
+            raise ConfigurationError(
+                f"trigger {self.name!r}: {what} {str(path)!r} is larger than "
+                f"{_SECRET_FILE_BYTES // 1024} KiB: not a password or token"
+            )
+        return text.removesuffix("\n").removesuffix("\r")
+
+    def authorization(self, *, read_files: bool = True) -> str | None:
+        """A vro target's ``Authorization`` header value (``Basic`` or ``Bearer``), from the
+        inline credentials or their files (``password_file``, ``token_file``: the file's text
+        without its final line break); None for a webhook. ``ConfigurationError`` if a file
+        cannot be read or a credential is empty or holds what a header cannot carry.
+        ``read_files=False`` checks the inline credentials only (and answers None for a file)."""
+        if self.target != "vro":
+            return None
+        who = f"trigger {self.name!r} (target vro)"
+        if self.token is not None or self.token_file is not None:
+            if self.token is not None:
+                token = self.token.get_secret_value()
+            elif not read_files:
+                return None
+            else:
+                assert self.token_file is not None
+                token = self._secret_file(self.token_file, "token_file").strip()
+            if not _TOKEN.fullmatch(token):
+                raise ConfigurationError(
+                    f"{who}: the token is empty or holds spaces or control characters"
+                )
+            return f"Bearer {token}"
+        if self.password is not None:
+            password = self.password.get_secret_value()
+        elif not read_files:
+            return None
+        else:
+            assert self.password_file is not None
+            password = self._secret_file(self.password_file, "password_file")
+        if not _PASSWORD.fullmatch(password):
+            raise ConfigurationError(f"{who}: the password is empty or holds control characters")
+        pair = f"{self.username}:{password}".encode()
+        return "Basic " + base64.b64encode(pair).decode("ascii")
 
     def _keys(self, secrets: list[str], where: str = "secret") -> list[bytes]:
         """The HMAC keys of ``whsec_`` secrets; ``ConfigurationError`` naming the trigger and the

@@ -17,6 +17,11 @@ memory than that. Each trigger has its own HTTP client and at most ``max_in_flig
 under way, so a receiver that is down or slow holds up neither the daemon's sends nor the other
 triggers. A trigger whose group cannot be joined (the broker away) tries again with a backoff, and
 says so in its ``customevent_trigger_running`` gauge.
+
+A trigger of target ``vro`` starts a vRO workflow instead (``_vro``): the POST goes to the
+workflow's executions, authenticated by the trigger's credentials (HTTP Basic or a bearer token)
+rather than signed, since vRO verifies no signature; everything else (the timeout, the reply
+bound, retries and dead letters) is the same. What differs between the two is a ``_Target``.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 from urllib.parse import quote
 
 import httpx
@@ -41,10 +46,12 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from ._client import Client
 from ._cloudevents import to_http
-from ._exceptions import BusError
+from ._event import Event
+from ._exceptions import BusError, InvalidInput
 from ._groups import Delivery
 from ._settings import Settings, Trigger
 from ._version import __version__
+from ._vro import MEDIA_TYPE, execution_body, execution_url
 
 __all__ = ["ATTRIBUTES_ID_PREFIX", "REPLY_BYTES", "Triggers", "attributes_id", "sign", "webhook_id"]
 
@@ -158,12 +165,63 @@ def _shown(response: httpx.Response, head: bytes) -> str:
     return "".join(c if c.isprintable() else " " for c in text).strip()[:_BODY_SHOWN]
 
 
+class _Target(Protocol):
+    """Where a trigger's deliveries go and what each request carries."""
+
+    #: Where the POST goes, as the logs and the dead letters' reasons show it.
+    url: str
+
+    def request(self, event: Event, now: int) -> tuple[dict[str, str], bytes]:
+        """The headers and body of the POST of ``event`` at ``now`` (Unix seconds);
+        ``InvalidInput`` if the event cannot be delivered there at all."""
+        ...
+
+
+class _WebhookTarget:
+    def __init__(self, trigger: Trigger) -> None:
+        self.url = trigger.url
+        self.mode = trigger.mode
+        self.webhooks = [Webhook(key) for key in trigger.signing_keys()]
+
+    def request(self, event: Event, now: int) -> tuple[dict[str, str], bytes]:
+        headers, body = to_http(event, self.mode)
+        message_id = webhook_id(event.event_id, headers)
+        headers.update(sign(self.webhooks, message_id, now, body))
+        return headers, body
+
+
+class _VroTarget:
+    def __init__(self, trigger: Trigger) -> None:
+        assert trigger.workflow_id is not None  # the settings require it for a vro target
+        self.url = execution_url(trigger.url, trigger.workflow_id)
+        self.event_parameters = dict(trigger.event_parameters)
+        authorization = trigger.authorization()
+        assert authorization is not None
+        self.authorization = authorization
+
+    def request(self, event: Event, now: int) -> tuple[dict[str, str], bytes]:
+        body = execution_body(event, self.event_parameters)
+        # No signature (vRO checks none), but the same webhook-id for every attempt: what a
+        # proxy or a workflow that de-duplicates can key on.
+        headers = {
+            "Content-Type": MEDIA_TYPE,
+            "Accept": MEDIA_TYPE,
+            "Authorization": self.authorization,
+            "webhook-id": quote(event.event_id, safe=_HEADER_SAFE),
+        }
+        return headers, body
+
+
+def _target(trigger: Trigger) -> _Target:
+    return _VroTarget(trigger) if trigger.target == "vro" else _WebhookTarget(trigger)
+
+
 class _Runner:
     def __init__(self, trigger: Trigger, client: Client, clock: Callable[[], float]) -> None:
         self.trigger = trigger
         self.client = client
         self.clock = clock
-        self.webhooks = [Webhook(key) for key in trigger.signing_keys()]
+        self.target = _target(trigger)
         self.slots = asyncio.Semaphore(trigger.max_in_flight)
         self.tasks: set[asyncio.Task[None]] = set()
         self.joined = asyncio.Event()
@@ -207,7 +265,7 @@ class _Runner:
                 trigger.name,
                 trigger.kind,
                 trigger.pattern,
-                trigger.url,
+                self.target.url,
             )
             try:
                 async for delivery in deliveries:
@@ -255,25 +313,27 @@ class _Runner:
 
     async def _post(self, http: httpx.AsyncClient, delivery: Delivery) -> str:
         trigger = self.trigger
-        event = delivery.event
-        headers, body = to_http(event, trigger.mode)
-        message_id = webhook_id(event.event_id, headers)
-        headers.update(sign(self.webhooks, message_id, int(self.clock()), body))
+        url = self.target.url
+        try:
+            headers, body = self.target.request(delivery.event, int(self.clock()))
+        except InvalidInput as exc:
+            await delivery.dead_letter(f"cannot be delivered to {url}: {exc}")
+            return "dead_letter"
         started = time.perf_counter()
         try:
             # httpx's timeout bounds each read; a receiver that drips its answer a byte at a
             # time would hold the slot for as long as it likes.
             async with (
                 asyncio.timeout(trigger.timeout),
-                http.stream("POST", trigger.url, content=body, headers=headers) as response,
+                http.stream("POST", url, content=body, headers=headers) as response,
             ):
                 head = await _reply_head(response)
         except TimeoutError:
-            await delivery.retry(f"{trigger.url} did not answer within {trigger.timeout:g} s")
+            await delivery.retry(f"{url} did not answer within {trigger.timeout:g} s")
             return "retry"
         except httpx.HTTPError as exc:
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            await delivery.retry(f"{trigger.url} could not be reached ({reason})")
+            await delivery.retry(f"{url} could not be reached ({reason})")
             return "retry"
         finally:
             SECONDS.labels(trigger.name).observe(time.perf_counter() - started)
@@ -281,7 +341,7 @@ class _Runner:
         if 200 <= status < 300:
             await delivery.ack()
             return "ok"
-        detail = f"{trigger.url} answered {status}"
+        detail = f"{url} answered {status}"
         text = _shown(response, head)
         if text:
             detail += f": {text}"

@@ -105,3 +105,88 @@ def test_the_example_config_shows_every_key_and_loads() -> None:
             assert section in data, f"[{section}] missing from {path.name}"
         for key in model.model_fields:
             assert f"{key} =" in text or f"# {key} =" in text, f"{section}.{key} not shown"
+
+
+_VRO = {
+    "name": "start",
+    "pattern": "vm.requested",
+    "target": "vro",
+    "url": "https://vro.example.com:8281",
+    "workflow_id": "c0278910-9ae2-46c5-bb45-2292fe88e3ab",
+    "username": "bridge@vsphere.local",
+    "password": "secret: with a colon",
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"workflow_id": None}, "workflow_id is required"),
+        ({"workflow_id": "../../users"}, "workflow_id '../../users' is not a vRO workflow id"),
+        ({"workflow_id": "x" * 129}, "is not a vRO workflow id"),
+        ({"url": "http://vro.example.com"}, "url must be https://"),
+        ({"url": "ftp://vro.example.com"}, r"triggers\.url must look like"),
+        ({"url": "https://vro.example.com/vco/api"}, "no /vco/... path"),
+        ({"url": "https://vro.example.com/?a=1"}, "no /vco/... path, query"),
+        ({"url": "https://u:p@vro.example.com"}, "not in url"),
+        ({"password": None}, "give username with password .* or a token"),
+        ({"token": "t" * 40}, r"or a token \(or token_file\): one of them"),
+        ({"password": None, "token": "t" * 40}, "username goes with a password, not with a token"),
+        ({"password_file": "/x"}, "inline or as a file, not both"),
+        ({"username": None}, "a password needs its username"),
+        ({"username": "a:b"}, "username must be printable text without ':'"),
+        ({"password": "line\nbreak"}, "the password is empty or holds control characters"),
+        ({"username": None, "password": None, "token": "two words"}, "token is empty or holds"),
+        ({"secret": "whsec_x"}, "vRO verifies no webhook signature, so secret has no use"),
+        ({"mode": "binary"}, "so mode has no use"),
+        ({"event_parameters": {"owner": "o"}}, "'owner', not an event attribute"),
+        ({"event_parameters": {"id": "p", "name": "p"}}, r"event_parameters\.name must name a"),
+        ({"event_parameters": {"id": "a=b"}}, r"event_parameters\.id must name a parameter"),
+        ({"target": "soap"}, "target"),
+    ],
+)
+def test_a_vro_trigger_is_checked_at_load(change: dict[str, object], words: str) -> None:
+    trigger = {key: value for key, value in {**_VRO, **change}.items() if value is not None}
+    with pytest.raises(ConfigurationError, match=words):
+        load_settings(triggers=[trigger])
+
+
+def test_a_vro_trigger_loads_and_reads_its_credentials(tmp_path: Path) -> None:
+    (tmp_path / "password").write_text("from a file\n")
+    (tmp_path / "token").write_text("  bearer-token-0123456789  \n")
+    basic = {**_VRO, "password": None, "password_file": str(tmp_path / "password")}
+    token = {**_VRO, "username": None, "password": None, "token_file": str(tmp_path / "token")}
+    loopback = {**_VRO, "url": "http://127.0.0.1:8281/prefix/", "workflow_id": "BD80" * 16}
+    local = {**_VRO, "url": "http://localhost:8281"}
+    settings = load_settings(
+        triggers=[
+            {k: v for k, v in t.items() if v is not None} | {"name": f"t{n}"}
+            for n, t in enumerate([_VRO, basic, token, loopback, local])
+        ]
+    )
+    inline, from_file, bearer, *_ = settings.triggers
+    assert (
+        inline.authorization() == "Basic YnJpZGdlQHZzcGhlcmUubG9jYWw6c2VjcmV0OiB3aXRoIGEgY29sb24="
+    )
+    assert from_file.authorization() == "Basic YnJpZGdlQHZzcGhlcmUubG9jYWw6ZnJvbSBhIGZpbGU="
+    assert bearer.authorization() == "Bearer bearer-token-0123456789"
+    assert "secret: with a colon" not in repr(settings)  # secrets never shown
+    (tmp_path / "token").write_text("t" * (64 * 1024 + 1))
+    with pytest.raises(ConfigurationError, match="is larger than 64 KiB"):
+        bearer.authorization()
+    (tmp_path / "token").write_text("\n")
+    with pytest.raises(ConfigurationError, match="token is empty"):
+        bearer.authorization()
+    (tmp_path / "password").unlink()
+    with pytest.raises(ConfigurationError, match="trigger 't1': cannot read password_file"):
+        from_file.authorization()
+
+
+def test_vro_keys_on_a_webhook_trigger_are_refused() -> None:
+    webhook = {"name": "w", "pattern": "vm.*", "url": "https://hook.example.com/"}
+    webhook["secret"] = "whsec_" + "QUFBQUFBQUFBQUFBQUFBQUFBQUFB"
+    with pytest.raises(
+        ConfigurationError, match='workflow_id, username only go with target = "vro"'
+    ):
+        load_settings(triggers=[{**webhook, "workflow_id": "abc", "username": "u"}])
+    assert load_settings(triggers=[webhook]).triggers[0].authorization() is None
