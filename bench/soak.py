@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
@@ -40,6 +41,7 @@ import sys
 import threading
 import time
 import uuid
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -81,7 +83,10 @@ GOALS = {
     "rss_growth_mib": 40,
     "fds_growth": 32,
     "late_waits": 0,
+    "webhook_lost": 0,
 }
+SECRET = "whsec_" + base64.b64encode(b"the soak's webhook secret, 32 b.").decode()
+FAULTS = ("link cut", "rabbitmq stop_app", "mosquitto restart")
 
 
 @dataclass
@@ -115,7 +120,7 @@ class Device:
             CallbackAPIVersion.VERSION2, client_id=f"soak-device-{uuid.uuid4().hex[:8]}"
         )
         self.client.on_publish = self._published
-        self.client.reconnect_delay_set(0.2, 2)
+        self.client.reconnect_delay_set(1, 2)
         self.client.connect("127.0.0.1", port, keepalive=10)
         self.client.loop_start()
 
@@ -143,6 +148,115 @@ class Device:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+class Receiver:
+    """The trigger's webhook receiver: answers 204, and one request in four misbehaves, in turn:
+    a gzip bomb (200, 2 KiB that inflate to 64 MiB), a reply dripped a byte a second, a 200 MiB
+    body (200), and a 500. Only the gzip bomb and the huge body are answers the bridge takes as a
+    success (2xx in time), beside the 204s; the drip and the 500 must be retried."""
+
+    BOMB = zlib.compressobj(9, zlib.DEFLATED, 31).compress(b"\0" * (64 << 20))
+    MISCHIEF = ("gzip-bomb", "drip", "huge", "500")
+
+    def __init__(self, tally: Tally) -> None:
+        self.tally = tally
+        self.acked: set[str] = set()
+        self.answers: dict[str, list[str]] = {}  # soak id -> the answers its deliveries got
+        self.requests = 0
+        self.server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/hook"
+
+    async def __aenter__(self) -> Receiver:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.server.wait_closed(), 5)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    key, _, value = line.partition(b":")
+                    if key.strip().lower() == b"content-length":
+                        length = int(value)
+                body = await reader.readexactly(length)
+                self.requests += 1
+                mode = "ok" if self.requests % 4 else self.MISCHIEF[self.requests // 4 % 4]
+                self.tally.hostile[f"receiver:{mode}"] += 1
+                soak = _soak_of(body)
+                if soak is not None:
+                    self.answers.setdefault(soak, []).append(mode)
+                    if mode in ("ok", "gzip-bomb", "huge"):  # a success, for the bridge
+                        self.acked.add(soak)
+                if not await self._answer(writer, mode):
+                    return
+        except (
+            asyncio.IncompleteReadError,
+            ConnectionError,
+            ValueError,
+            asyncio.LimitOverrunError,
+        ):
+            pass
+        finally:
+            writer.close()
+
+    async def _answer(self, writer: asyncio.StreamWriter, mode: str) -> bool:
+        """Answers one request; False when the connection is done with."""
+        if mode == "ok":
+            writer.write(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+            await writer.drain()
+            return True
+        if mode == "500":
+            writer.write(b"HTTP/1.1 500 Oops\r\ncontent-length: 4\r\nconnection: close\r\n\r\noops")
+        elif mode == "gzip-bomb":
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\nconnection: close\r\n"
+                + f"content-length: {len(self.BOMB)}\r\n\r\n".encode()
+                + self.BOMB
+            )
+        elif mode == "huge":
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 209715200\r\n\r\n")
+            chunk = b"x" * 65536
+            for _ in range(3200):  # until the bridge hangs up, which it does after a few KiB
+                writer.write(chunk)
+                await writer.drain()
+        else:  # drip: the head at once, then a byte a second until the bridge gives up
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n")
+            for _ in range(100):
+                await writer.drain()
+                writer.write(b".")
+                await asyncio.sleep(1)
+        await writer.drain()
+        return False
+
+
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _soak_of(body: bytes) -> str | None:
+    """The ``soak`` property of a structured CloudEvent delivery, if it has one."""
+    try:
+        data = json.loads(body).get("data")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    soak = data.get("soak") if isinstance(data, dict) else None
+    return soak if isinstance(soak, str) else None
 
 
 class Soak:
@@ -345,7 +459,7 @@ class Soak:
 
     async def faults(self, proxy: Proxy, mosquitto: PrivateMosquitto) -> None:
         seconds = self.args.minutes * 60
-        kinds = ["link cut", "rabbitmq stop_app", "mosquitto restart"]
+        kinds = self.args.fault_kinds
         period = max(seconds / max(self.args.faults, 1), 15.0)
         await asyncio.sleep(period / 2)
         for kind in itertools.cycle(kinds):
@@ -403,8 +517,18 @@ class Soak:
             *await queues_named("customevent/customevents/wait/"),
         }
 
+        trigger_name = f"soak-{self.word}"
+        trigger: dict[str, Any] = {
+            "name": trigger_name,
+            "pattern": f"{self.word}.#",
+            "kind": "external",
+            "url": "",
+            "secret": SECRET,
+            "timeout": 2,
+        }
         with PrivateMosquitto() as mosquitto:
-            async with Proxy.in_front_of(args.amqp_url) as proxy:
+            async with Proxy.in_front_of(args.amqp_url) as proxy, Receiver(self.tally) as receiver:
+                trigger["url"] = receiver.url
                 self.daemon = Daemon(
                     f"soak-{self.word}",
                     CUSTOMEVENT_AMQP__URL=proxy.url(),
@@ -414,16 +538,23 @@ class Soak:
                     CUSTOMEVENT_MQTT__CLIENT_ID=f"bridge-{self.word}",
                     CUSTOMEVENT_LOG__LEVEL="WARNING",
                     CUSTOMEVENT_HTTP__MAX_CONNECTIONS=str(args.max_connections),
+                    CUSTOMEVENT_TRIGGERS=json.dumps([trigger]),
+                    CUSTOMEVENT_GROUPS__RETRY_INITIAL="0.2",
+                    CUSTOMEVENT_GROUPS__RETRY_MAX="2",
                 )
                 await asyncio.to_thread(self.daemon.start)
+                await self._trigger_bound(trigger_name)
                 device = Device(mosquitto.port, self.tally, "customevents")
                 try:
                     result = await self._traffic(proxy, mosquitto, device)
+                    result["webhook_lost"] = await self._webhooks_lost(receiver)
+                    result["webhook_requests"] = receiver.requests
                 finally:
                     device.close()
                     if self.daemon.process is not None and self.daemon.process.poll() is None:
                         await asyncio.to_thread(self.daemon.stop)
         result["queues_left"] = await self._queues_left(queues_before)
+        await self._delete_trigger_queues(trigger_name)
         seen, copies = await self._drain_audit(audit_name)
         lost = self.tally.accepted - seen
         result.update(
@@ -487,6 +618,49 @@ class Soak:
             "end": end,
         }
 
+    async def _trigger_bound(self, name: str) -> None:
+        """Waits until the trigger's group queue exists: sends before it would not reach it."""
+        for _ in range(60):
+            if await queues_named(f"customevent/customevents/group/{name}"):
+                return
+            await asyncio.sleep(0.5)
+        raise RuntimeError(f"soak: the trigger {name}'s queue was never declared")
+
+    async def _webhooks_lost(self, receiver: Receiver) -> int:
+        """Accepted events the receiver never took with a success, once retries had time."""
+        for _ in range(120):
+            missing = self.tally.accepted - receiver.acked
+            if not missing:
+                return 0
+            await asyncio.sleep(0.5)
+        print(f"soak: webhooks never delivered, e.g. {sorted(missing)[:10]}", flush=True)
+        for soak in sorted(missing)[:10]:
+            print(f"soak: {soak}: answers {receiver.answers.get(soak, [])}", flush=True)
+        await self._why_dead(receiver, missing)
+        return len(missing)
+
+    async def _why_dead(self, receiver: Receiver, missing: set[str]) -> None:
+        """Prints the dead letters among ``missing``, with their reasons."""
+        connection = await aio_pika.connect(self.args.amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(
+                f"customevent/customevents/group/soak-{self.word}/dead", passive=True
+            )
+            while (message := await queue.get(no_ack=False, fail=False, timeout=5)) is not None:
+                soak = _soak_of(json.dumps({"data": _json_or_none(message.body)}).encode())
+                if soak in missing:
+                    headers = message.headers or {}
+                    print(
+                        f"soak: {soak} dead-lettered after {headers.get('x-deadletter-attempts')}"
+                        f" attempts: {headers.get('x-deadletter-reason')}",
+                        flush=True,
+                    )
+
+    async def _delete_trigger_queues(self, name: str) -> None:
+        for queue in await queues_named(f"customevent/customevents/group/{name}"):
+            await asyncio.to_thread(rabbitmqctl, "delete_queue", queue)
+
     async def _queues_left(self, before: set[str]) -> int:
         # Waits whose clean-up met an outage leave queues that expire on their own (bucket end
         # plus the grace): give them that long, then count what is still there.
@@ -532,6 +706,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--rate", type=float, default=20.0, help="sends per second, per kind")
     parser.add_argument("--faults", type=int, default=0, help="faults in all (0: one a minute)")
+    parser.add_argument(
+        "--fault-kinds",
+        default=",".join(FAULTS),
+        help=f"the faults to take turns, comma-separated (default: {','.join(FAULTS)}); "
+        "leave 'rabbitmq stop_app' out on a RabbitMQ others are using",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the result")
     parser.add_argument(
         "--slow-clients", type=int, default=100, help="clients dripping a request body at once"
@@ -540,6 +720,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--max-connections", type=int, default=256, help="the daemon's http.max_connections"
     )
     args = parser.parse_args(argv)
+    args.fault_kinds = [kind.strip() for kind in args.fault_kinds.split(",") if kind.strip()]
+    unknown = sorted(set(args.fault_kinds) - set(FAULTS))
+    if unknown or not args.fault_kinds:
+        parser.error(f"--fault-kinds: {', '.join(unknown) or 'none given'}; known: {FAULTS}")
     if args.faults <= 0:
         args.faults = max(3, round(args.minutes))
     return args
@@ -575,6 +759,7 @@ def main(argv: list[str] | None = None) -> int:
             "rss_growth_mib",
             "fds_growth",
             "late_waits",
+            "webhook_lost",
             "faults",
         )
     }
