@@ -3,6 +3,7 @@ and Mosquitto on this machine, and used as a client would.
 
     .venv/bin/python scripts/kube_play.py --image REF          # REF: from scripts/image-smoke.sh
     .venv/bin/python scripts/kube_play.py --image REF --print  # the manifests it would play
+                                     # (stdout), its address and credentials (stderr)
 
 1. The chart is rendered by Helm's own engine (helm-python-sdk, as tests/test_chart.py does) with
    values for this run: the image, an exchange, an MQTT prefix and a port of its own, the brokers'
@@ -313,7 +314,10 @@ async def send_and_wait(http: httpx.AsyncClient, name: str) -> None:
         wait.cancel()
     if answer.status_code != 200:
         raise SmokeError(f"the wait on {name} answered {answer.status_code}: {answer.text}")
-    properties = answer.json().get("properties")
+    try:
+        properties = answer.json()["properties"]
+    except (ValueError, TypeError, KeyError):
+        properties = None
     if properties != {"answer": "42", "via": "kube-play"}:
         raise SmokeError(f"the wait on {name} answered {answer.text}, not answer=42")
     say(f"HTTP long-poll wait on {name}: 200 answer=42")
@@ -383,6 +387,13 @@ def run(image: str, *, print_only: bool) -> None:
     text = yaml.safe_dump_all(manifests, sort_keys=False)
     if print_only:
         print(text, end="")
+        # For a pod played by hand: who may send and wait on it, and where (on stderr, so that
+        # stdout stays the manifests).
+        print(
+            f"kube-play: http://127.0.0.1:{port}, user {user}, password {password}, "
+            f"event names kubeplay.#, exchange {values['config']['amqp']['exchange']}",
+            file=sys.stderr,
+        )
         return
     os.environ.setdefault("CONTAINERS_CONF", str(PODMAN_CONF))
     if podman("image", "exists", image, check=False).returncode != 0:
@@ -419,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as interrupted:
         print(f"kube-play: interrupted ({interrupted or 'SIGINT'}); cleaned up", file=sys.stderr)
         return 130
-    say("passed")
+    if not args.print:
+        say("passed")
     return 0
 
 
