@@ -16,7 +16,8 @@ and Mosquitto on this machine, and used as a client would.
    runs as uid 10001 on a read-only root, an HTTP long-poll wait is bound, a vRO REST send is
    answered 200 and the wait answers the event. Probes are not run by kube play (they become
    podman healthchecks, which need systemd): the script polls /readyz as the readiness probe would.
-4. `podman kube down`, and the exchange deleted, however the run ends (an error, Ctrl-C, SIGTERM).
+4. The pod stopped (SIGTERM: the daemon must exit 0), then `podman kube down`, the volumes podman
+   made removed and the exchange deleted, however the run ends (an error, Ctrl-C, SIGTERM).
 
 Podman reads config/podman/containers.conf unless CONTAINERS_CONF is set (as
 scripts/container-runtime.sh does). Environment: CUSTOMEVENT_TEST_AMQP_URL (default
@@ -137,7 +138,7 @@ def for_kube_play(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     # podman 4.3 writes each `data` value of a Secret to its file still base64-encoded, and
     # ignores `stringData`; a ConfigMap's values it writes as they are. So the chart's Secret is
     # played as a ConfigMap of its decoded values, mounted where the Secret would be.
-    secrets = {doc["metadata"]["name"]: doc for doc in played if doc["kind"] == "Secret"}
+    chart_secrets = {doc["metadata"]["name"]: doc for doc in played if doc["kind"] == "Secret"}
     played = [as_config_map(doc) if doc["kind"] == "Secret" else doc for doc in played]
     for volume in pod.get("volumes", []):
         if "secret" not in volume:
@@ -145,7 +146,7 @@ def for_kube_play(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 raise SmokeError(f"the volume {volume['name']!r} is projected: kube play has none")
             continue
         source = volume.pop("secret")
-        if source.get("secretName") not in secrets:
+        if source.get("secretName") not in chart_secrets:
             raise SmokeError(
                 f"the volume {volume['name']!r} mounts the Secret {source.get('secretName')!r}, "
                 "which the chart did not render (kube play gets only the chart's own)"
@@ -222,6 +223,15 @@ class Pod:
         )
         if wrote.returncode == 0:
             raise SmokeError("the pod's root filesystem is writable")
+
+    def stop(self) -> None:
+        """SIGTERM, as a node sends it: the daemon drains and exits 0, with no traceback."""
+        podman("pod", "stop", self.id, timeout=60)
+        code = podman("container", "inspect", "--format", "{{.State.ExitCode}}", self.container)
+        if code.stdout.strip() != "0":
+            raise SmokeError(f"the daemon exited {code.stdout.strip()} on SIGTERM:\n{self.logs()}")
+        if "Traceback" in self.logs():
+            raise SmokeError(f"a traceback in the daemon's log:\n{self.logs()}")
 
     def logs(self) -> str:
         result = podman("logs", "--tail", "20", self.container, check=False)
@@ -356,8 +366,10 @@ def hash_password(password: str) -> str:
     # The project's own CLI, as a user of the chart makes the hash for auth__principals.
     cli = Path(sys.executable).with_name("customevent")
     result = subprocess.run(
-        [str(cli), "hash-secret"], input=password, capture_output=True, text=True, check=True
+        [str(cli), "hash-secret"], input=password, capture_output=True, text=True, check=False
     )
+    if result.returncode != 0:
+        raise SmokeError(f"{cli} hash-secret exited {result.returncode}: {result.stderr.strip()}")
     return result.stdout.strip()
 
 
@@ -407,6 +419,8 @@ def run(image: str, *, print_only: bool) -> None:
             with played(manifest, manifests) as pod:
                 say(f"podman kube play: pod {pod.id[:12]}, image {image}, port {port}")
                 asyncio.run(check(f"http://127.0.0.1:{port}", pod, user, password))
+                pod.stop()
+                say("podman pod stop: SIGTERM, the daemon exited 0")
         finally:
             with shielded():
                 try:
