@@ -1,4 +1,4 @@
-# Sourced by the image scripts (build-image.sh, base-image.sh, image-smoke.sh, kube-play.sh): picks
+# Sourced by the image scripts (build-image.sh, base-image.sh, image-smoke.sh): picks
 # the container runtime and points podman at the repo's settings.
 #
 #   pick_runtime          sets $runtime: $CONTAINER_RUNTIME when set (a list is tried in order),

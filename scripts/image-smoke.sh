@@ -9,6 +9,8 @@
 #   the container exits 0.
 #
 #   scripts/image-smoke.sh [--image REF]     # --image: test REF as it is instead of building one
+#   scripts/image-smoke.sh --keep REF        # build as REF and keep it afterwards (CI's next
+#                                            # step, scripts/kube_play.py, runs it; CI removes it)
 #
 # Environment:
 #   PYTHON_IMAGE  base of the build (default localhost/customevent-python:3.11-bookworm, made by
@@ -29,10 +31,12 @@ say() { echo "image-smoke: $*"; }
 fail() { echo "image-smoke: FAILED: $*" >&2; exit 1; }
 
 ref=
+keep=
 case ${1:-} in
 --image) ref=${2:?--image needs a reference} ;;
+--keep) keep=${2:?--keep needs a reference} ;;
 "") ;;
-*) echo "usage: $0 [--image REF]" >&2; exit 64 ;;
+*) echo "usage: $0 [--image REF | --keep REF]" >&2; exit 64 ;;
 esac
 
 amqp_url=${CUSTOMEVENT_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/}
@@ -73,11 +77,11 @@ if [[ -z $ref ]]; then
     [[ -z $ca || -r $ca ]] || ca=
     read -r -a extra <<<"${BUILD_FLAGS:-}"
     [[ $runtime != podman ]] || extra+=(--layers=false)
-    ref=localhost/customevent-bridge:$run_id
+    ref=${keep:-localhost/customevent-bridge:$run_id}
     started=$SECONDS
     scripts/build-image.sh --python-image "$base" ${ca:+--ca-file "$ca"} "$ref" -- "${extra[@]}" \
         >"$work/build.log" 2>&1 || { tail -n 30 "$work/build.log" >&2; fail "the build failed"; }
-    built=$ref
+    [[ -n $keep ]] || built=$ref
     build_seconds=$((SECONDS - started))
 fi
 size=$("$runtime" image inspect --format '{{.Size}}' "$ref")

@@ -104,6 +104,7 @@ _NEEDS_BY_FILE = {
     "test_docs_rendered.py": "chromium",
     "test_docs.py": "docs",
     "test_chart.py": "helm",
+    "test_kube_play.py": "helm",
     "test_image.py": "image",
     "test_cluster.py": "cluster",
 }

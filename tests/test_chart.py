@@ -190,8 +190,9 @@ def test_rolling_update_never_drops_below_the_wanted_pods(rendered: Rendered) ->
 
 def test_probes_use_the_daemon_endpoints(rendered: Rendered) -> None:
     container = rendered.container()
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    # By number, not by the port's name, which podman kube play 4.3 turns into port 0.
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 8280}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 8280}
     (port,) = container["ports"]
     assert port["name"] == "http"
     assert port["containerPort"] == rendered.config()["http"]["port"] == 8280
@@ -550,6 +551,8 @@ def test_http_host_is_always_all_interfaces(chart: helm.Chart) -> None:
     result = render(chart, {"config": {"http": {"port": 9000}}})
     assert result.config()["http"]["host"] == "0.0.0.0"
     assert result.container()["ports"][0]["containerPort"] == 9000
+    assert result.container()["readinessProbe"]["httpGet"]["port"] == 9000
+    assert result.container()["livenessProbe"]["httpGet"]["port"] == 9000
 
 
 def test_toml_rendering_keeps_every_value_type(chart: helm.Chart) -> None:
