@@ -81,7 +81,7 @@ async def client(bus_kind: str, request: pytest.FixtureRequest) -> AsyncIterator
     A test that also holds through a bridge daemon parametrizes ``bus_kind`` with ``http``: the
     client is then ``Client("http://ops:...@daemon")`` against a daemon on the in-process bus."""
     if bus_kind == "http":
-        from tests.test_http_support import make_settings, url_with_credentials
+        from tests.support.http import make_settings, url_with_credentials
 
         # Up to 200 waits at once from one test: room beyond the per-caller default of 100.
         http = {"max_wait": 600.0, "max_waits_per_caller": 1000}

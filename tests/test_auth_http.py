@@ -24,7 +24,7 @@ from adapter._http._auth import (
     covers,
 )
 from adapter._secrets import hash_secret, hash_token
-from tests.test_http_support import (
+from tests.support.http import (
     AUTH,
     HEADERS,
     LIMITED,

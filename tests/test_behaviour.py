@@ -23,13 +23,9 @@ from adapter import (
     PropertiesTooLarge,
     load_settings,
 )
+from tests.support.buses import over_http
 
 SOON = timedelta(seconds=10)
-
-over_http = pytest.mark.parametrize(
-    "bus_kind",
-    ["memory", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq), "http"],
-)
 
 
 @over_http

@@ -304,9 +304,9 @@ def test_library_log_records_never_reach_the_terminal() -> None:
 
 
 def test_every_exit_code_is_in_the_reference_table() -> None:
-    from tests.test_docs import _hooks
+    from tests.support.docs import docs_hooks
 
-    documented = {code for code, _ in _hooks().exit_codes()}
+    documented = {code for code, _ in docs_hooks().exit_codes()}
     returned = {value for name, value in vars(_cli).items() if name.startswith("EXIT_")}
     assert returned == documented
     assert 78 in documented and 130 in documented

@@ -18,7 +18,7 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
 from adapter import Client
-from tests.test_http_support import (
+from tests.support.http import (
     HEADERS,
     LIMITED,
     ThreadedDaemon,

@@ -31,9 +31,9 @@ from adapter._bus.amqp import AmqpBus
 from adapter._bus.amqp._queues import dead_queue, group_queue, resumable_queue
 from adapter._mqtt._testing import free_port
 from tests.support.cluster import Cluster, Node, collector, drain
+from tests.support.load import Load, check_nothing_lost, run_load
 from tests.support.processes import Daemon
 from tests.support.reliability import record
-from tests.test_faults import Load, _check_nothing_lost, _run_load
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -464,7 +464,7 @@ async def test_the_daemon_keeps_serving_sends_when_its_node_stops(
         lost = await asyncio.to_thread(cluster.node_of_connection, connection_name)
         load = Load(daemon.url, unique_name, statuses=statuses)
         watcher = asyncio.create_task(_watch_readiness(daemon.url, readiness, watching))
-        async for _ in _run_load(load):
+        async for _ in run_load(load):
             await _until(lambda: len(load.accepted) >= 200, "200 accepted sends")
             # An HTTP wait open across the loss, on a name nobody sends: 204 by its deadline.
             quiet = asyncio.create_task(_http_wait(daemon.url, f"{unique_name}.quiet", WAIT_S))
@@ -486,7 +486,7 @@ async def test_the_daemon_keeps_serving_sends_when_its_node_stops(
         await asyncio.to_thread(daemon.__exit__, None, None, None)
     await cluster.run("start_app", lost)
     delivered = await drain(cluster.other_than(lost).url, queue)
-    figures = _check_nothing_lost(load, delivered)
+    figures = check_nothing_lost(load, delivered)
     assert figures["other"] == 0, load.count()
     assert moved_to != lost
     # 503 only while the daemon was moving: from the loss until it was ready again.

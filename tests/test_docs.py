@@ -31,11 +31,9 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
@@ -46,6 +44,7 @@ from adapter._bus.amqp._queues import group_queue
 from adapter._cli import _build_parser
 from adapter._secrets import verify_secret
 from adapter._settings import section_models
+from tests.support.docs import docs_hooks, load_module
 from tests.support.site import build_site
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,18 +78,6 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("CUSTOMEVENT_")}
 
 
-def _load(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"docs_{path.stem}_{uuid.uuid4().hex}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _hooks() -> ModuleType:
-    return _load(DOCS / "hooks.py")
-
-
 # -- examples -------------------------------------------------------------------------------------
 
 
@@ -112,7 +99,7 @@ def example_bus(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_example_runs(path: Path, example_bus: str, unique_name: str) -> None:
-    main = _load(path).main
+    main = load_module(path).main
     # Examples that name their events take a unique name, so runs never see each other's events.
     args = [unique_name] if inspect.signature(main).parameters else []
     try:
@@ -356,7 +343,7 @@ def test_quickstart_daemon_curl_and_wait(quickstart: QuickstartDaemon) -> None:
 def test_the_daemon_example_runs_against_the_quickstart_daemon(
     quickstart: QuickstartDaemon, unique_name: str
 ) -> None:
-    main = _load(DOCS / "examples" / "wait_through_the_daemon.py").main
+    main = load_module(DOCS / "examples" / "wait_through_the_daemon.py").main
     default = inspect.signature(main).parameters["daemon_url"].default
     assert default == "http://ops:s3cret@127.0.0.1:8280"
     event = asyncio.run(main(unique_name, default.replace("8280", str(quickstart.port))))
@@ -370,7 +357,7 @@ def test_any_amqp_client_is_a_sender(
 ) -> None:
     monkeypatch.setenv("CUSTOMEVENT_AMQP__URL", amqp_url)
     event = asyncio.run(
-        _load(DOCS / "examples" / "publish_with_any_amqp_client.py").main(unique_name)
+        load_module(DOCS / "examples" / "publish_with_any_amqp_client.py").main(unique_name)
     )
     assert event is not None
     assert (event.name, event.kind, event.properties) == (unique_name, "internal", {"vm": "web-01"})
@@ -526,7 +513,7 @@ def test_quickstart_cli_on_rabbitmq(amqp_url: str, unique_name: str) -> None:
 def test_metrics_reference_matches_the_registry() -> None:
     from prometheus_client import REGISTRY
 
-    documented = {name for name, *_ in _hooks().metrics()}
+    documented = {name for name, *_ in docs_hooks().metrics()}
     importlib.import_module("adapter._daemon")
     registered = {
         family.name + ("_total" if family.type == "counter" else "")
@@ -537,7 +524,7 @@ def test_metrics_reference_matches_the_registry() -> None:
 
 
 def test_settings_reference_names_every_key() -> None:
-    hooks = _hooks()
+    hooks = docs_hooks()
     text = hooks.settings_reference()
     lists = {section for section, (_, is_list) in section_models().items() if is_list}
     for section, key, _ in hooks.settings_fields():
@@ -550,7 +537,7 @@ def test_settings_reference_names_every_key() -> None:
 
 
 def test_cli_reference_lists_every_option() -> None:
-    text = _hooks().cli_reference()
+    text = docs_hooks().cli_reference()
     for command in ("serve", "send", "wait", "hash-secret"):
         assert f"## `customevent {command}`" in text
     for option in ("--until", "--wait-id", "--properties-file", "--event-id", "--kind", "--url"):
@@ -559,17 +546,17 @@ def test_cli_reference_lists_every_option() -> None:
 
 
 def test_http_reference_fails_loudly_without_the_app(monkeypatch: pytest.MonkeyPatch) -> None:
-    hooks = _hooks()
+    hooks = docs_hooks()
     monkeypatch.setattr(hooks, "APP_FACTORIES", (("adapter._no_such_module", "create_app"),))
     with pytest.raises(hooks.GenerationError, match="no FastAPI app factory"):
         hooks.http_reference()
-    assert "/api/v1/events/{name}/wait" in _hooks().http_reference()
+    assert "/api/v1/events/{name}/wait" in docs_hooks().http_reference()
 
 
 def test_performance_page_shows_each_recorded_chart_with_when_and_where(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    hooks = _hooks()
+    hooks = docs_hooks()
     text = hooks.performance()
     run = json.loads((DOCS / "performance" / "run.json").read_text())
     assert {"core", "groups", "retain"} <= set(run["topics"])

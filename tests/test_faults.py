@@ -11,66 +11,19 @@ import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import aio_pika
 import httpx
 import pytest
 
 from adapter._bus.amqp._queues import resumable_queue
+from tests.support.load import Load, check_nothing_lost, run_load
+from tests.support.mqtt import LEFTOVER_EXPIRY
 from tests.support.processes import Daemon, clean_env, customevent, rabbitmqctl
 from tests.support.proxy import Proxy
 from tests.support.reliability import record
-from tests.test_mqtt_support import LEFTOVER_EXPIRY
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
-
-
-@dataclass
-class Load:
-    """A steady HTTP send load: each send carries its own event id; statuses are kept per id."""
-
-    url: str
-    name: str
-    workers: int = 8
-    pause: float = 0.01
-    statuses: dict[str, int | str] = field(default_factory=dict)
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-    run: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
-
-    async def worker(self, number: int) -> None:
-        async with httpx.AsyncClient(base_url=self.url, timeout=15) as http:
-            sequence = 0
-            while not self.stop.is_set():
-                event_id = f"{self.run}-{number}-{sequence}"
-                sequence += 1
-                try:
-                    response = await http.post(
-                        f"/api/v1/events/{self.name}",
-                        json={"properties": {"n": event_id}, "event_id": event_id},
-                    )
-                    self.statuses[event_id] = response.status_code
-                except httpx.HTTPError as exc:
-                    self.statuses[event_id] = type(exc).__name__
-                    await asyncio.sleep(0.05)
-                await asyncio.sleep(self.pause)
-
-    @property
-    def accepted(self) -> set[str]:
-        return {k for k, v in self.statuses.items() if v == 202}
-
-    def count(self) -> Counter[int | str]:
-        return Counter(self.statuses.values())
-
-
-async def _run_load(load: Load) -> AsyncIterator[None]:
-    tasks = [asyncio.create_task(load.worker(i)) for i in range(load.workers)]
-    try:
-        yield
-    finally:
-        load.stop.set()
-        await asyncio.gather(*tasks)
 
 
 async def _durable_queue(amqp_url: str, name: str) -> str:
@@ -119,27 +72,6 @@ async def _ready_after(url: str, since: float) -> float:
     raise AssertionError("the daemon did not become ready again within 30 s")
 
 
-def _check_nothing_lost(load: Load, delivered: Counter[str]) -> dict[str, int]:
-    accepted = load.accepted
-    lost = accepted - set(delivered)
-    assert not lost, (
-        f"{len(lost)} sends answered 202 never reached the consumer: {sorted(lost)[:5]}"
-    )
-    statuses = load.count()
-    unexpected = {k: v for k, v in statuses.items() if k not in (202, 503)}
-    return {
-        "sent": len(load.statuses),
-        "accepted": len(accepted),
-        "refused_503": statuses.get(503, 0),
-        "other": sum(unexpected.values()),
-        "lost": len(lost),
-        "duplicated": sum(c - 1 for c in delivered.values() if c > 1),
-        "refused_but_delivered": len(
-            {k for k, v in load.statuses.items() if v != 202} & set(delivered)
-        ),
-    }
-
-
 async def test_broker_stopped_and_started_under_send_load(amqp_url: str, unique_name: str) -> None:
     queue_name = await _durable_queue(amqp_url, unique_name)
     with Daemon(
@@ -149,7 +81,7 @@ async def test_broker_stopped_and_started_under_send_load(amqp_url: str, unique_
         CUSTOMEVENT_AMQP__PUBLISH_TIMEOUT="5",
     ) as daemon:
         load = Load(daemon.url, unique_name)
-        async for _ in _run_load(load):
+        async for _ in run_load(load):
             await asyncio.sleep(2)
             before_outage = len(load.accepted)
             await asyncio.to_thread(rabbitmqctl, "stop_app")
@@ -164,7 +96,7 @@ async def test_broker_stopped_and_started_under_send_load(amqp_url: str, unique_
         assert len(load.accepted) > accepted_at_recovery, "no send accepted after the restart"
         assert daemon.stop() == 0
     delivered = await _drain(amqp_url, queue_name)
-    figures = _check_nothing_lost(load, delivered)
+    figures = check_nothing_lost(load, delivered)
     assert figures["refused_503"] > 0, "no send was refused while the broker was down"
     assert figures["other"] == 0, load.count()
     assert before_outage > 0
@@ -193,7 +125,7 @@ async def test_tcp_link_to_the_broker_cut_and_restored(amqp_url: str, unique_nam
         await asyncio.to_thread(daemon.start)
         try:
             load = Load(daemon.url, unique_name)
-            async for _ in _run_load(load):
+            async for _ in run_load(load):
                 await asyncio.sleep(2)
                 proxy.refuse()
                 await asyncio.sleep(3)
@@ -206,7 +138,7 @@ async def test_tcp_link_to_the_broker_cut_and_restored(amqp_url: str, unique_nam
         finally:
             await asyncio.to_thread(daemon.__exit__, None, None, None)
     delivered = await _drain(amqp_url, queue_name)
-    figures = _check_nothing_lost(load, delivered)
+    figures = check_nothing_lost(load, delivered)
     assert figures["refused_503"] > 0, "no send was refused while the link was cut"
     assert figures["other"] == 0, load.count()
     record(
@@ -289,7 +221,7 @@ async def test_daemon_stopped_with_sigterm_under_load(amqp_url: str, unique_name
     daemon = Daemon("faults-sigterm", CUSTOMEVENT_AMQP__URL=amqp_url)
     await asyncio.to_thread(daemon.start)
     load = Load(daemon.url, unique_name, workers=16, pause=0)
-    async for _ in _run_load(load):
+    async for _ in run_load(load):
         await asyncio.sleep(2)
         stopped = time.monotonic()
         code = await asyncio.to_thread(daemon.stop, signal.SIGTERM)
@@ -297,7 +229,7 @@ async def test_daemon_stopped_with_sigterm_under_load(amqp_url: str, unique_name
         await asyncio.sleep(0.5)
     assert code == 0, daemon.log_tail()
     delivered = await _drain(amqp_url, queue_name)
-    figures = _check_nothing_lost(load, delivered)
+    figures = check_nothing_lost(load, delivered)
     record(
         "test_daemon_stopped_with_sigterm_under_load",
         load="16 HTTP senders without pause, JSON API, RabbitMQ bus",

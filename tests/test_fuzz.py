@@ -21,9 +21,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from adapter import Client, Settings
-from tests.support.reliability import record
-from tests.test_http_support import HEADERS, asgi_client, make_settings
-from tests.test_mqtt_support import (
+from tests.support.http import HEADERS, asgi_client, make_settings
+from tests.support.mqtt import (
     Collector,
     Device,
     bridge_settings,
@@ -31,6 +30,7 @@ from tests.test_mqtt_support import (
     running_bridge,
     unique_prefix,
 )
+from tests.support.reliability import record
 
 GOOD = (
     '<?xml version="1.0" encoding="UTF-8"?>'

@@ -50,7 +50,7 @@ from adapter._listen import command_environment
 from adapter._secrets import hash_token
 from adapter.testing import BridgeDaemon
 from tests.support.broker import connection_channels, queues_named, rabbitmqctl
-from tests.test_http_support import HEADERS, make_settings
+from tests.support.http import HEADERS, make_settings
 
 GROUPS = {"retry_initial": 0.2, "retry_max": 0.4, "dedup_window": 60.0}
 
@@ -279,7 +279,7 @@ def test_a_wait_id_reused_over_http_is_409_and_shares_are_per_caller() -> None:
         assert refused.status_code == 429, refused.text
         assert int(refused.headers["retry-after"]) > 10
         # Another principal is served.
-        from tests.test_http_support import LIMITED, basic
+        from tests.support.http import LIMITED, basic
 
         other = http.get(
             "/api/v1/events/t.limited.x/wait",
@@ -432,7 +432,7 @@ def test_a_reason_cannot_forge_lines_of_dead_list() -> None:
 async def test_the_daemons_refusals_reach_a_client_as_the_same_errors() -> None:
     from adapter import LimitExceeded
     from adapter._exceptions import EDGES, edge_of
-    from tests.test_http_support import url_with_credentials
+    from tests.support.http import url_with_credentials
 
     settings = make_settings(http={"max_retained_names_per_caller": 1})
     with BridgeDaemon(settings) as daemon:

@@ -26,7 +26,7 @@ import time
 import httpx
 
 from adapter.testing import BridgeDaemon
-from tests.test_http_support import HEADERS, TOKEN, make_settings
+from tests.support.http import HEADERS, TOKEN, make_settings
 
 HEAD = (
     "POST /api/v1/events/t.slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

@@ -23,7 +23,7 @@ import pytest
 
 from adapter import Event, MemoryBus
 from adapter._mqtt._testing import PrivateMosquitto
-from tests.test_mqtt_support import Device, bridge_settings, metric, running_bridge, unique_prefix
+from tests.support.mqtt import Device, bridge_settings, metric, running_bridge, unique_prefix
 
 
 @pytest.mark.mosquitto

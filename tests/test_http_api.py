@@ -13,7 +13,7 @@ from adapter import Client
 from adapter._bus import MemoryBus
 from adapter._event import Event
 from adapter._exceptions import BusUnavailable
-from tests.test_http_support import (
+from tests.support.http import (
     HEADERS,
     LIMITED,
     asgi_client,

@@ -21,7 +21,7 @@ from adapter._exceptions import (
     ConfigurationError,
     InvalidInput,
 )
-from tests.test_http_support import (
+from tests.support.http import (
     LIMITED,
     TOKEN,
     ThreadedDaemon,

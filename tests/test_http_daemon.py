@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.test_http_support import HEADERS, PASSWORD, _hashes
+from tests.support.http import HEADERS, PASSWORD, _hashes
 
 
 def _free_port() -> int:

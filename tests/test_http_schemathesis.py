@@ -18,7 +18,7 @@ from schemathesis.specs.openapi.checks import (
 
 from adapter import Client, Settings
 from adapter._http import create_app
-from tests.test_http_support import HEADERS, ThreadedDaemon, _hashes, make_settings
+from tests.support.http import HEADERS, ThreadedDaemon, _hashes, make_settings
 
 
 @pytest.fixture(scope="module")

@@ -25,9 +25,7 @@ from adapter._mqtt import (
     principal_from_name,
 )
 from adapter._mqtt._testing import PrivateMosquitto
-
-from .support.processes import Daemon, clean_env, customevent
-from .test_mqtt_support import (
+from tests.support.mqtt import (
     Collector,
     Device,
     StuckBus,
@@ -37,6 +35,8 @@ from .test_mqtt_support import (
     running_bridge,
     unique_prefix,
 )
+
+from .support.processes import Daemon, clean_env, customevent
 
 
 def _port(url: str) -> int:

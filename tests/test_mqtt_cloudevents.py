@@ -19,7 +19,7 @@ from paho.mqtt.properties import Properties
 from adapter import MemoryBus
 from adapter._mqtt import DEADLETTER_ROUTING_KEY
 from adapter._mqtt._mapping import RETAIN_PROPERTY
-from tests.test_mqtt_support import (
+from tests.support.mqtt import (
     Collector,
     Device,
     bridge_settings,

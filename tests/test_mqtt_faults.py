@@ -10,9 +10,8 @@ import uuid
 import pytest
 
 from adapter._mqtt._testing import PrivateMosquitto
+from tests.support.mqtt import Collector, Device, bridge_settings, losses, running_bridge
 from tests.support.reliability import record
-
-from .test_mqtt_support import Collector, Device, bridge_settings, losses, running_bridge
 
 
 @pytest.mark.mosquitto

@@ -20,8 +20,7 @@ from adapter._event import Event
 from adapter._exceptions import BusError
 from adapter._mqtt._testing import PrivateMosquitto
 from adapter._names import Kind
-
-from .test_mqtt_support import (
+from tests.support.mqtt import (
     Device,
     StuckBus,
     bridge_settings,

@@ -13,9 +13,9 @@ import pytest
 
 from adapter import BusUnavailable, Client, load_settings
 from tests.support.broker import connection_channels
+from tests.support.http import HEADERS, asgi_client, make_settings
 from tests.support.processes import clean_env, customevent
 from tests.support.proxy import Proxy
-from tests.test_http_support import HEADERS, asgi_client, make_settings
 
 pytestmark = pytest.mark.rabbitmq
 

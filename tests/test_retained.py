@@ -16,7 +16,7 @@ import pytest
 from adapter import Client, InvalidInput, LimitExceeded, load_settings
 from adapter.testing import memory_client
 from tests.support.broker import rabbitmqctl
-from tests.test_behaviour import over_http
+from tests.support.buses import over_http
 
 SOON = timedelta(seconds=10)
 BRIEF = timedelta(milliseconds=500)

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from adapter import Client
-from tests.test_http_support import HEADERS, ThreadedDaemon, make_settings, url_with_credentials
+from tests.support.http import HEADERS, ThreadedDaemon, make_settings, url_with_credentials
 
 pytestmark = pytest.mark.rabbitmq
 

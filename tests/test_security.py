@@ -24,8 +24,8 @@ from adapter import Client, Settings, pattern_matches
 from adapter._mqtt._testing import PrivateMosquitto, free_port
 from adapter._names import validate_name
 from adapter._secrets import hash_secret, verify_secret
-from tests.test_http_support import HEADERS, LIMITED, asgi_client, basic, make_settings
-from tests.test_mqtt_support import (
+from tests.support.http import HEADERS, LIMITED, asgi_client, basic, make_settings
+from tests.support.mqtt import (
     Device,
     bridge_settings,
     private_exchange,

@@ -10,7 +10,7 @@ import pytest
 
 from adapter import Client
 from adapter._http._soap import parse_request
-from tests.test_http_support import HEADERS, asgi_client, make_settings
+from tests.support.http import HEADERS, asgi_client, make_settings
 
 SOAP_PATHS = ["/vco/vmware-vmo-webcontrol/webservice", "/vmware-vmo-webcontrol/webservice"]
 VSO = "http://webservice.vso.dunes.ch"

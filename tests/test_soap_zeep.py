@@ -14,7 +14,7 @@ import zeep
 import zeep.exceptions
 from zeep.transports import Transport
 
-from tests.test_http_support import AUTH, ThreadedDaemon, bound_wait, daemon_settings
+from tests.support.http import AUTH, ThreadedDaemon, bound_wait, daemon_settings
 
 VCO_WSDL = Path(__file__).resolve().parent / "fixtures" / "vco-webcontrol.wsdl"
 NAMESPACE = "http://webservice.vso.dunes.ch"

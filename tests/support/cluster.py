@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import aio_pika
 
 from adapter._bus.amqp._queues import durable_queue_arguments
-from tests.test_mqtt_support import LEFTOVER_EXPIRY
+from tests.support.mqtt import LEFTOVER_EXPIRY
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "rabbitmq-cluster.sh"
