@@ -103,3 +103,23 @@ def test_the_lower_parts_of_the_rabbitmq_side_import_no_sibling() -> None:
     for lower in ("_codec", "_queues", "_link"):
         name = f"adapter._bus.amqp.{lower}"
         assert graph[name] & siblings == set(), f"{lower} imports {graph[name] & siblings}"
+
+
+def test_tests_share_helpers_through_tests_support_only() -> None:
+    """A test module imports no other test module: what tests share lives in tests/support."""
+    tests = Path(__file__).resolve().parent
+    offenders = []
+    for path in sorted(tests.glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+                if node.level:  # from .test_x import ...
+                    names = [f"tests.{node.module or ''}"]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                if name.startswith("tests.test_") or name.startswith("test_"):
+                    offenders.append(f"{path.name} imports {name}")
+    assert offenders == []
