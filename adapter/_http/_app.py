@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import __version__
+from .._asyncapi import asyncapi_document
 from .._client import Client
 from .._cloudevents import STRUCTURED_CONTENT_TYPE
 from .._exceptions import InvalidInput
@@ -364,6 +365,16 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
             status_code=503,
             headers={"Retry-After": str(BUS_RETRY_AFTER)},
         )
+
+    contract = asyncapi_document(settings)
+
+    @app.get(
+        "/asyncapi.json",
+        summary="AsyncAPI 3 document of the bus contract: exchange, routing keys, headers, "
+        "CloudEvents attributes, MQTT topics",
+    )
+    async def asyncapi() -> dict[str, Any]:
+        return contract
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics() -> Response:
