@@ -43,6 +43,7 @@ from ._mqtt._mapping import (
     egress_topic,
 )
 from ._names import KINDS, MAX_NAME_BYTES, routing_key, topic_for
+from ._properties import _NAME_REFUSED, _VALUE_REFUSED
 from ._settings import Settings
 from ._version import __version__
 
@@ -157,12 +158,17 @@ def _properties_schema(settings: Settings) -> dict[str, Any]:
     limits = settings.limits
     return {
         "type": "object",
-        "description": "the event's properties: names non-empty, without '=' or control "
-        "characters; values without CR or LF (every event stays representable as vRO's "
-        f"serializedProperties); at most {limits.max_bytes} bytes in all",
+        "description": "the event's properties: names non-empty, without '=', control "
+        "characters or surrounding spaces; values without control characters but TAB (so every "
+        "event stays representable as vRO's serializedProperties and no line can be forged); "
+        f"at most {limits.max_bytes} bytes in all",
         "maxProperties": limits.max_properties,
-        "propertyNames": {"minLength": 1, "pattern": "^[^=\\u0000-\\u001f\\u007f]+$"},
-        "additionalProperties": {"type": "string", "pattern": "^[^\\r\\n]*$"},
+        # The rules' own character classes (adapter/_properties.py), negated.
+        "propertyNames": {"minLength": 1, "pattern": f"^[^={_NAME_REFUSED.pattern[1:-1]}]+$"},
+        "additionalProperties": {
+            "type": "string",
+            "pattern": f"^[^{_VALUE_REFUSED.pattern[1:-1]}]*$",
+        },
     }
 
 

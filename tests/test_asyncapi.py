@@ -110,7 +110,10 @@ def test_the_payload_schema_holds_the_properties_rules() -> None:
     document = asyncapi_document(load_settings(amqp={"url": None}))
     payload = _resolved(document, {"$ref": "#/components/schemas/properties"})
     jsonschema.validate(json.loads(encode_body({"ip": "10.0.0.1", "note": "a=b"})), payload)
-    for bad in ({"a=b": "x"}, {"": "x"}, {"line": "one\ntwo"}, {"n": 1}):
+    jsonschema.validate({"tabbed": "a\tb"}, payload)
+    bad_ones = [{"a=b": "x"}, {"": "x"}, {"line": "one\ntwo"}, {"n": 1}, {"esc": "\x1b[31m"}]
+    bad_ones += [{"sep": "a\u2028b"}, {"c\x85": "x"}]
+    for bad in bad_ones:
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, payload)
 

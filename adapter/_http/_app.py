@@ -39,7 +39,7 @@ from ._gateway import (
     retain_parameter,
 )
 from ._logging import RequestContext
-from ._metrics import RECONNECTS
+from ._metrics import BUS_CONNECTED, RECONNECTS
 from ._soap import soap_router
 from ._wait import WaitResponse, parse_deadline, scoped
 
@@ -378,6 +378,7 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics() -> Response:
+        BUS_CONNECTED.set(1 if client.bus.connected else 0)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
