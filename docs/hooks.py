@@ -443,7 +443,184 @@ def performance() -> str:
     return "\n\n".join(sections)
 
 
+# -- the contract's AsyncAPI document ---------------------------------------------------------
+
+
+def asyncapi_reference() -> str:
+    """The AsyncAPI document on default settings: its channels, operations and headers as
+    tables, then the whole document."""
+    from adapter import load_settings
+    from adapter._asyncapi import asyncapi_document
+
+    document = asyncapi_document(load_settings(amqp={"url": None}))
+    channels = document.get("channels") or {}
+    if not channels:
+        raise GenerationError("the AsyncAPI document has no channels")
+    servers = document["servers"]
+    rows = [
+        (
+            f"`{name}`",
+            f"`{channel['address']}`",
+            ", ".join(
+                servers[ref["$ref"].rsplit("/", 1)[1]]["protocol"] for ref in channel["servers"]
+            ),
+            channel.get("description", ""),
+        )
+        for name, channel in channels.items()
+    ]
+    operations = [
+        (
+            f"`{name}`",
+            operation["action"],
+            f"`{operation['channel']['$ref'].rsplit('/', 1)[1]}`",
+            operation.get("summary", ""),
+        )
+        for name, operation in document["operations"].items()
+    ]
+    parts = [
+        f"AsyncAPI {document['asyncapi']}, *{document['info']['title']}* "
+        f"{document['info']['version']}; exchange and prefix as the default settings name them.",
+        "",
+        "### Channels",
+        "",
+        _table(("Channel", "Address", "Protocol", "What"), rows),
+        "",
+        "### Operations (the bridge's side)",
+        "",
+        _table(("Operation", "Action", "Channel", "What"), operations),
+    ]
+    for name, message in document["components"]["messages"].items():
+        headers = message.get("headers", {})
+        required = set(headers.get("required", []))
+        header_rows = [
+            (
+                f"`{header}`",
+                "yes" if header in required else "no",
+                schema.get("description", "")
+                or ", ".join(f"`{v}`" for v in schema.get("enum", [schema.get("const", "")])),
+            )
+            for header, schema in headers.get("properties", {}).items()
+        ]
+        parts += ["", f"### Message `{name}`", "", message.get("summary", message.get("title", ""))]
+        parts += ["", f"Content type `{message['contentType']}`.", ""]
+        if header_rows:
+            parts.append(_table(("Header", "Always", "Meaning"), header_rows))
+    parts += [
+        "",
+        "### The document",
+        "",
+        '??? note "asyncapi.json (default settings)"',
+        "",
+        "    ```json",
+        *("    " + line for line in json.dumps(document, indent=2).splitlines()),
+        "    ```",
+    ]
+    return "\n".join(parts)
+
+
+# -- operating it: the chart's dashboard and alerts ------------------------------------------------
+
+CHART = Path(__file__).resolve().parent.parent / "charts" / "customevent-bridge"
+
+
+def _chart_render(values: dict[str, Any]) -> list[dict[str, Any]]:
+    import helm_python
+    import yaml
+
+    with helm_python.Chart.load(CHART) as chart:
+        files = chart.render(values, name="customevent-bridge", namespace="events")
+    return [
+        doc
+        for path, text in files.items()
+        if not path.endswith("NOTES.txt")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
+
+
+def alerts() -> str:
+    """The chart's PrometheusRule, as Helm renders it with the default thresholds."""
+    docs = _chart_render({"prometheusRule": {"enabled": True}})
+    rules = [
+        rule
+        for doc in docs
+        if doc["kind"] == "PrometheusRule"
+        for group in doc["spec"]["groups"]
+        for rule in group["rules"]
+    ]
+    if not rules:
+        raise GenerationError("the chart renders no alert with prometheusRule.enabled")
+    rows = [
+        (
+            f"`{rule['alert']}`",
+            rule["labels"]["severity"],
+            rule.get("for", "at once"),
+            rule["annotations"]["description"],
+            f"`{rule['expr']}`",
+        )
+        for rule in rules
+    ]
+    return _table(("Alert", "Severity", "For", "What it means", "Expression"), rows)
+
+
+def _html(text: object) -> str:
+    import html
+
+    return html.escape(str(text), quote=True)
+
+
+def dashboard() -> str:
+    """The chart's Grafana dashboard drawn as a figure: each panel where Grafana puts it (its
+    gridPos on Grafana's 24 columns), with its title, description and queries."""
+    source = CHART / "dashboards" / "customevent-bridge.json"
+    board = json.loads(source.read_text())
+    panels = board.get("panels") or []
+    if not panels:
+        raise GenerationError(f"{source} has no panels")
+    cells = []
+    for panel in panels:
+        grid = panel["gridPos"]
+        queries = "".join(
+            f"<li><code>{_html(target['expr'])}</code></li>" for target in panel["targets"]
+        )
+        cells.append(
+            f'<div class="ce-panel" style="grid-column: {grid["x"] + 1} / span {grid["w"]}; '
+            f'grid-row: {grid["y"] + 1} / span {grid["h"]};">'
+            f'<div class="ce-panel-title">{_html(panel["title"])}</div>'
+            f'<div class="ce-panel-text">{_html(panel.get("description", ""))}</div>'
+            f'<ul class="ce-panel-queries">{queries}</ul></div>'
+        )
+    style = (
+        "<style>"
+        ".ce-dashboard{display:grid;grid-template-columns:repeat(24,1fr);"
+        "grid-auto-rows:1.6rem;gap:6px;padding:8px;background:#111217;border-radius:4px;"
+        "font-size:.62rem;line-height:1.3}"
+        ".ce-panel{background:#181b1f;border:1px solid #2c3235;border-radius:3px;padding:6px 8px;"
+        "overflow:hidden;color:#ccccdc}"
+        ".ce-panel-title{font-weight:600;font-size:.75rem;color:#fff;margin-bottom:4px}"
+        ".ce-panel-text{color:#8e8e9e;margin-bottom:4px}"
+        ".ce-panel-queries{margin:0;padding-left:1em}"
+        ".ce-panel-queries code{background:none;color:#73bf69;font-size:.6rem;"
+        "word-break:break-all}"
+        "</style>"
+    )
+    title = _html(board["title"])
+    return (
+        f'{style}<figure id="dashboard-figure">'
+        f'<div class="ce-dashboard" role="img" aria-label="the {title} dashboard\'s panels">'
+        + "".join(cells)
+        + "</div><figcaption>The panels of the chart's dashboard "
+        "(<code>charts/customevent-bridge/dashboards/customevent-bridge.json</code>), drawn "
+        "from that file when the docs are built, each where Grafana places it, with its "
+        "queries. Not a Grafana screenshot: the docs build runs no Grafana.</figcaption>"
+        "</figure>"
+    )
+
+
 GENERATORS: dict[str, Callable[[], str]] = {
+    "asyncapi": asyncapi_reference,
+    "alerts": alerts,
+    "dashboard": dashboard,
     "cli": cli_reference,
     "settings": settings_reference,
     "http-api": http_reference,
