@@ -446,6 +446,11 @@ def performance() -> str:
 # -- the contract's AsyncAPI document ---------------------------------------------------------
 
 
+def _prose(text: str) -> str:
+    """Text of the document shown as Markdown: ``<kind>.<name>`` is no HTML tag."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def asyncapi_reference() -> str:
     """The AsyncAPI document on default settings: its channels, operations and headers as
     tables, then the whole document."""
@@ -464,7 +469,7 @@ def asyncapi_reference() -> str:
             ", ".join(
                 servers[ref["$ref"].rsplit("/", 1)[1]]["protocol"] for ref in channel["servers"]
             ),
-            channel.get("description", ""),
+            _prose(channel.get("description", "")),
         )
         for name, channel in channels.items()
     ]
@@ -473,7 +478,7 @@ def asyncapi_reference() -> str:
             f"`{name}`",
             operation["action"],
             f"`{operation['channel']['$ref'].rsplit('/', 1)[1]}`",
-            operation.get("summary", ""),
+            _prose(operation.get("summary", "")),
         )
         for name, operation in document["operations"].items()
     ]
@@ -496,12 +501,17 @@ def asyncapi_reference() -> str:
             (
                 f"`{header}`",
                 "yes" if header in required else "no",
-                schema.get("description", "")
+                _prose(schema.get("description", ""))
                 or ", ".join(f"`{v}`" for v in schema.get("enum", [schema.get("const", "")])),
             )
             for header, schema in headers.get("properties", {}).items()
         ]
-        parts += ["", f"### Message `{name}`", "", message.get("summary", message.get("title", ""))]
+        parts += [
+            "",
+            f"### Message `{name}`",
+            "",
+            _prose(message.get("summary", message.get("title", ""))),
+        ]
         parts += ["", f"Content type `{message['contentType']}`.", ""]
         if header_rows:
             parts.append(_table(("Header", "Always", "Meaning"), header_rows))
@@ -569,6 +579,66 @@ def _html(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
+def _sample_scrape() -> dict[str, list[tuple[str, float]]]:
+    """What a daemon on the in-process bus reports on ``/metrics`` after a few sends (two
+    edges, one refused) and a wait that reaches its deadline: sample name -> (labels, value)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from adapter.testing import BridgeDaemon
+
+    with BridgeDaemon() as daemon, httpx.Client(base_url=daemon.url, timeout=10) as http:
+        for number in range(3):
+            http.post("/api/v1/events/docs.sample", json={"properties": {"n": str(number)}})
+        http.post("/vco/api/customevent/docs.sample", params={"properties": "n=3"})
+        http.post("/api/v1/events/docs.sample", json={"properties": {"a=b": "forged"}})
+        http.get("/api/v1/events/docs.sample/wait", params={"timeout": "0.2s"})
+        text = http.get("/metrics").text
+    samples: dict[str, list[tuple[str, float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sample.labels.items())
+            samples.setdefault(sample.name, []).append((labels, sample.value))
+    return samples
+
+
+def _panel_values(panel: dict[str, Any], samples: dict[str, list[tuple[str, float]]]) -> str:
+    """The sampled values of the series a panel's queries select (their label matchers applied,
+    but those on dashboard variables), a histogram by its ``_count``."""
+    selectors: list[tuple[str, list[tuple[str, str, str]]]] = []
+    for target in panel["targets"]:
+        for name, matchers in re.findall(
+            r"\b((?:customevent|rabbitmq)_[a-z0-9_]+)(?:\{([^}]*)\})?", target["expr"]
+        ):
+            wanted = [
+                m for m in re.findall(r'(\w+)\s*(=~|=)\s*"([^"]*)"', matchers) if "$" not in m[2]
+            ]
+            shown = (re.sub(r"_bucket$", "_count", name), wanted)
+            if shown not in selectors:
+                selectors.append(shown)
+    lines = []
+    for name, wanted in selectors:
+        if name.startswith("rabbitmq_"):
+            lines.append(f"{name}: from RabbitMQ, not in this build")
+            continue
+        found = [
+            (labels, value)
+            for labels, value in samples.get(name, [])
+            if all(
+                re.search(
+                    rf'(^|,){key}="({pattern})"'
+                    if op == "=~"
+                    else rf'(^|,){key}="{re.escape(pattern)}"',
+                    labels,
+                )
+                for key, op, pattern in wanted
+            )
+        ]
+        for labels, value in found[:4] or [("", 0.0)]:
+            lines.append(f"{name}{{{labels}}} {value:g}" if labels else f"{name} {value:g}")
+    return "".join(f"<li>{_html(line)}</li>" for line in lines)
+
+
 def dashboard() -> str:
     """The chart's Grafana dashboard drawn as a figure: each panel where Grafana puts it (its
     gridPos on Grafana's 24 columns), with its title, description and queries."""
@@ -577,6 +647,7 @@ def dashboard() -> str:
     panels = board.get("panels") or []
     if not panels:
         raise GenerationError(f"{source} has no panels")
+    samples = _sample_scrape()
     cells = []
     for panel in panels:
         grid = panel["gridPos"]
@@ -588,13 +659,14 @@ def dashboard() -> str:
             f'grid-row: {grid["y"] + 1} / span {grid["h"]};">'
             f'<div class="ce-panel-title">{_html(panel["title"])}</div>'
             f'<div class="ce-panel-text">{_html(panel.get("description", ""))}</div>'
-            f'<ul class="ce-panel-queries">{queries}</ul></div>'
+            f'<ul class="ce-panel-queries">{queries}</ul>'
+            f'<ul class="ce-panel-values">{_panel_values(panel, samples)}</ul></div>'
         )
     style = (
         "<style>"
         ".ce-dashboard{display:grid;grid-template-columns:repeat(24,1fr);"
-        "grid-auto-rows:1.6rem;gap:6px;padding:8px;background:#111217;border-radius:4px;"
-        "font-size:.62rem;line-height:1.3}"
+        "grid-auto-rows:minmax(1.6rem,auto);gap:6px;padding:8px;background:#111217;border-radius:4px;"
+        "font-size:.62rem;line-height:1.3;text-align:left}"
         ".ce-panel{background:#181b1f;border:1px solid #2c3235;border-radius:3px;padding:6px 8px;"
         "overflow:hidden;color:#ccccdc}"
         ".ce-panel-title{font-weight:600;font-size:.75rem;color:#fff;margin-bottom:4px}"
@@ -602,6 +674,8 @@ def dashboard() -> str:
         ".ce-panel-queries{margin:0;padding-left:1em}"
         ".ce-panel-queries code{background:none;color:#73bf69;font-size:.6rem;"
         "word-break:break-all}"
+        ".ce-panel-values{margin:4px 0 0;padding:4px 0 0 1em;border-top:1px solid #2c3235;"
+        "color:#fade2a;font-family:monospace;font-size:.58rem;word-break:break-all}"
         "</style>"
     )
     title = _html(board["title"])
@@ -612,7 +686,10 @@ def dashboard() -> str:
         + "</div><figcaption>The panels of the chart's dashboard "
         "(<code>charts/customevent-bridge/dashboards/customevent-bridge.json</code>), drawn "
         "from that file when the docs are built, each where Grafana places it, with its "
-        "queries. Not a Grafana screenshot: the docs build runs no Grafana.</figcaption>"
+        "queries; in yellow, the values of the daemon's series they read, as a daemon that the "
+        "docs build starts (in-process bus) reported them on <code>/metrics</code> after four "
+        "sends, one refused send and one wait that reached its deadline. Not a Grafana "
+        "screenshot: the docs build runs no Grafana and no RabbitMQ.</figcaption>"
         "</figure>"
     )
 
