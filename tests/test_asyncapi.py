@@ -170,3 +170,22 @@ async def test_a_message_on_rabbitmq_matches_the_document(amqp_url: str, unique_
     assert headers["x-event-name"] == headers["ce-type"] == unique_name
     payload = _resolved(document, message_doc["payload"])
     jsonschema.validate(json.loads(message.body), payload)
+
+
+async def test_odd_requests_get_the_same_document_or_a_clear_refusal() -> None:
+    settings = make_settings(amqp={"url": None})
+    expected = json.loads(json.dumps(asyncapi_document(settings)))
+    async with Client(settings) as client, asgi_client(client, settings) as http:
+        junk = await http.get(
+            "/asyncapi.json",
+            params={"channels": "x" * 4000, "$ref": "#/servers"},
+            headers={
+                "Accept": "application/xml",
+                "Host": "evil.example",
+                "X-Forwarded-Host": "evil.example",
+            },
+        )
+        posted = await http.post("/asyncapi.json", content=b"{" * 100_000)
+    assert junk.status_code == 200 and junk.json() == expected
+    assert "evil.example" not in junk.text  # nothing of the request is echoed
+    assert posted.status_code == 405

@@ -1196,3 +1196,16 @@ def test_the_dashboard_file_is_the_one_the_chart_ships(operated: Rendered) -> No
     assert [p["title"] for p in shipped["panels"]] == [p["title"] for p in rendered["panels"]]
     assert "__CUSTOMEVENT_EXCHANGE__" in DASHBOARD.read_text()
     assert "__CUSTOMEVENT_EXCHANGE__" not in json.dumps(rendered)
+
+
+def test_hostile_consumer_values_stay_one_argument_each(chart: helm.Chart) -> None:
+    # Quotes, newlines, YAML and template syntax in the values the container's args come from.
+    command = ["sh", "-c", 'echo "$(cat)" \n{{ .Release.Name }}: [x]', "--", "#comment"]
+    values = with_amqp(
+        {"groupConsumer": {"enabled": True, "group": "g", "pattern": "a.*", "command": command}}
+    )
+    result = render(chart, values)
+    validate_all(result)
+    consumer = _deployments(result)[f"{FULLNAME}-listen"]
+    args = consumer["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--") + 1 :] == command
