@@ -965,19 +965,28 @@ def test_the_group_queries_read_the_groups_own_queues(operated: Rendered) -> Non
     assert len(found) == 2
 
 
-def _scrape_the_daemon(tmp_path: Path) -> str:
-    """``/metrics`` of ``customevent serve`` on the in-process bus with a webhook trigger (whose
-    metrics come with it), scraped as Prometheus would."""
+def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _scrape_the_daemon(tmp_path: Path, *, features: bool) -> str:
+    """``/metrics`` of ``customevent serve`` on the in-process bus, scraped as Prometheus would;
+    with ``features``, also with MQTT (a broker that does not answer: the link stays down) and a
+    webhook trigger, whose metrics come with them."""
+    port = _free_port()
     key = base64.b64encode(b"a-signing-key-of-32-bytes-long!!").decode()
     config = tmp_path / "customevent.toml"
-    config.write_text(
-        f"[http]\nport = {port}\n[auth]\nanonymous = true\n"
-        f'[[triggers]]\nname = "t"\npattern = "t.#"\nurl = "http://127.0.0.1:9/"\n'
-        f'secret = "whsec_{key}"\n'
-    )
+    text = f"[http]\nport = {port}\n[auth]\nanonymous = true\n"
+    if features:
+        text += (
+            f'[mqtt]\nurl = "mqtt://127.0.0.1:{_free_port()}"\n'
+            f'[[triggers]]\nname = "t"\npattern = "t.#"\nurl = "http://127.0.0.1:9/"\n'
+            f'secret = "whsec_{key}"\n'
+        )
+    config.write_text(text)
     environment = {k: v for k, v in os.environ.items() if not k.startswith("CUSTOMEVENT_")}
     command = [str(Path(sys.executable).parent / "customevent"), "serve", "--config", str(config)]
     with subprocess.Popen(
@@ -1000,7 +1009,7 @@ def _scrape_the_daemon(tmp_path: Path) -> str:
 def test_every_metric_the_dashboard_and_alerts_read_is_exported(
     operated: Rendered, tmp_path: Path
 ) -> None:
-    text = _scrape_the_daemon(tmp_path)
+    text = _scrape_the_daemon(tmp_path, features=True)
     exported = set()
     for family in text_string_to_metric_families(text):
         suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
@@ -1014,6 +1023,15 @@ def test_every_metric_the_dashboard_and_alerts_read_is_exported(
     assert ours - exported == set(), f"read but never exported: {sorted(ours - exported)}"
     assert named - ours <= RABBITMQ_PLUGIN_METRICS
     assert "customevent_bus_connected 1.0" in text  # the broker-unreachable alert's gauge
+    # The MQTT link alert's gauge, with the broker unreachable: what the alert fires on.
+    assert "customevent_mqtt_connected 0.0" in text
+
+
+def test_a_daemon_without_mqtt_exports_no_mqtt_link_to_alert_on(tmp_path: Path) -> None:
+    text = _scrape_the_daemon(tmp_path, features=False)
+    assert "customevent_bus_connected 1.0" in text
+    assert "customevent_mqtt_connected" not in text
+    assert "customevent_trigger_deliveries" not in text
 
 
 def test_the_alerts(operated: Rendered, chart: helm.Chart) -> None:
