@@ -443,7 +443,261 @@ def performance() -> str:
     return "\n\n".join(sections)
 
 
+# -- the contract's AsyncAPI document ---------------------------------------------------------
+
+
+def _prose(text: str) -> str:
+    """Text of the document shown as Markdown: ``<kind>.<name>`` is no HTML tag."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def asyncapi_reference() -> str:
+    """The AsyncAPI document on default settings: its channels, operations and headers as
+    tables, then the whole document."""
+    from adapter import load_settings
+    from adapter._asyncapi import asyncapi_document
+
+    document = asyncapi_document(load_settings(amqp={"url": None}))
+    channels = document.get("channels") or {}
+    if not channels:
+        raise GenerationError("the AsyncAPI document has no channels")
+    servers = document["servers"]
+    rows = [
+        (
+            f"`{name}`",
+            f"`{channel['address']}`",
+            ", ".join(
+                servers[ref["$ref"].rsplit("/", 1)[1]]["protocol"] for ref in channel["servers"]
+            ),
+            _prose(channel.get("description", "")),
+        )
+        for name, channel in channels.items()
+    ]
+    operations = [
+        (
+            f"`{name}`",
+            operation["action"],
+            f"`{operation['channel']['$ref'].rsplit('/', 1)[1]}`",
+            _prose(operation.get("summary", "")),
+        )
+        for name, operation in document["operations"].items()
+    ]
+    parts = [
+        f"AsyncAPI {document['asyncapi']}, *{document['info']['title']}* "
+        f"{document['info']['version']}; exchange and prefix as the default settings name them.",
+        "",
+        "### Channels",
+        "",
+        _table(("Channel", "Address", "Protocol", "What"), rows),
+        "",
+        "### Operations (the bridge's side)",
+        "",
+        _table(("Operation", "Action", "Channel", "What"), operations),
+    ]
+    for name, message in document["components"]["messages"].items():
+        headers = message.get("headers", {})
+        required = set(headers.get("required", []))
+        header_rows = [
+            (
+                f"`{header}`",
+                "yes" if header in required else "no",
+                _prose(schema.get("description", ""))
+                or ", ".join(f"`{v}`" for v in schema.get("enum", [schema.get("const", "")])),
+            )
+            for header, schema in headers.get("properties", {}).items()
+        ]
+        parts += [
+            "",
+            f"### Message `{name}`",
+            "",
+            _prose(message.get("summary", message.get("title", ""))),
+        ]
+        parts += ["", f"Content type `{message['contentType']}`.", ""]
+        if header_rows:
+            parts.append(_table(("Header", "Always", "Meaning"), header_rows))
+    parts += [
+        "",
+        "### The document",
+        "",
+        '??? note "asyncapi.json (default settings)"',
+        "",
+        "    ```json",
+        *("    " + line for line in json.dumps(document, indent=2).splitlines()),
+        "    ```",
+    ]
+    return "\n".join(parts)
+
+
+# -- operating it: the chart's dashboard and alerts ------------------------------------------------
+
+CHART = Path(__file__).resolve().parent.parent / "charts" / "customevent-bridge"
+
+
+def _chart_render(values: dict[str, Any]) -> list[dict[str, Any]]:
+    import helm_python
+    import yaml
+
+    with helm_python.Chart.load(CHART) as chart:
+        files = chart.render(values, name="customevent-bridge", namespace="events")
+    return [
+        doc
+        for path, text in files.items()
+        if not path.endswith("NOTES.txt")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
+
+
+def alerts() -> str:
+    """The chart's PrometheusRule, as Helm renders it with the default thresholds."""
+    docs = _chart_render({"prometheusRule": {"enabled": True}})
+    rules = [
+        rule
+        for doc in docs
+        if doc["kind"] == "PrometheusRule"
+        for group in doc["spec"]["groups"]
+        for rule in group["rules"]
+    ]
+    if not rules:
+        raise GenerationError("the chart renders no alert with prometheusRule.enabled")
+    rows = [
+        (
+            f"`{rule['alert']}`",
+            rule["labels"]["severity"],
+            rule.get("for", "at once"),
+            rule["annotations"]["description"],
+            f"`{rule['expr']}`",
+        )
+        for rule in rules
+    ]
+    return _table(("Alert", "Severity", "For", "What it means", "Expression"), rows)
+
+
+def _html(text: object) -> str:
+    import html
+
+    return html.escape(str(text), quote=True)
+
+
+def _sample_scrape() -> dict[str, list[tuple[str, float]]]:
+    """What a daemon on the in-process bus reports on ``/metrics`` after a few sends (two
+    edges, one refused) and a wait that reaches its deadline: sample name -> (labels, value)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from adapter.testing import BridgeDaemon
+
+    with BridgeDaemon() as daemon, httpx.Client(base_url=daemon.url, timeout=10) as http:
+        for number in range(3):
+            http.post("/api/v1/events/docs.sample", json={"properties": {"n": str(number)}})
+        http.post("/vco/api/customevent/docs.sample", params={"properties": "n=3"})
+        http.post("/api/v1/events/docs.sample", json={"properties": {"a=b": "forged"}})
+        http.get("/api/v1/events/docs.sample/wait", params={"timeout": "0.2s"})
+        text = http.get("/metrics").text
+    samples: dict[str, list[tuple[str, float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sample.labels.items())
+            samples.setdefault(sample.name, []).append((labels, sample.value))
+    return samples
+
+
+def _panel_values(panel: dict[str, Any], samples: dict[str, list[tuple[str, float]]]) -> str:
+    """The sampled values of the series a panel's queries select (their label matchers applied,
+    but those on dashboard variables), a histogram by its ``_count``."""
+    selectors: list[tuple[str, list[tuple[str, str, str]]]] = []
+    for target in panel["targets"]:
+        for name, matchers in re.findall(
+            r"\b((?:customevent|rabbitmq)_[a-z0-9_]+)(?:\{([^}]*)\})?", target["expr"]
+        ):
+            wanted = [
+                m for m in re.findall(r'(\w+)\s*(=~|=)\s*"([^"]*)"', matchers) if "$" not in m[2]
+            ]
+            shown = (re.sub(r"_bucket$", "_count", name), wanted)
+            if shown not in selectors:
+                selectors.append(shown)
+    lines = []
+    for name, wanted in selectors:
+        if name.startswith("rabbitmq_"):
+            lines.append(f"{name}: from RabbitMQ, not in this build")
+            continue
+        found = [
+            (labels, value)
+            for labels, value in samples.get(name, [])
+            if all(
+                re.search(
+                    rf'(^|,){key}="({pattern})"'
+                    if op == "=~"
+                    else rf'(^|,){key}="{re.escape(pattern)}"',
+                    labels,
+                )
+                for key, op, pattern in wanted
+            )
+        ]
+        for labels, value in found[:4] or [("", 0.0)]:
+            lines.append(f"{name}{{{labels}}} {value:g}" if labels else f"{name} {value:g}")
+    return "".join(f"<li>{_html(line)}</li>" for line in lines)
+
+
+def dashboard() -> str:
+    """The chart's Grafana dashboard drawn as a figure: each panel where Grafana puts it (its
+    gridPos on Grafana's 24 columns), with its title, description and queries."""
+    source = CHART / "dashboards" / "customevent-bridge.json"
+    board = json.loads(source.read_text())
+    panels = board.get("panels") or []
+    if not panels:
+        raise GenerationError(f"{source} has no panels")
+    samples = _sample_scrape()
+    cells = []
+    for panel in panels:
+        grid = panel["gridPos"]
+        queries = "".join(
+            f"<li><code>{_html(target['expr'])}</code></li>" for target in panel["targets"]
+        )
+        cells.append(
+            f'<div class="ce-panel" style="grid-column: {grid["x"] + 1} / span {grid["w"]}; '
+            f'grid-row: {grid["y"] + 1} / span {grid["h"]};">'
+            f'<div class="ce-panel-title">{_html(panel["title"])}</div>'
+            f'<div class="ce-panel-text">{_html(panel.get("description", ""))}</div>'
+            f'<ul class="ce-panel-queries">{queries}</ul>'
+            f'<ul class="ce-panel-values">{_panel_values(panel, samples)}</ul></div>'
+        )
+    style = (
+        "<style>"
+        ".ce-dashboard{display:grid;grid-template-columns:repeat(24,1fr);"
+        "grid-auto-rows:minmax(1.6rem,auto);gap:6px;padding:8px;background:#111217;border-radius:4px;"
+        "font-size:.62rem;line-height:1.3;text-align:left}"
+        ".ce-panel{background:#181b1f;border:1px solid #2c3235;border-radius:3px;padding:6px 8px;"
+        "overflow:hidden;color:#ccccdc}"
+        ".ce-panel-title{font-weight:600;font-size:.75rem;color:#fff;margin-bottom:4px}"
+        ".ce-panel-text{color:#8e8e9e;margin-bottom:4px}"
+        ".ce-panel-queries{margin:0;padding-left:1em}"
+        ".ce-panel-queries code{background:none;color:#73bf69;font-size:.6rem;"
+        "word-break:break-all}"
+        ".ce-panel-values{margin:4px 0 0;padding:4px 0 0 1em;border-top:1px solid #2c3235;"
+        "color:#fade2a;font-family:monospace;font-size:.58rem;word-break:break-all}"
+        "</style>"
+    )
+    title = _html(board["title"])
+    return (
+        f'{style}<figure id="dashboard-figure">'
+        f'<div class="ce-dashboard" role="img" aria-label="the {title} dashboard\'s panels">'
+        + "".join(cells)
+        + "</div><figcaption>The panels of the chart's dashboard "
+        "(<code>charts/customevent-bridge/dashboards/customevent-bridge.json</code>), drawn "
+        "from that file when the docs are built, each where Grafana places it, with its "
+        "queries; in yellow, the values of the daemon's series they read, as a daemon that the "
+        "docs build starts (in-process bus) reported them on <code>/metrics</code> after four "
+        "sends, one refused send and one wait that reached its deadline. Not a Grafana "
+        "screenshot: the docs build runs no Grafana and no RabbitMQ.</figcaption>"
+        "</figure>"
+    )
+
+
 GENERATORS: dict[str, Callable[[], str]] = {
+    "asyncapi": asyncapi_reference,
+    "alerts": alerts,
+    "dashboard": dashboard,
     "cli": cli_reference,
     "settings": settings_reference,
     "http-api": http_reference,

@@ -13,17 +13,26 @@ import json
 import math
 import os
 import re
+import socket
+import subprocess
+import sys
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import helm_python as helm
+import httpx
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from adapter._bus._failover import Nodes
+from adapter._bus.amqp._queues import dead_queue, group_queue
+from adapter._cli import _build_parser
 from adapter._settings import Settings, load_settings, section_models
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +40,14 @@ CHART_DIR = ROOT / "charts" / "customevent-bridge"
 PRODUCTION_VALUES = CHART_DIR / "ci" / "production-values.yaml"
 DEFINITIONS = ROOT / "config" / "rabbitmq" / "definitions.json"
 PRODUCTION_TOML = ROOT / "config" / "customevent.production.toml"
+DASHBOARD = CHART_DIR / "dashboards" / "customevent-bridge.json"
+# The JSON Schemas of the custom resources the chart renders (see the README beside them).
+CRD_SCHEMAS = {
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule.json",
+    ("keda.sh/v1alpha1", "ScaledObject"): "scaledobject.json",
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): "triggerauthentication.json",
+}
+CRD_SCHEMA_DIR = ROOT / "tests" / "fixtures" / "crd-schemas"
 
 KUBE_VERSION = "1.30"
 RELEASE = "ce"
@@ -136,10 +153,24 @@ def check_service_monitor(doc: dict[str, Any]) -> None:
         assert re.fullmatch(r"[0-9]+(ms|s|m|h)", endpoint[key]), key
 
 
+def crd_problems(doc: dict[str, Any]) -> list[str]:
+    """What the CRD's schema says is wrong with a custom resource (empty: nothing)."""
+    schema = json.loads((CRD_SCHEMA_DIR / CRD_SCHEMAS[doc["apiVersion"], doc["kind"]]).read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    return [
+        f"{'.'.join(map(str, error.absolute_path))}: {error.message}"
+        for error in validator.iter_errors(doc)
+    ]
+
+
 def validate_all(result: Rendered) -> None:
     for doc in result.docs:
         if doc["kind"] == "ServiceMonitor":
             check_service_monitor(doc)
+            continue
+        if (doc["apiVersion"], doc["kind"]) in CRD_SCHEMAS:
+            problems = crd_problems(doc)
+            assert not problems, f"{doc['kind']} {doc['metadata']['name']}: {problems}"
             continue
         try:
             kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
@@ -401,7 +432,7 @@ def test_triggers_take_their_signing_keys_from_secrets_by_reference(
 
 
 def test_chart_lints_clean() -> None:
-    for values in (None, yaml.safe_load(PRODUCTION_VALUES.read_text())):
+    for values in (None, yaml.safe_load(PRODUCTION_VALUES.read_text()), with_amqp(OPERATED)):
         report = helm.lint(CHART_DIR, values, strict=True, kube_version=f"v{KUBE_VERSION}.0")
         assert report["errors"] == []
         # Severity 1 is "info" (e.g. "icon is recommended"); warnings and errors fail.
@@ -600,6 +631,13 @@ def test_toml_rendering_keeps_every_value_type(chart: helm.Chart) -> None:
         ({"rabbitmqCluster": {"nodes": -1}}, "/rabbitmqCluster/nodes"),
         ({"rabbitmqCluster": {"vhost": "a/b"}}, "/rabbitmqCluster/vhost"),
         ({"config": {"amqp": {"url": ["http://x"]}}}, "/config/amqp/url"),
+        ({"keda": {"target": "triggers"}}, "/keda/target"),
+        ({"keda": {"queueLength": 0}}, "/keda/queueLength"),
+        ({"groupConsumer": {"group": "a/b"}}, "/groupConsumer/group"),
+        ({"groupConsumer": {"command": "handle.sh"}}, "/groupConsumer/command"),
+        ({"prometheusRule": {"webhookFailureRatio": 2}}, "/prometheusRule/webhookFailureRatio"),
+        ({"dashboard": {"label": "grafana dashboard"}}, "/dashboard/label"),
+        ({"dashboard": {"enable": True}}, "enable"),
     ],
 )
 def test_schema_rejects_bad_values(
@@ -792,3 +830,403 @@ def test_production_config_loads_and_holds_no_secrets() -> None:
     assert settings.http.host == "0.0.0.0"
     assert settings.mqtt.shared_group
     assert not re.search(r"^\s*(url|password_hash|token_hash)\s*=", text, flags=re.MULTILINE)
+
+
+# -- what operators install next to it: dashboard, alerts, KEDA --------------------------------
+
+GROUP = "provision"
+EXCHANGE = "plant-events"
+OPERATED = {
+    "config": {"amqp": {"exchange": EXCHANGE}},
+    "dashboard": {"enabled": True, "folder": "Events"},
+    "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
+    "groupConsumer": {
+        "enabled": True,
+        "group": GROUP,
+        "pattern": "vm.*.provision",
+        "command": ["/opt/handlers/provision", "--dry-run"],
+    },
+    "keda": {"enabled": True, "maxReplicaCount": 6},
+}
+# The RabbitMQ metrics the dashboard and the alerts read: queue metrics of the rabbitmq_prometheus
+# plugin, with a `queue` label only from its per-object metrics (docs/operate.md).
+RABBITMQ_PLUGIN_METRICS = {
+    "rabbitmq_queue_messages_ready",
+    "rabbitmq_queue_messages",
+    "rabbitmq_queue_messages_unacked",
+    "rabbitmq_queue_consumers",
+}
+
+
+@pytest.fixture(scope="module")
+def operated(chart: helm.Chart) -> Rendered:
+    return render(chart, with_amqp(OPERATED))
+
+
+def _dashboard(result: Rendered) -> dict[str, Any]:
+    (config_map,) = (d for d in result.docs if d["metadata"]["name"].endswith("-dashboard"))
+    (text,) = config_map["data"].values()
+    dashboard: dict[str, Any] = json.loads(text)
+    return dashboard
+
+
+def _exprs(result: Rendered) -> list[str]:
+    """Every PromQL expression of the dashboard and the alerts."""
+    panels = _dashboard(result)["panels"]
+    exprs = [target["expr"] for panel in panels for target in panel["targets"]]
+    rules = result.one("PrometheusRule")["spec"]["groups"][0]["rules"]
+    return exprs + [rule["expr"] for rule in rules]
+
+
+def test_nothing_operational_is_rendered_by_default(
+    default: Rendered, production: Rendered
+) -> None:
+    for result in (default, production):
+        assert not {"PrometheusRule", "ScaledObject", "TriggerAuthentication"} & result.kinds()
+        assert [d for d in result.docs if d["kind"] == "Deployment"] == [result.one("Deployment")]
+        assert not [d for d in result.docs if d["metadata"]["name"].endswith("-dashboard")]
+
+
+def test_everything_operational_is_valid(operated: Rendered) -> None:
+    validate_all(operated)  # kubernetes-validate, and the CRDs' schemas for the custom resources
+    assert {"PrometheusRule", "ScaledObject", "TriggerAuthentication"} <= operated.kinds()
+
+
+def test_the_crd_schemas_catch_mistakes(operated: Rendered) -> None:
+    # The vendored schemas are strict, not stand-ins that take anything.
+    scaled = json.loads(json.dumps(operated.one("ScaledObject")))
+    scaled["spec"]["maxReplicas"] = 6  # the HPA's word, not KEDA's
+    scaled["spec"]["triggers"][0]["metadata"]["value"] = 20  # metadata values are strings
+    assert len(crd_problems(scaled)) == 2
+    rule = json.loads(json.dumps(operated.one("PrometheusRule")))
+    rule["spec"]["groups"][0]["rules"][0]["for"] = "two minutes"
+    del rule["spec"]["groups"][0]["name"]
+    assert len(crd_problems(rule)) == 2
+    auth = json.loads(json.dumps(operated.one("TriggerAuthentication")))
+    del auth["spec"]["secretTargetRef"][0]["key"]
+    assert crd_problems(auth)
+
+
+def test_the_dashboard_is_a_configmap_for_the_grafana_sidecar(operated: Rendered) -> None:
+    (config_map,) = (d for d in operated.docs if d["metadata"]["name"].endswith("-dashboard"))
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["metadata"]["annotations"] == {"grafana_folder": "Events"}
+    dashboard = _dashboard(operated)
+    assert dashboard["uid"] == "customevent-bridge"
+    titles = {panel["title"] for panel in dashboard["panels"]}
+    assert titles == {
+        "Sends by edge",
+        "Waits by outcome",
+        "Confirm latency",
+        "Waits open",
+        "MQTT link and in-flight",
+        "Group depth",
+        "Dead letters",
+        "Trigger outcomes",
+        "HTTP 4xx and 5xx",
+    }
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["exchange"]["query"] == EXCHANGE  # the release's exchange, not a default
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(set(ids)) == len(ids)
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}"
+        assert panel["targets"], panel["title"]
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+
+
+def test_the_dashboard_label_is_configurable(chart: helm.Chart) -> None:
+    values = {"dashboard": {"enabled": True, "label": "grafana.io/dashboard", "labelValue": "on"}}
+    result = render(chart, values)
+    (config_map,) = (d for d in result.docs if d["metadata"]["name"].endswith("-dashboard"))
+    assert config_map["metadata"]["labels"]["grafana.io/dashboard"] == "on"
+    assert "grafana_dashboard" not in config_map["metadata"]["labels"]
+    assert "annotations" not in config_map["metadata"]
+    # The default exchange where the config names none other.
+    assert {v["name"]: v for v in _dashboard(result)["templating"]["list"]}["exchange"][
+        "query"
+    ] == "customevents"
+    validate_all(result)
+
+
+def test_the_group_queries_read_the_groups_own_queues(operated: Rendered) -> None:
+    # A group's queue and its dead letters, as the RabbitMQ bus names them; never its retry
+    # queues (customevent/<exchange>/group/<G>/retry/<ms>).
+    group_pattern = re.compile(r'queue=~"([^"]+)"')
+    found = set()
+    for expr in _exprs(operated):
+        for pattern in group_pattern.findall(expr.replace("$exchange", EXCHANGE)):
+            regex = re.compile(pattern)
+            found.add(pattern)
+            wanted = "dead" if pattern.endswith("/dead") else "group"
+            name = {"group": group_queue, "dead": dead_queue}[wanted](EXCHANGE, GROUP)
+            assert regex.fullmatch(name), (pattern, name)
+            assert not regex.fullmatch(f"{group_queue(EXCHANGE, GROUP)}/retry/1000"), pattern
+            assert not regex.fullmatch(group_queue("other", GROUP)), pattern
+    assert len(found) == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _scrape_the_daemon(tmp_path: Path, *, features: bool) -> str:
+    """``/metrics`` of ``customevent serve`` on the in-process bus, scraped as Prometheus would;
+    with ``features``, also with MQTT (a broker that does not answer: the link stays down) and a
+    webhook trigger, whose metrics come with them."""
+    port = _free_port()
+    key = base64.b64encode(b"a-signing-key-of-32-bytes-long!!").decode()
+    config = tmp_path / "customevent.toml"
+    text = f"[http]\nport = {port}\n[auth]\nanonymous = true\n"
+    if features:
+        text += (
+            f'[mqtt]\nurl = "mqtt://127.0.0.1:{_free_port()}"\n'
+            f'[[triggers]]\nname = "t"\npattern = "t.#"\nurl = "http://127.0.0.1:9/"\n'
+            f'secret = "whsec_{key}"\n'
+        )
+    config.write_text(text)
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("CUSTOMEVENT_")}
+    command = [str(Path(sys.executable).parent / "customevent"), "serve", "--config", str(config)]
+    with subprocess.Popen(
+        command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    ) as daemon:
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+                except httpx.TransportError:
+                    if daemon.poll() is not None or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+        finally:
+            daemon.terminate()
+            daemon.wait(30)
+
+
+def test_every_metric_the_dashboard_and_alerts_read_is_exported(
+    operated: Rendered, tmp_path: Path
+) -> None:
+    text = _scrape_the_daemon(tmp_path, features=True)
+    exported = set()
+    for family in text_string_to_metric_families(text):
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+        exported.update(family.name + s for s in suffixes.get(family.type, ("",)))
+    named = set()
+    for expr in _exprs(operated):
+        assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), expr
+        named.update(re.findall(r"\b((?:customevent|rabbitmq)_[a-z0-9_]+)", expr))
+    ours = {name for name in named if name.startswith("customevent_")}
+    assert ours, "no metric of the daemon's is read"
+    assert ours - exported == set(), f"read but never exported: {sorted(ours - exported)}"
+    assert named - ours <= RABBITMQ_PLUGIN_METRICS
+    assert "customevent_bus_connected 1.0" in text  # the broker-unreachable alert's gauge
+    # The MQTT link alert's gauge, with the broker unreachable: what the alert fires on.
+    assert "customevent_mqtt_connected 0.0" in text
+
+
+def test_a_daemon_without_mqtt_exports_no_mqtt_link_to_alert_on(tmp_path: Path) -> None:
+    text = _scrape_the_daemon(tmp_path, features=False)
+    assert "customevent_bus_connected 1.0" in text
+    assert "customevent_mqtt_connected" not in text
+    assert "customevent_trigger_deliveries" not in text
+
+
+def test_the_alerts(operated: Rendered, chart: helm.Chart) -> None:
+    rule = operated.one("PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    rules = {r["alert"]: r for r in rule["spec"]["groups"][0]["rules"]}
+    assert set(rules) == {
+        "CustomEventBrokerUnreachable",
+        "CustomEventMqttLinkDown",
+        "CustomEventDeadLettersGrowing",
+        "CustomEventGroupDepthGrowing",
+        "CustomEventWaitsAnsweredLate",
+        "CustomEventWebhookReceiverFailing",
+    }
+    for alert in rules.values():
+        assert alert["labels"]["severity"] in {"warning", "critical"}
+        assert alert["annotations"]["summary"] and alert["annotations"]["description"]
+        # Scoped to this release's scrape job (the ServiceMonitor's Service), or to RabbitMQ's.
+        assert f'job="{FULLNAME}"' in alert["expr"] or "rabbitmq_" in alert["expr"]
+    assert "> 1000" in rules["CustomEventGroupDepthGrowing"]["expr"]
+    # The thresholds follow the values; the MQTT alert can be left out.
+    values = with_amqp(
+        {
+            "prometheusRule": {
+                "enabled": True,
+                "mqtt": False,
+                "groupDepth": 50,
+                "confirmSeconds": 0.25,
+                "webhookFailureRatio": 0.5,
+                "alertLabels": {"team": "events"},
+            }
+        }
+    )
+    tuned = render(chart, values)
+    validate_all(tuned)
+    tuned_rules = {r["alert"]: r for r in tuned.one("PrometheusRule")["spec"]["groups"][0]["rules"]}
+    assert "CustomEventMqttLinkDown" not in tuned_rules
+    assert "> 50" in tuned_rules["CustomEventGroupDepthGrowing"]["expr"]
+    assert tuned_rules["CustomEventWaitsAnsweredLate"]["expr"].endswith("> 0.25")
+    assert tuned_rules["CustomEventWebhookReceiverFailing"]["expr"].endswith("> 0.5")
+    assert "50%" in tuned_rules["CustomEventWebhookReceiverFailing"]["annotations"]["description"]
+    assert all(r["labels"]["team"] == "events" for r in tuned_rules.values())
+
+
+def _deployments(result: Rendered) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in result.docs if d["kind"] == "Deployment"}
+
+
+def test_the_group_consumer_runs_listen_with_the_daemons_settings(operated: Rendered) -> None:
+    deployments = _deployments(operated)
+    consumer = deployments[f"{FULLNAME}-listen"]
+    (container,) = consumer["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    # What the CLI makes of them.
+    separator = args.index("--")
+    parsed = _build_parser().parse_args(args[:separator])
+    assert (parsed.command, parsed.pattern, parsed.group, parsed.kind, parsed.timeout) == (
+        "listen",
+        "vm.*.provision",
+        GROUP,
+        "internal",
+        "5m",
+    )
+    assert args[separator + 1 :] == ["/opt/handlers/provision", "--dry-run"]
+    # The same settings files as the daemon's pod, so the same RabbitMQ and exchange.
+    daemon_pod = deployments[FULLNAME]["spec"]["template"]["spec"]
+    pod = consumer["spec"]["template"]["spec"]
+    assert pod["volumes"][:2] == daemon_pod["volumes"][:2]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env["CUSTOMEVENT_CONFIG"] == CONFIG_PATH
+    assert env["CUSTOMEVENT_SECRETS_DIR"] == SECRETS_DIR
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # KEDA owns its replica count.
+    assert "replicas" not in consumer["spec"]
+    # None of the daemon's selectors takes its pods for the daemon's.
+    labels = consumer["spec"]["template"]["metadata"]["labels"]
+    for selector in (
+        operated.one("Service")["spec"]["selector"],
+        deployments[FULLNAME]["spec"]["selector"]["matchLabels"],
+    ):
+        assert not selector.items() <= labels.items(), selector
+
+
+def test_keda_scales_the_consumer_on_its_groups_queue(operated: Rendered) -> None:
+    scaled = operated.one("ScaledObject")["spec"]
+    assert scaled["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": f"{FULLNAME}-listen",
+    }
+    assert (scaled["minReplicaCount"], scaled["maxReplicaCount"]) == (1, 6)
+    (trigger,) = scaled["triggers"]
+    assert trigger["type"] == "rabbitmq"
+    assert trigger["metadata"] == {
+        "protocol": "amqp",
+        "queueName": group_queue(EXCHANGE, GROUP),  # the quorum queue the bus declares
+        "mode": "QueueLength",
+        "value": "20",
+    }
+    auth = operated.one("TriggerAuthentication")
+    assert trigger["authenticationRef"] == {"name": auth["metadata"]["name"]}
+    assert auth["spec"]["secretTargetRef"] == [
+        {
+            "parameter": "host",
+            "name": operated.one("Secret")["metadata"]["name"],
+            "key": "amqp__url",
+        }
+    ]
+    assert "HorizontalPodAutoscaler" not in operated.kinds()
+
+
+def test_keda_may_scale_the_daemon_on_a_triggers_group(chart: helm.Chart) -> None:
+    values = {
+        "existingSecret": "bridge-settings",
+        "keda": {
+            "enabled": True,
+            "target": "daemon",
+            "group": "reload",
+            "hostSecret": {"name": "keda-rabbitmq", "key": "host"},
+        },
+    }
+    result = render(chart, values)
+    validate_all(result)
+    scaled = result.one("ScaledObject")["spec"]
+    assert scaled["scaleTargetRef"]["name"] == FULLNAME
+    assert scaled["triggers"][0]["metadata"]["queueName"] == group_queue("customevents", "reload")
+    daemon = result.one("Deployment")
+    assert "replicas" not in daemon["spec"]  # KEDA's HPA owns it
+    # Several pods may run: they share the MQTT subscription, each with its own client id.
+    assert result.config()["mqtt"]["shared_group"] == FULLNAME
+    assert result.env()["CUSTOMEVENT_MQTT__CLIENT_ID"]["value"] == "$(POD_NAME)"
+    assert result.one("PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    assert result.one("TriggerAuthentication")["spec"]["secretTargetRef"][0] == {
+        "parameter": "host",
+        "name": "keda-rabbitmq",
+        "key": "host",
+    }
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"groupConsumer": {"enabled": True, "pattern": "a.*"}}, "needs groupConsumer.group"),
+        ({"groupConsumer": {"enabled": True, "group": "g"}}, "needs groupConsumer.pattern"),
+        ({"keda": {"enabled": True}}, "needs groupConsumer.enabled"),
+        ({"keda": {"enabled": True, "target": "daemon"}}, "the group to scale on"),
+        (
+            {
+                "keda": {"enabled": True, "target": "daemon", "group": "g"},
+                "autoscaling": {"enabled": True},
+            },
+            "two HPAs",
+        ),
+        (
+            {
+                "groupConsumer": {"enabled": True, "group": "g", "pattern": "a"},
+                "keda": {"enabled": True, "minReplicaCount": 5, "maxReplicaCount": 2},
+            },
+            "below keda.minReplicaCount",
+        ),
+    ],
+)
+def test_operational_values_that_cannot_work_are_refused(
+    chart: helm.Chart, values: dict[str, Any], complaint: str
+) -> None:
+    with pytest.raises(helm.HelmRenderError, match=re.escape(complaint)):
+        render(chart, with_amqp(values))
+
+
+def test_a_group_consumer_without_rabbitmq_is_refused(chart: helm.Chart) -> None:
+    # A group is a quorum queue: the in-process bus has none to share between pods.
+    values = {"groupConsumer": {"enabled": True, "group": "g", "pattern": "a.*"}}
+    with pytest.raises(helm.HelmRenderError, match="groupConsumer needs RabbitMQ"):
+        render(chart, values)
+
+
+def test_the_dashboard_file_is_the_one_the_chart_ships(operated: Rendered) -> None:
+    shipped = json.loads(DASHBOARD.read_text())
+    rendered = _dashboard(operated)
+    assert [p["title"] for p in shipped["panels"]] == [p["title"] for p in rendered["panels"]]
+    assert "__CUSTOMEVENT_EXCHANGE__" in DASHBOARD.read_text()
+    assert "__CUSTOMEVENT_EXCHANGE__" not in json.dumps(rendered)
+
+
+def test_hostile_consumer_values_stay_one_argument_each(chart: helm.Chart) -> None:
+    # Quotes, newlines, YAML and template syntax in the values the container's args come from.
+    command = ["sh", "-c", 'echo "$(cat)" \n{{ .Release.Name }}: [x]', "--", "#comment"]
+    values = with_amqp(
+        {"groupConsumer": {"enabled": True, "group": "g", "pattern": "a.*", "command": command}}
+    )
+    result = render(chart, values)
+    validate_all(result)
+    consumer = _deployments(result)[f"{FULLNAME}-listen"]
+    args = consumer["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--") + 1 :] == command

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
 import re
 import shutil
@@ -223,3 +224,48 @@ def test_index_page_screenshot(site: Site, tmp_path: Path) -> None:
     assert not reading.errors, reading.errors
     assert shot.stat().st_size > 10_000
     print(f"\nscreenshot of the rendered index page: {shot}")
+
+
+def test_operate_page_shows_the_dashboard_panels(site: Site, tmp_path: Path) -> None:
+    """The Operate page's figure of the chart's dashboard, as the reader sees it: every panel of
+    the shipped dashboard JSON drawn, with its title, where Grafana places it (no two overlap),
+    saved as a screenshot for a person to look at (its path is printed: `pytest -s`)."""
+    shipped = json.loads(
+        (
+            ROOT / "charts" / "customevent-bridge" / "dashboards" / "customevent-bridge.json"
+        ).read_text()
+    )
+    reading = Reading()
+    page = _open(site, "operate/", reading)
+    try:
+        figure = page.locator("#dashboard-figure")
+        panels = figure.locator(".ce-panel")
+        assert panels.count() == len(shipped["panels"])
+        titles = [
+            panels.nth(i).locator(".ce-panel-title").inner_text() for i in range(panels.count())
+        ]
+        assert titles == [panel["title"] for panel in shipped["panels"]]
+        boxes = [panels.nth(i).bounding_box() for i in range(panels.count())]
+        frame = figure.bounding_box()
+        assert frame is not None and all(box is not None for box in boxes)
+        for i, a in enumerate(boxes):
+            assert a is not None and a["width"] > 100 and a["height"] > 50, titles[i]
+            assert a["x"] + a["width"] <= frame["x"] + frame["width"] + 1, titles[i]
+            for j, b in enumerate(boxes[i + 1 :], i + 1):
+                assert b is not None
+                apart = (
+                    a["x"] + a["width"] <= b["x"] + 1
+                    or b["x"] + b["width"] <= a["x"] + 1
+                    or a["y"] + a["height"] <= b["y"] + 1
+                    or b["y"] + b["height"] <= a["y"] + 1
+                )
+                assert apart, f"{titles[i]} overlaps {titles[j]}"
+        shot = tmp_path / "dashboard.png"
+        # The theme's sticky header would cover the figure's top once it is scrolled to.
+        page.add_style_tag(content=".md-header { display: none; }")
+        figure.screenshot(path=str(shot))
+    finally:
+        page.context.close()
+    assert not reading.errors, reading.errors
+    assert shot.stat().st_size > 20_000
+    print(f"\nscreenshot of the Operate page's dashboard figure: {shot}")

@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import __version__
+from .._asyncapi import asyncapi_document
 from .._client import Client
 from .._cloudevents import STRUCTURED_CONTENT_TYPE
 from .._exceptions import InvalidInput
@@ -38,7 +39,7 @@ from ._gateway import (
     retain_parameter,
 )
 from ._logging import RequestContext
-from ._metrics import RECONNECTS
+from ._metrics import BUS_CONNECTED, RECONNECTS
 from ._soap import soap_router
 from ._wait import WaitResponse, parse_deadline, scoped
 
@@ -365,8 +366,19 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
             headers={"Retry-After": str(BUS_RETRY_AFTER)},
         )
 
+    contract = asyncapi_document(settings)
+
+    @app.get(
+        "/asyncapi.json",
+        summary="AsyncAPI 3 document of the bus contract: exchange, routing keys, headers, "
+        "CloudEvents attributes, MQTT topics",
+    )
+    async def asyncapi() -> dict[str, Any]:
+        return contract
+
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics() -> Response:
+        BUS_CONNECTED.set(1 if client.bus.connected else 0)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["ACTIVE_WAITS", "PUBLISH_SECONDS", "RECONNECTS", "SENDS", "WAITS"]
+__all__ = ["ACTIVE_WAITS", "BUS_CONNECTED", "PUBLISH_SECONDS", "RECONNECTS", "SENDS", "WAITS"]
 
 SENDS = Counter(
     "customevent_sends",
@@ -27,3 +27,7 @@ PUBLISH_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
 )
 RECONNECTS = Counter("customevent_bus_reconnects", "Times the bus reconnected to the broker.")
+BUS_CONNECTED = Gauge(
+    "customevent_bus_connected",
+    "1 while the daemon's bus is connected (as /readyz says), else 0; read at each scrape.",
+)

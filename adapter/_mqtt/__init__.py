@@ -5,7 +5,8 @@ One module per concern: ``_mapping`` (messages to events and back, pure function
 to devices), ``_metrics``; ``_bridge`` puts them together.
 """
 
-from ._bridge import MqttBridge
+from typing import TYPE_CHECKING, Any
+
 from ._mapping import (
     DEADLETTER_ROUTING_KEY,
     DEVICE_WORD,
@@ -22,3 +23,17 @@ __all__ = [
     "event_from_mqtt",
     "principal_from_name",
 ]
+
+if TYPE_CHECKING:
+    from ._bridge import MqttBridge
+
+
+def __getattr__(name: str) -> Any:
+    # The bridge (and with it the MQTT metrics) loads only when a daemon runs MQTT: importing the
+    # pure mapping (as the AsyncAPI document does) must not make a daemon without MQTT export
+    # customevent_mqtt_connected 0, which an alert would read as a link down.
+    if name == "MqttBridge":
+        from ._bridge import MqttBridge
+
+        return MqttBridge
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

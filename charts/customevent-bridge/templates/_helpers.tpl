@@ -58,7 +58,40 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 "true" when more than one pod may run at once; empty otherwise (templates test it with `if`).
 */}}
 {{- define "customevent-bridge.multiReplica" -}}
-{{- if or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1) }}true{{ end }}
+{{- if or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1) (include "customevent-bridge.kedaScalesDaemon" .) }}true{{ end }}
+{{- end }}
+
+{{/* "true" when KEDA (not the chart's HPA, not replicaCount) owns the daemon's replica count. */}}
+{{- define "customevent-bridge.kedaScalesDaemon" -}}
+{{- if and .Values.keda.enabled (eq .Values.keda.target "daemon") }}true{{ end }}
+{{- end }}
+
+{{/*
+The group consumer's pod labels: a name of their own, so that no selector of the daemon's
+(Service, PodDisruptionBudget, NetworkPolicy) takes its pods for the daemon's.
+*/}}
+{{- define "customevent-bridge.groupConsumerSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-listen" (include "customevent-bridge.name" . | trunc 56 | trimSuffix "-") }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: group-consumer
+app.kubernetes.io/part-of: {{ include "customevent-bridge.name" . }}
+{{- end }}
+
+{{/* The group consumer Deployment's name. */}}
+{{- define "customevent-bridge.groupConsumerName" -}}
+{{- printf "%s-listen" (include "customevent-bridge.fullname" . | trunc 56 | trimSuffix "-") }}
+{{- end }}
+
+{{/* The events exchange, as the effective config names it (the daemon's default otherwise). */}}
+{{- define "customevent-bridge.exchange" -}}
+{{- $amqp := (fromJson (include "customevent-bridge.effectiveConfig" .)).amqp | default dict }}
+{{- $amqp.exchange | default "customevents" }}
+{{- end }}
+
+{{/* The effective config's RabbitMQ: "true" when an AMQP URL is set or may be in existingSecret. */}}
+{{- define "customevent-bridge.hasAmqp" -}}
+{{- $amqp := (fromJson (include "customevent-bridge.effectiveConfig" .)).amqp | default dict }}
+{{- if or $amqp.url .Values.existingSecret (hasKey (.Values.secrets | default dict) "amqp__url") }}true{{ end }}
 {{- end }}
 
 {{/*
@@ -224,4 +257,56 @@ no null and the daemon's default applies.
 {{- else }}
 {{- fail (printf "cannot write %v (%s) as TOML" $v (kindOf $v)) }}
 {{- end }}
+{{- end }}
+
+{{/*
+The settings every pod of the release reads: the ConfigMap's file and the Secret's files (the
+daemon's and the group consumer's alike), as volumes, mounts and the environment naming them.
+*/}}
+{{- define "customevent-bridge.settingsVolumes" -}}
+- name: config
+  configMap:
+    name: {{ include "customevent-bridge.configMapName" . }}
+- name: secrets
+  {{- with include "customevent-bridge.rabbitmqClusterSecret" . }}
+  # The settings' Secret, plus the RabbitmqCluster's user and password as two more
+  # settings files (amqp__username, amqp__password).
+  projected:
+    defaultMode: 288  # 0440: readable by the pod's fsGroup only
+    sources:
+      - secret:
+          name: {{ include "customevent-bridge.secretName" $ }}
+          optional: false
+      - secret:
+          name: {{ . }}
+          optional: false
+          items:
+            - key: username
+              path: amqp__username
+            - key: password
+              path: amqp__password
+  {{- else }}
+  # `optional` spelled out: the pod must not start without its settings (and podman
+  # kube play 4.3 fails on a secret volume that leaves it out).
+  secret:
+    secretName: {{ include "customevent-bridge.secretName" . }}
+    optional: false
+    defaultMode: 288  # 0440: readable by the pod's fsGroup only
+  {{- end }}
+{{- end }}
+
+{{- define "customevent-bridge.settingsMounts" -}}
+- name: config
+  mountPath: /etc/customevent
+  readOnly: true
+- name: secrets
+  mountPath: /run/secrets/customevent
+  readOnly: true
+{{- end }}
+
+{{- define "customevent-bridge.settingsEnv" -}}
+- name: CUSTOMEVENT_CONFIG
+  value: /etc/customevent/customevent.toml
+- name: CUSTOMEVENT_SECRETS_DIR
+  value: /run/secrets/customevent
 {{- end }}
