@@ -17,7 +17,7 @@ from adapter._asyncapi import ASYNCAPI_VERSION, asyncapi_document
 from adapter._bus.amqp._codec import encode_body, message_headers
 from adapter._mqtt._mapping import dead_letter_headers
 from adapter._settings import Settings
-from tests.test_http_support import asgi_client, make_settings
+from tests.support.http import asgi_client, make_settings
 
 SCHEMA = Path(__file__).parent / "fixtures" / "asyncapi" / "asyncapi-3.0.0.json"
 
