@@ -36,6 +36,7 @@ from ._exceptions import (
 )
 from ._groups import check_group_name
 from ._listen import listen
+from ._match import parse_match_items
 from ._names import validate_kind, validate_pattern
 from ._properties import parse_properties
 from ._secrets import hash_secret, hash_token
@@ -153,6 +154,14 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     wait.add_argument(
         "--wait-id", help="resumable wait: a restarted waiter with the same id gets what it missed"
+    )
+    wait.add_argument(
+        "--match",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="answer only an event whose property KEY is VALUE (repeatable: all must hold); "
+        "--json then says how many events on the name did not match (unmatched)",
     )
     wait.add_argument(
         "--cloudevent",
@@ -362,6 +371,7 @@ async def _wait(args: argparse.Namespace) -> int:
     if args.cloudevent and args.json:
         raise InvalidInput("give --json or --cloudevent, not both")
     check_wait_id(args.wait_id)
+    match = parse_match_items(args.match)
     deadline = parse_until(args.until)
     if not (args.json or args.cloudevent):
         # Which bus and kind: a wait on the wrong one (a leftover CUSTOMEVENT_AMQP__URL) would
@@ -384,7 +394,9 @@ async def _wait(args: argparse.Namespace) -> int:
             async with asyncio.timeout(max(seconds_until(deadline), 0.0)):
                 client = await stack.enter_async_context(Client(settings, bus=bus))
                 waiter = await stack.enter_async_context(
-                    client.expect(kind, args.name, until=deadline, wait_id=args.wait_id)
+                    client.expect(
+                        kind, args.name, until=deadline, wait_id=args.wait_id, match=match
+                    )
                 )
         except TimeoutError:
             raise BusUnavailable(
@@ -403,12 +415,17 @@ async def _wait(args: argparse.Namespace) -> int:
                 ticker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await ticker
+    unmatched = {"unmatched": waiter.unmatched} if match is not None else {}
     if event is None:
+        if args.json and unmatched:
+            print(json.dumps({"event": None, **unmatched}), flush=True)
         return _nothing_came(args, kind)
     if args.cloudevent:
         print(to_structured_json(event).decode("utf-8"), flush=True)
+    elif args.json:
+        print(json.dumps({**event.to_json(), **unmatched}, ensure_ascii=False), flush=True)
     else:
-        _print_event(event, args.json)
+        _print_event(event, False)
     return EXIT_OK
 
 
