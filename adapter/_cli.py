@@ -34,6 +34,7 @@ from ._exceptions import (
     InvalidInput,
     edge_of,
 )
+from ._filters import parse_filter_items
 from ._groups import check_group_name
 from ._listen import listen
 from ._match import parse_match_items
@@ -183,6 +184,15 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     listening.add_argument("pattern", help="event name, or a pattern with * and # words")
     listening.add_argument("--group", required=True, help="the group's name (its queue's)")
+    listening.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="take only events whose KEY is VALUE (repeatable: all must hold); KEY is name, "
+        "kind, source or a property (properties.KEY for a property called name, kind or "
+        "source); the rest are acknowledged unhandled",
+    )
     listening.add_argument(
         "--pass-env",
         action="append",
@@ -445,6 +455,7 @@ async def _listen(args: argparse.Namespace) -> int:
     kind = validate_kind(args.kind or bus.default_kind)
     validate_pattern(args.pattern)
     check_group_name(args.group)
+    filters = parse_filter_items(args.filter)
     try:
         timeout = parse_duration_text(args.timeout, "--timeout").total_seconds()
     except OverflowError:
@@ -481,6 +492,7 @@ async def _listen(args: argparse.Namespace) -> int:
             show=show,
             stop=stop,
             pass_env=args.pass_env,
+            filters=filters,
         )
     return EXIT_OK
 

@@ -20,6 +20,7 @@ from ._exceptions import (
     InvalidDeadline,
     InvalidInput,
 )
+from ._filters import EventFilter, FilteredSubscription, parse_filters
 from ._groups import DeadLetter, GroupOptions, GroupSubscription, check_group_name
 from ._match import check_match
 from ._names import Kind, validate_kind, validate_name, validate_pattern
@@ -391,6 +392,7 @@ class Client:
         prefetch: int | None = None,
         max_attempts: int | None = None,
         dedup_window: float | timedelta | None = None,
+        filters: object = None,
     ) -> GroupSubscription:
         """Join the group ``group``: every event whose name matches ``pattern`` is handed to one
         consumer of the group, at least once, whichever process runs it.
@@ -399,8 +401,14 @@ class Client:
         ``async for d in deliveries:`` and settle each with ``await d.ack()``,
         ``await d.retry(reason)`` or ``await d.dead_letter(reason)``. The options default to the
         ``[groups]`` settings and are fixed when the group is first made.
+
+        ``filters`` (CloudEvents Subscriptions API dialects, e.g.
+        ``[{"prefix": {"name": "vm."}}, {"exact": {"env": "prod"}}]``, all must hold) leave
+        events out: this consumer acknowledges them unhandled and counts them
+        (``customevent_filtered_total``); give every consumer of a group the same filters.
         """
         self._check_open()
+        event_filter = filters if isinstance(filters, EventFilter) else parse_filters(filters)
         defaults = self.settings.groups
         window = dedup_window if dedup_window is not None else defaults.dedup_window
         options = GroupOptions(
@@ -412,9 +420,12 @@ class Client:
             retry_max=defaults.retry_max,
             max_length=defaults.max_length,
         )
-        return self.bus.subscribe_group(
+        subscription = self.bus.subscribe_group(
             check_group_name(group), validate_kind(kind), validate_pattern(pattern), options
         )
+        if event_filter is None:
+            return subscription
+        return FilteredSubscription(subscription, event_filter)
 
     async def dead_letters(self, group: str) -> list[DeadLetter]:
         """The dead letters of ``group``, oldest first (they stay where they are)."""
