@@ -330,3 +330,31 @@ def test_cli_wait_refuses_a_bad_match_before_connecting() -> None:
     )
     assert result.returncode == 64, result.stderr
     assert "--match 'vm': expected KEY=VALUE" in result.stderr
+
+
+async def test_the_retained_view_hands_a_retained_event_only_to_the_waits_it_matches() -> None:
+    from datetime import UTC, datetime
+
+    from adapter._bus._memory import MemoryBus
+    from adapter._bus._retained import RetainedEvents
+
+    bus = MemoryBus()
+    deadline = datetime.now(UTC) + SOON
+    view = RetainedEvents(10)  # not caught up yet: nothing is handed out
+    subs = {vm: bus.subscribe("internal", "vm.created", deadline, match={"vm": vm}) for vm in "ab"}
+    plain = bus.subscribe("internal", "vm.created", deadline)
+    for sub in [*subs.values(), plain]:
+        view.watch(sub)
+    event = Event("vm.created", "internal", {"vm": "a"})
+    view.put("internal.vm.created", event, time.time() + 60, 1)
+    view.mark_ready()
+    assert await subs["a"].get() == event
+    assert await plain.get() == event
+    assert subs["b"]._events.empty()
+    # Looking a wait up for the retained events does not count against it.
+    assert subs["b"].unmatched == 0
+    for sub in [*subs.values(), plain]:
+        view.unwatch(sub)
+    later = Event("vm.created", "internal", {"vm": "b"})
+    view.put("internal.vm.created", later, time.time() + 60, 2)
+    assert subs["b"]._events.empty()  # unwatched: not handed anything

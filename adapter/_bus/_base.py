@@ -255,9 +255,12 @@ class _Slot:
 class SubscriptionIndex:
     """The subscriptions of a bus (or of one wait queue), found by routing key and properties:
     dicts for literal bindings (and, within one, for the waits' ``match``), a scan only over
-    those with wildcards."""
+    those with wildcards. The index a wait is bound through counts what it let pass
+    (``unmatched``); another that looks it up too (the retained events') is made with
+    ``counting=False``."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, counting: bool = True) -> None:
+        self._counting = counting
         self._literal: dict[str, _Slot] = {}
         self._patterns: set[Subscription] = set()
 
@@ -274,7 +277,8 @@ class SubscriptionIndex:
             return
         by_values = slot.by_match.setdefault(sub.match_keys, {})
         by_values.setdefault(sub.match_values, set()).add(sub)
-        sub._tally, sub._tally_base, sub._hits = slot.tally, slot.tally.arrivals, 0
+        if self._counting:
+            sub._tally, sub._tally_base, sub._hits = slot.tally, slot.tally.arrivals, 0
 
     def remove(self, sub: Subscription) -> None:
         if not sub.literal:
@@ -316,19 +320,27 @@ class SubscriptionIndex:
         if slot is not None:
             subs.extend(slot.plain)
             if slot.by_match and event is not None:
+                counting = self._counting
                 slot.tally.arrivals += 1
                 properties = event.properties
                 for names, by_values in slot.by_match.items():
                     values = tuple(properties.get(name) for name in names)
                     found = by_values.get(values)  # type: ignore[arg-type]
                     if found:
-                        for sub in found:
-                            sub._hits += 1
+                        if counting:
+                            for sub in found:
+                                sub._hits += 1
                         subs.extend(found)
         for sub in self._patterns:
-            if pattern_matches(sub.binding_key, key) and (event is None or sub.offer_check(event)):
+            if pattern_matches(sub.binding_key, key) and (
+                event is None or (sub.offer_check(event) if self._counting else sub.matches(event))
+            ):
                 subs.append(sub)
         return subs
+
+    def literal_keys(self) -> list[str]:
+        """The literal binding keys it holds subscriptions for."""
+        return list(self._literal)
 
     def clear(self) -> None:
         self._literal.clear()
