@@ -358,3 +358,34 @@ async def test_the_retained_view_hands_a_retained_event_only_to_the_waits_it_mat
     later = Event("vm.created", "internal", {"vm": "b"})
     view.put("internal.vm.created", later, time.time() + 60, 2)
     assert subs["b"]._events.empty()  # unwatched: not handed anything
+
+
+@pytest.mark.rabbitmq
+async def test_forged_messages_on_the_bus_never_answer_a_match_wait(
+    amqp_url: str, unique_name: str
+) -> None:
+    """Whatever a publisher puts on the exchange is read by the one decoder first: a body that
+    is not properties (a list where a value goes, a huge key count, not JSON) is refused, however
+    well it seems to carry the match, and the wait goes on to take its own event."""
+    import aio_pika
+
+    async with Client(amqp_url) as client:
+        match = {"vm": "web-01"}
+        async with client.expect("internal", unique_name, until=SOON, match=match) as waiter:
+            connection = await aio_pika.connect(amqp_url)
+            async with connection:
+                channel = await connection.channel()
+                exchange = await channel.get_exchange("customevents", ensure=False)
+                forged = [
+                    b'{"vm": ["web-01"]}',
+                    b'{"vm": "web-01", "vm": "web-01"}',
+                    b'{"vm": "web-01", "x": "a\\nb"}',
+                    b"vm=web-01",
+                    json.dumps({"vm": "web-01", **{f"k{i}": "v" for i in range(5000)}}).encode(),
+                ]
+                for body in forged:
+                    message = aio_pika.Message(body, content_type="application/json")
+                    await exchange.publish(message, routing_key=f"internal.{unique_name}")
+            mine = await client.send_custom_event(unique_name, {"vm": "web-01", "n": "1"})
+            event = await waiter
+    assert event is not None and event.event_id == mine.event_id
