@@ -34,8 +34,10 @@ from ._exceptions import (
     InvalidInput,
     edge_of,
 )
+from ._filters import parse_filter_items
 from ._groups import check_group_name
 from ._listen import listen
+from ._match import parse_match_items
 from ._names import validate_kind, validate_pattern
 from ._properties import parse_properties
 from ._secrets import hash_secret, hash_token
@@ -170,6 +172,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "--wait-id", help="resumable wait: a restarted waiter with the same id gets what it missed"
     )
     wait.add_argument(
+        "--match",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="answer only an event whose property KEY is VALUE (repeatable: all must hold); "
+        "--json then says how many events on the name did not match (unmatched)",
+    )
+    wait.add_argument(
         "--cloudevent",
         action="store_true",
         help="print the event as one structured CloudEvent (JSON) instead",
@@ -189,6 +199,15 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     listening.add_argument("pattern", help="event name, or a pattern with * and # words")
     listening.add_argument("--group", required=True, help="the group's name (its queue's)")
+    listening.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="take only events whose KEY is VALUE (repeatable: all must hold); KEY is name, "
+        "kind, source or a property (properties.KEY for a property called name, kind or "
+        "source); the rest are acknowledged unhandled",
+    )
     listening.add_argument(
         "--pass-env",
         action="append",
@@ -377,6 +396,7 @@ async def _wait(args: argparse.Namespace) -> int:
     if args.cloudevent and args.json:
         raise InvalidInput("give --json or --cloudevent, not both")
     check_wait_id(args.wait_id)
+    match = parse_match_items(args.match)
     deadline = parse_until(args.until)
     if not (args.json or args.cloudevent):
         # Which bus and kind: a wait on the wrong one (a leftover CUSTOMEVENT_AMQP__URL) would
@@ -399,7 +419,9 @@ async def _wait(args: argparse.Namespace) -> int:
             async with asyncio.timeout(max(seconds_until(deadline), 0.0)):
                 client = await stack.enter_async_context(Client(settings, bus=bus))
                 waiter = await stack.enter_async_context(
-                    client.expect(kind, args.name, until=deadline, wait_id=args.wait_id)
+                    client.expect(
+                        kind, args.name, until=deadline, wait_id=args.wait_id, match=match
+                    )
                 )
         except TimeoutError:
             raise BusUnavailable(
@@ -418,12 +440,17 @@ async def _wait(args: argparse.Namespace) -> int:
                 ticker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await ticker
+    unmatched = {"unmatched": waiter.unmatched} if match is not None else {}
     if event is None:
+        if args.json and unmatched:
+            print(json.dumps({"event": None, **unmatched}), flush=True)
         return _nothing_came(args, kind)
     if args.cloudevent:
         print(to_structured_json(event).decode("utf-8"), flush=True)
+    elif args.json:
+        print(json.dumps({**event.to_json(), **unmatched}, ensure_ascii=False), flush=True)
     else:
-        _print_event(event, args.json)
+        _print_event(event, False)
     return EXIT_OK
 
 
@@ -443,6 +470,7 @@ async def _listen(args: argparse.Namespace) -> int:
     kind = validate_kind(args.kind or bus.default_kind)
     validate_pattern(args.pattern)
     check_group_name(args.group)
+    filters = parse_filter_items(args.filter)
     try:
         timeout = parse_duration_text(args.timeout, "--timeout").total_seconds()
     except OverflowError:
@@ -479,6 +507,7 @@ async def _listen(args: argparse.Namespace) -> int:
             show=show,
             stop=stop,
             pass_env=args.pass_env,
+            filters=filters,
         )
     return EXIT_OK
 

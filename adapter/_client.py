@@ -20,7 +20,9 @@ from ._exceptions import (
     InvalidDeadline,
     InvalidInput,
 )
+from ._filters import EventFilter, FilteredSubscription, parse_filters
 from ._groups import DeadLetter, GroupOptions, GroupSubscription, check_group_name
+from ._match import check_match
 from ._names import Kind, validate_kind, validate_name, validate_pattern
 from ._properties import check_limits, check_properties, parse_properties
 from ._settings import Settings, load_settings
@@ -188,6 +190,12 @@ class Expectation:
         if self._subscription is not None:
             await self._client._unbind(self._subscription, exc_type, exc, tb)
 
+    @property
+    def unmatched(self) -> int:
+        """Events on the wait's name that arrived while it was bound but did not carry its
+        ``match`` (0 without one)."""
+        return self._subscription.unmatched if self._subscription is not None else 0
+
     async def get(self) -> Event | None:
         """The event, or None at the deadline; the same answer on every call."""
         if not self._done:
@@ -342,7 +350,7 @@ class Client:
         routed = await (
             self.bus.publish(event) if retain is None else self.bus.publish(event, retain=retain)
         )
-        return SendResult(event_id=event.event_id, routed=routed)
+        return SendResult(event_id=event.event_id, routed=routed, retained=retain is not None)
 
     def expect(
         self,
@@ -351,18 +359,29 @@ class Client:
         *,
         until: datetime | timedelta,
         wait_id: str | None = None,
+        match: Mapping[str, str] | None = None,
     ) -> Expectation:
         """A wait that binds on ``async with`` entry, before the caller triggers the event.
 
-        ``name`` may be a pattern whose words are ``*`` (one word) or ``#`` (any number).
+        ``name`` may be a pattern whose words are ``*`` (one word) or ``#`` (any number). With
+        ``match`` (property values, all of which must hold; at most 16), only an event carrying
+        them answers the wait; others leave it waiting and count in ``unmatched``.
         """
         self._check_open()
         checked_kind: Kind = validate_kind(kind)
         validate_pattern(name)
+        checked_match = check_match(match)
         deadline = resolve_deadline(until)
         if deadline <= datetime.now(UTC):
             return Expectation(self, None)
-        return Expectation(self, self.bus.subscribe(checked_kind, name, deadline, wait_id=wait_id))
+        if checked_match is None:
+            # The call every Bus has taken since before match existed.
+            sub = self.bus.subscribe(checked_kind, name, deadline, wait_id=wait_id)
+        else:
+            sub = self.bus.subscribe(
+                checked_kind, name, deadline, wait_id=wait_id, match=checked_match
+            )
+        return Expectation(self, sub)
 
     def subscribe(
         self,
@@ -373,6 +392,7 @@ class Client:
         prefetch: int | None = None,
         max_attempts: int | None = None,
         dedup_window: float | timedelta | None = None,
+        filters: object = None,
     ) -> GroupSubscription:
         """Join the group ``group``: every event whose name matches ``pattern`` is handed to one
         consumer of the group, at least once, whichever process runs it.
@@ -381,8 +401,14 @@ class Client:
         ``async for d in deliveries:`` and settle each with ``await d.ack()``,
         ``await d.retry(reason)`` or ``await d.dead_letter(reason)``. The options default to the
         ``[groups]`` settings and are fixed when the group is first made.
+
+        ``filters`` (CloudEvents Subscriptions API dialects, e.g.
+        ``[{"prefix": {"name": "vm."}}, {"exact": {"env": "prod"}}]``, all must hold) leave
+        events out: this consumer acknowledges them unhandled and counts them
+        (``customevent_filtered_total``); give every consumer of a group the same filters.
         """
         self._check_open()
+        event_filter = filters if isinstance(filters, EventFilter) else parse_filters(filters)
         defaults = self.settings.groups
         window = dedup_window if dedup_window is not None else defaults.dedup_window
         options = GroupOptions(
@@ -394,9 +420,12 @@ class Client:
             retry_max=defaults.retry_max,
             max_length=defaults.max_length,
         )
-        return self.bus.subscribe_group(
+        subscription = self.bus.subscribe_group(
             check_group_name(group), validate_kind(kind), validate_pattern(pattern), options
         )
+        if event_filter is None:
+            return subscription
+        return FilteredSubscription(subscription, event_filter)
 
     async def dead_letters(self, group: str) -> list[DeadLetter]:
         """The dead letters of ``group``, oldest first (they stay where they are)."""
@@ -416,7 +445,9 @@ class Client:
         until: datetime | timedelta,
         *,
         wait_id: str | None = None,
+        match: Mapping[str, str] | None = None,
     ) -> Event | None:
-        """Wait for an event until a deadline; None at the deadline (as vRO returns null)."""
-        async with self.expect(kind, name, until=until, wait_id=wait_id) as waiter:
+        """Wait for an event until a deadline; None at the deadline (as vRO returns null). With
+        ``match``, only an event carrying those property values answers."""
+        async with self.expect(kind, name, until=until, wait_id=wait_id, match=match) as waiter:
             return await waiter

@@ -20,6 +20,7 @@ __all__ = [
     "MAX_ATTRIBUTE_BYTES",
     "SOURCES",
     "Event",
+    "Outcome",
     "SendResult",
     "Source",
     "check_cloudevent_attributes",
@@ -147,15 +148,34 @@ class Event:
             raise InvalidInput(f"not an event: {type(exc).__name__}: {exc}") from None
 
 
+Outcome = Literal["routed", "retained", "unrouted"]
+
+
 @dataclass(frozen=True, slots=True)
 class SendResult:
-    """What a send achieved: the broker confirmed it; ``routed`` tells if any waiter was bound."""
+    """What a send achieved, as far as the bus can know: the broker confirmed it; ``routed``
+    tells if any wait or group was bound to its name (a wait whose ``match`` it does not carry
+    counts: the bus routes by name, the wait matches after), ``retained`` if it was kept for
+    waits that start later. ``outcome`` says it in one word: ``routed``, else ``retained``, else
+    ``unrouted`` (nobody bound: nobody received it)."""
 
     event_id: str
     routed: bool
+    retained: bool = False
+
+    @property
+    def outcome(self) -> Outcome:
+        if self.routed:
+            return "routed"
+        return "retained" if self.retained else "unrouted"
 
     def to_json(self) -> dict[str, Any]:
-        return {"event_id": self.event_id, "routed": self.routed}
+        return {
+            "event_id": self.event_id,
+            "routed": self.routed,
+            "retained": self.retained,
+            "outcome": self.outcome,
+        }
 
 
 def encode_body(properties: Mapping[str, str]) -> bytes:

@@ -46,10 +46,13 @@ async def listen(
     show: Callable[[Event], None],
     stop: asyncio.Event,
     pass_env: Sequence[str] = (),
+    filters: object = None,
 ) -> int:
-    """Consume ``group`` until ``stop`` is set; the number of events handled (acknowledged)."""
+    """Consume ``group`` until ``stop`` is set; the number of events handled (acknowledged).
+    Events that ``filters`` leave out are acknowledged unhandled (not counted here)."""
     handled = 0
-    async with client.subscribe(pattern, group=group, kind=kind, prefetch=1) as deliveries:
+    subscription = client.subscribe(pattern, group=group, kind=kind, prefetch=1, filters=filters)
+    async with subscription as deliveries:
         incoming = aiter(deliveries)
         while not stop.is_set():
             delivery = await _next_or_stop(incoming, stop)

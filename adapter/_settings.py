@@ -37,6 +37,7 @@ from pydantic_settings import (
 )
 
 from ._exceptions import ConfigurationError, InvalidEventName, InvalidInput
+from ._filters import parse_filters
 from ._groups import check_group_name
 from ._names import validate_pattern
 from ._nodes import split_nodes
@@ -501,6 +502,21 @@ class Trigger(_Section):
     max_in_flight: int = Field(
         default=16, ge=1, le=1000, description="deliveries under way at once"
     )
+    filters: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="CloudEvents Subscriptions API filters (exact, prefix, suffix, all, any, "
+        "not) over name, kind, source and properties; all of the list must hold, the rest are "
+        "acknowledged undelivered",
+    )
+
+    @field_validator("filters")
+    @classmethod
+    def _filters(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        try:
+            parse_filters(value, "triggers.filters")
+        except InvalidInput as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("name")
     @classmethod

@@ -103,7 +103,10 @@ class SyncClient:
         until: datetime | timedelta,
         *,
         wait_id: str | None = None,
+        match: Mapping[str, str] | None = None,
     ) -> Event | None:
         """See ``Client.wait_custom_event_until``."""
         client = self._require()
-        return self._call(client.wait_custom_event_until(kind, name, until, wait_id=wait_id))
+        return self._call(
+            client.wait_custom_event_until(kind, name, until, wait_id=wait_id, match=match)
+        )

@@ -256,6 +256,7 @@ class _Runner:
             kind=trigger.kind,
             prefetch=trigger.max_in_flight,
             max_attempts=trigger.max_attempts,
+            filters=trigger.filters,
         )
         async with subscription as deliveries:
             self.joined.set()

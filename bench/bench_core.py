@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import random
 import sys
 import uuid
@@ -118,7 +119,8 @@ async def per_wait_queues(url: str, exchange: str, names: Sequence[str], channel
 async def _check_held(
     client: adapter.Client, waits: Sequence[Any], names: Sequence[str], sample: int
 ) -> int:
-    """Publish to a sample of the waits; how many were routed and delivered."""
+    """Publish to a sample of the waits; how many were routed and delivered (each to its own
+    wait: waits that share a name match on the property ``i``)."""
     picked = random.sample(range(len(names)), min(sample, len(names)))
     results = await asyncio.gather(
         *(client.send_custom_event(names[i], {"i": str(i)}) for i in picked)
@@ -193,13 +195,19 @@ async def raw_publish(url: str, exchange: str, name: str, count: int, concurrenc
 # -- holding many waits (subprocess) ---------------------------------------------------------
 
 
-async def hold(url: str, exchange: str, count: int) -> list[Figure]:
+async def hold(url: str, exchange: str, count: int, *, match: bool = False) -> list[Figure]:
     """Set up ``count`` waits at once in this process, check that they are all held, and report
-    the set-up time and this process's peak RSS."""
-    names = [f"bench.hold.{run_id()}.w{i}" for i in range(count)]
+    the set-up time and this process's peak RSS. With ``match``, the waits are all on one name,
+    each matching its own value of the property ``i`` (correlation), instead of one name each."""
+    rid = run_id()
+    names = [f"bench.hold.{rid}" if match else f"bench.hold.{rid}.w{i}" for i in range(count)]
+    until = timedelta(seconds=WAIT_SECONDS)
     async with _client(url, exchange) as client:
         baseline = peak_rss_mib()
-        waits = [client.expect("internal", n, until=timedelta(seconds=WAIT_SECONDS)) for n in names]
+        waits = [
+            client.expect("internal", n, until=until, match={"i": str(i)} if match else None)
+            for i, n in enumerate(names)
+        ]
         with Stopwatch() as setup:
             await asyncio.gather(*(w.__aenter__() for w in waits))
         active = client.active_waits
@@ -207,9 +215,9 @@ async def hold(url: str, exchange: str, count: int) -> list[Figure]:
         peak = peak_rss_mib()
         with Stopwatch() as release:
             await asyncio.gather(*(w.__aexit__(None, None, None) for w in waits))
-    label = f"{count:,}"
+    label = f"{count:,} match waits on one name" if match else f"{count:,} waits"
     return [
-        Figure(f"time to set up {label} waits", setup.seconds, "s"),
+        Figure(f"time to set up {label}", setup.seconds, "s"),
         Figure("waits held at once (client.active_waits)", active, "", at_least=count),
         Figure(
             "of 100 sampled waits, routed and delivered",
@@ -218,16 +226,18 @@ async def hold(url: str, exchange: str, count: int) -> list[Figure]:
             at_least=100,
         ),
         Figure(
-            f"peak RSS holding {label} waits",
+            f"peak RSS holding {label}",
             peak,
             "MiB",
             note=f"RSS after import and connect was {baseline:.1f} MiB",
         ),
-        Figure(f"time to release {label} waits", release.seconds, "s"),
+        Figure(f"time to release {label}", release.seconds, "s"),
     ]
 
 
-async def hold_in_subprocess(url: str, exchange: str, count: int) -> list[Figure]:
+async def hold_in_subprocess(
+    url: str, exchange: str, count: int, *, match: bool = False
+) -> list[Figure]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         __file__,
@@ -237,6 +247,7 @@ async def hold_in_subprocess(url: str, exchange: str, count: int) -> list[Figure
         exchange,
         "--amqp-url",
         url,
+        *(["--match"] if match else []),
         stdout=asyncio.subprocess.PIPE,
     )
     out, _ = await proc.communicate()
@@ -304,6 +315,8 @@ async def main(args: argparse.Namespace) -> list[Figure]:
 
         log(f"holding {n_hold:,} waits in a subprocess")
         held_figures = await hold_in_subprocess(url, exchange, n_hold)
+        log(f"holding {n_hold:,} match waits on one name in a subprocess")
+        match_figures = await hold_in_subprocess(url, exchange, n_hold, match=True)
     finally:
         with contextlib.suppress(Exception):
             await channel.exchange_delete(exchange)
@@ -343,6 +356,7 @@ async def main(args: argparse.Namespace) -> list[Figure]:
             samples=tuple(releases),
         ),
         *held_figures,
+        *match_against_names(held_figures, match_figures, n_hold),
         Figure(
             f"confirmed publish rate ({concurrency} in flight)",
             median(sends["library"]),
@@ -355,14 +369,52 @@ async def main(args: argparse.Namespace) -> list[Figure]:
     ]
 
 
+def match_against_names(
+    names: Sequence[Figure], matches: Sequence[Figure], count: int
+) -> list[Figure]:
+    """The match waits' figures side by side with the distinct names' (the reference): set-up
+    time and peak RSS, as ratios. The sampled-delivery check stays a figure of its own."""
+    by_name = {f.name: f for f in names}
+    label = f"{count:,}"
+    setup = by_name[f"time to set up {label} waits"]
+    rss = by_name[f"peak RSS holding {label} waits"]
+    mine = {f.name: f for f in matches}
+    tag = f"{label} match waits on one name"
+    return [
+        Figure(
+            f"time to set up {tag}",
+            mine[f"time to set up {tag}"].value,
+            "s",
+            reference=setup.value,
+            reference_name=f"{label} waits on distinct names",
+            at_most=1.5,
+        ),
+        Figure(
+            f"peak RSS holding {tag}",
+            mine[f"peak RSS holding {tag}"].value,
+            "MiB",
+            reference=rss.value,
+            reference_name=f"{label} waits on distinct names",
+            at_most=1.25,
+        ),
+        dataclasses.replace(
+            mine["of 100 sampled waits, routed and delivered"],
+            name="of 100 sampled match waits, each given its own event",
+        ),
+    ]
+
+
 def _cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     add_common_arguments(parser)
     parser.add_argument("--hold", type=int, metavar="N", help="hold N waits; print figures")
     parser.add_argument("--exchange", help="with --hold: the run's exchange")
+    parser.add_argument(
+        "--match", action="store_true", help="with --hold: on one name, each matching its own key"
+    )
     args = parser.parse_args()
     if args.hold:
-        figures = asyncio.run(hold(amqp_url(args), args.exchange, args.hold))
+        figures = asyncio.run(hold(amqp_url(args), args.exchange, args.hold, match=args.match))
         emit_figures(figures)
         return
     from _common import print_table

@@ -75,7 +75,12 @@ async def test_a_posted_cloudevent_comes_back_as_the_same_cloudevent(
         content=message.body,
     )
     assert sent.status_code == 202, sent.text
-    assert sent.json() == {"event_id": original.get_id(), "routed": False}
+    assert sent.json() == {
+        "event_id": original.get_id(),
+        "routed": False,
+        "retained": True,
+        "outcome": "retained",
+    }
     # Retained, so a wait that starts now still gets it: as a structured CloudEvent...
     waited = await http.get(
         f"/api/v1/events/{unique_name}/wait", params={"timeout": "5s"}, headers=STRUCTURED
@@ -117,7 +122,8 @@ async def test_a_batch_is_sent_in_order_with_a_result_each(
         content=body,
     )
     assert sent.status_code == 202, sent.text
-    assert sent.json() == {"results": [{"event_id": f"b{i}", "routed": False} for i in range(3)]}
+    kept = {"routed": False, "retained": True, "outcome": "retained"}
+    assert sent.json() == {"results": [{"event_id": f"b{i}", **kept} for i in range(3)]}
     for i in range(3):
         waited = await http.get(f"/api/v1/events/{unique_name}.{i}/wait", params={"timeout": "5s"})
         assert waited.json()["event_id"] == f"b{i}"

@@ -71,6 +71,7 @@ EXPECTED: dict[str, Any] = {
     "resumable_wait": {"status": "ok"},
     "provision_vm": {"ip": "10.0.0.42"},
     "group_worker": ["web-1", "web-2"],
+    "correlate": {"matched": "web-01", "filtered": "web-04"},
 }
 
 

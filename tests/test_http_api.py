@@ -132,7 +132,12 @@ async def test_json_send_is_202_with_routed(
         )
         event = await waiter
     assert response.status_code == 202
-    assert response.json() == {"event_id": "my-id-1", "routed": True}
+    assert response.json() == {
+        "event_id": "my-id-1",
+        "routed": True,
+        "retained": False,
+        "outcome": "routed",
+    }
     assert event is not None
     assert event.event_id == "my-id-1"
     assert event.properties == {"text": "line 1, line 2"}

@@ -120,27 +120,81 @@ class Subscription(abc.ABC):
     ``await sub.get()`` gives the next event, or None once the deadline has passed.
     """
 
-    def __init__(self, kind: Kind, pattern: str, deadline: datetime) -> None:
+    def __init__(
+        self,
+        kind: Kind,
+        pattern: str,
+        deadline: datetime,
+        match: Mapping[str, str] | None = None,
+    ) -> None:
         self.kind = kind
         self.pattern = pattern
         self.binding_key = f"{kind}.{pattern}"
         self.literal = "*" not in pattern and "#" not in pattern
         self.deadline = deadline
+        #: The property values an event must carry to answer this wait (checked by the caller).
+        self.match: dict[str, str] | None = dict(match) if match else None
+        self.match_keys: tuple[str, ...] = tuple(sorted(self.match)) if self.match else ()
+        self.match_values: tuple[str, ...] = tuple(
+            self.match[k] for k in self.match_keys if self.match is not None
+        )
+        # Events on its binding that it let pass: counted where it is indexed (a tally of the
+        # events its bucket saw, less those that matched), and one by one where it is offered
+        # events directly (a resumable wait's own queue or mailbox).
+        self._tally: _Tally | None = None
+        self._tally_base = 0
+        self._hits = 0
+        self._refused = 0
+        self._answered_unmatched: int | None = None  # the count when its first event came
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._loop_deadline = asyncio.get_running_loop().time() + seconds_until(deadline)
         # The ids last handed out, on an exact name: a retained event can come twice, from the
         # wait's own binding and from the retained events (adapter/_bus/_retained.py).
         self._seen: deque[str] | None = deque(maxlen=16) if self.literal else None
 
+    def matches(self, event: Event) -> bool:
+        """True if the event carries every property value of ``match``."""
+        match = self.match
+        if match is None:
+            return True
+        properties = event.properties
+        return all(properties.get(key) == value for key, value in match.items())
+
+    @property
+    def unmatched(self) -> int:
+        """Events that reached this wait's binding while it was bound and did not match, until
+        the first that did (the one that answers it)."""
+        if self._answered_unmatched is not None:
+            return self._answered_unmatched
+        tally = self._tally
+        indexed = tally.arrivals - self._tally_base - self._hits if tally is not None else 0
+        return max(indexed, 0) + self._refused
+
+    def offer(self, event: Event) -> bool:
+        """``deliver`` for an event not yet matched (a resumable wait's own queue, a mailbox):
+        False, and counted as unmatched, if it does not match."""
+        return self.offer_check(event) and self.deliver(event)
+
+    def offer_check(self, event: Event) -> bool:
+        """``matches``, counting the event as unmatched when it does not."""
+        if self.matches(event):
+            return True
+        self._refused += 1
+        return False
+
     def deliver(self, event: Event) -> bool:
         """Hand an event to the subscription (called by the bus, on the event loop); False if
-        it was handed the same event (by id) just before."""
+        it was handed the same event (by id) just before, or it does not match."""
+        if self.match is not None and not self.matches(event):
+            return False
         seen = self._seen
         if seen is not None:
             if event.event_id in seen:
                 return False
             seen.append(event.event_id)
         self._events.put_nowait(event)
+        if self._answered_unmatched is None and self.match is not None:
+            self._answered_unmatched = self.unmatched
         return True
 
     @property
@@ -177,42 +231,123 @@ class Subscription(abc.ABC):
     ) -> None: ...
 
 
-class SubscriptionIndex:
-    """The subscriptions of a bus (or of one wait queue), found by routing key: a dict for
-    literal bindings, a scan only over those with wildcards."""
+@dataclass(eq=False, slots=True)
+class _Tally:
+    """How many events reached one binding key of an index that has match waits."""
 
-    def __init__(self) -> None:
-        self._literal: dict[str, set[Subscription]] = {}
+    arrivals: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class _Slot:
+    """The subscriptions of an index on one literal binding key: those without a match, and
+    those with one, by the names they match on, then by the values (so an event finds its
+    waits with one dict lookup per set of names, however many waits there are)."""
+
+    plain: set[Subscription] = field(default_factory=set)
+    by_match: dict[tuple[str, ...], dict[tuple[str, ...], set[Subscription]]] = field(
+        default_factory=dict
+    )
+    tally: _Tally = field(default_factory=_Tally)
+    size: int = 0
+
+
+class SubscriptionIndex:
+    """The subscriptions of a bus (or of one wait queue), found by routing key and properties:
+    dicts for literal bindings (and, within one, for the waits' ``match``), a scan only over
+    those with wildcards. The index a wait is bound through counts what it let pass
+    (``unmatched``); another that looks it up too (the retained events') is made with
+    ``counting=False``."""
+
+    def __init__(self, *, counting: bool = True) -> None:
+        self._counting = counting
+        self._literal: dict[str, _Slot] = {}
         self._patterns: set[Subscription] = set()
 
     def add(self, sub: Subscription) -> None:
-        if sub.literal:
-            self._literal.setdefault(sub.binding_key, set()).add(sub)
-        else:
+        if not sub.literal:
             self._patterns.add(sub)
+            return
+        slot = self._literal.get(sub.binding_key)
+        if slot is None:
+            slot = self._literal[sub.binding_key] = _Slot()
+        slot.size += 1
+        if sub.match is None:
+            slot.plain.add(sub)
+            return
+        by_values = slot.by_match.setdefault(sub.match_keys, {})
+        by_values.setdefault(sub.match_values, set()).add(sub)
+        if self._counting:
+            sub._tally, sub._tally_base, sub._hits = slot.tally, slot.tally.arrivals, 0
 
     def remove(self, sub: Subscription) -> None:
         if not sub.literal:
             self._patterns.discard(sub)
             return
-        subs = self._literal.get(sub.binding_key)
-        if subs is not None:
+        slot = self._literal.get(sub.binding_key)
+        if slot is None:
+            return
+        if sub.match is None:
+            if sub not in slot.plain:
+                return
+            slot.plain.discard(sub)
+        else:
+            by_values = slot.by_match.get(sub.match_keys, {})
+            subs = by_values.get(sub.match_values)
+            if subs is None or sub not in subs:
+                return
             subs.discard(sub)
             if not subs:
-                del self._literal[sub.binding_key]
+                del by_values[sub.match_values]
+                if not by_values:
+                    del slot.by_match[sub.match_keys]
+        slot.size -= 1
+        if slot.size == 0:
+            del self._literal[sub.binding_key]
 
-    def matching(self, key: str) -> list[Subscription]:
-        """Every subscription whose binding matches the routing key."""
-        subs = list(self._literal.get(key, ()))
-        subs.extend(s for s in self._patterns if pattern_matches(s.binding_key, key))
+    def binds(self, key: str) -> bool:
+        """True if any subscription's binding matches the routing key (before the event is
+        read: a message nobody here waits for is not decoded)."""
+        return key in self._literal or any(
+            pattern_matches(s.binding_key, key) for s in self._patterns
+        )
+
+    def matching(self, key: str, event: Event | None = None) -> list[Subscription]:
+        """Every subscription whose binding matches the routing key and, given the event, whose
+        ``match`` it satisfies; the waits that it does not satisfy count it as unmatched."""
+        subs: list[Subscription] = []
+        slot = self._literal.get(key)
+        if slot is not None:
+            subs.extend(slot.plain)
+            if slot.by_match and event is not None:
+                counting = self._counting
+                slot.tally.arrivals += 1
+                properties = event.properties
+                for names, by_values in slot.by_match.items():
+                    values = tuple(properties.get(name) for name in names)
+                    found = by_values.get(values)  # type: ignore[arg-type]
+                    if found:
+                        if counting:
+                            for sub in found:
+                                sub._hits += 1
+                        subs.extend(found)
+        for sub in self._patterns:
+            if pattern_matches(sub.binding_key, key) and (
+                event is None or (sub.offer_check(event) if self._counting else sub.matches(event))
+            ):
+                subs.append(sub)
         return subs
+
+    def literal_keys(self) -> list[str]:
+        """The literal binding keys it holds subscriptions for."""
+        return list(self._literal)
 
     def clear(self) -> None:
         self._literal.clear()
         self._patterns.clear()
 
     def __len__(self) -> int:
-        return len(self._patterns) + sum(len(subs) for subs in self._literal.values())
+        return len(self._patterns) + sum(slot.size for slot in self._literal.values())
 
 
 class Bus(abc.ABC):
@@ -278,12 +413,20 @@ class Bus(abc.ABC):
 
     @abc.abstractmethod
     def subscribe(
-        self, kind: Kind, pattern: str, deadline: datetime, *, wait_id: str | None = None
+        self,
+        kind: Kind,
+        pattern: str,
+        deadline: datetime,
+        *,
+        wait_id: str | None = None,
+        match: Mapping[str, str] | None = None,
     ) -> Subscription:
         """A subscription to ``<kind>.<pattern>`` until ``deadline``; bind with ``async with``.
 
         With ``wait_id``, the subscription is resumable: events caught while nobody listens are
         kept until the deadline (plus a grace) for the next subscription with the same id.
+        With ``match`` (checked by the caller), only events carrying those property values
+        answer it; waits on one name share its binding whatever they match.
         """
 
     @abc.abstractmethod

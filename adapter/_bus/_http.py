@@ -195,10 +195,16 @@ class HttpBus(Bus):
         )
 
     def subscribe(
-        self, kind: Kind, pattern: str, deadline: datetime, *, wait_id: str | None = None
+        self,
+        kind: Kind,
+        pattern: str,
+        deadline: datetime,
+        *,
+        wait_id: str | None = None,
+        match: Mapping[str, str] | None = None,
     ) -> Subscription:
         return _HttpSubscription(
-            self, validate_kind(kind), pattern, deadline, check_wait_id(wait_id)
+            self, validate_kind(kind), pattern, deadline, check_wait_id(wait_id), match
         )
 
     def subscribe_group(
@@ -225,9 +231,15 @@ def _no_groups() -> ConfigurationError:
 
 class _HttpSubscription(Subscription):
     def __init__(
-        self, bus: HttpBus, kind: Kind, pattern: str, deadline: datetime, wait_id: str | None
+        self,
+        bus: HttpBus,
+        kind: Kind,
+        pattern: str,
+        deadline: datetime,
+        wait_id: str | None,
+        match: Mapping[str, str] | None,
     ) -> None:
-        super().__init__(kind, pattern, deadline)
+        super().__init__(kind, pattern, deadline, match)
         self._bus = bus
         self._wait_id = wait_id
         self._response: httpx.Response | None = None
@@ -236,13 +248,15 @@ class _HttpSubscription(Subscription):
 
     async def __aenter__(self) -> Self:
         http = self._bus._client()
-        params = {
-            "until": self.deadline.isoformat(),
-            "kind": self.kind,
-            "stream": "true",
-        }
+        params: list[tuple[str, str | int | float | bool | None]] = [
+            ("until", self.deadline.isoformat()),
+            ("kind", self.kind),
+            ("stream", "true"),
+        ]
         if self._wait_id is not None:
-            params["wait_id"] = self._wait_id
+            params.append(("wait_id", self._wait_id))
+        # The daemon matches: a wait over HTTP hears only of its own event.
+        params.extend(("match", f"{key}={value}") for key, value in (self.match or {}).items())
         request = http.build_request(
             "GET",
             f"/api/v1/events/{quote(self.pattern, safe='')}/wait",
@@ -287,6 +301,9 @@ class _HttpSubscription(Subscription):
         else:  # a plain answer (a daemon that ignored stream=true)
             status = response.status_code
             outcome = {"event": _parse(body)} if body.strip() else {}
+        unmatched = outcome.get("unmatched")
+        if isinstance(unmatched, int) and not isinstance(unmatched, bool) and unmatched >= 0:
+            self._refused = unmatched  # the daemon's count: it did the matching
         if status == 200:
             self._outcome = _event(outcome.get("event"))
         elif status != 204:

@@ -44,9 +44,15 @@ class _Mailbox:
 
 class _MemorySubscription(Subscription):
     def __init__(
-        self, bus: MemoryBus, kind: Kind, pattern: str, deadline: datetime, wait_id: str | None
+        self,
+        bus: MemoryBus,
+        kind: Kind,
+        pattern: str,
+        deadline: datetime,
+        wait_id: str | None,
+        match: Mapping[str, str] | None,
     ) -> None:
-        super().__init__(kind, pattern, deadline)
+        super().__init__(kind, pattern, deadline, match)
         self._bus = bus
         self._wait_id = wait_id
 
@@ -115,10 +121,11 @@ class MemoryBus(Bus):
         if retain is not None:
             self.retained.check_room(key)
         routed = self._groups.route(key, event)  # first: a full group refuses the whole send
-        subs = self._subscriptions.matching(key)
+        subs = self._subscriptions.matching(key, event)
+        bound = self._subscriptions.binds(key)
         for sub in subs:
             sub.deliver(event)
-        routed = routed or bool(subs)
+        routed = routed or bound
         self._forget_expired(asyncio.get_running_loop().time())
         for box in self._mailboxes.values():
             if box.attached is None and pattern_matches(box.binding_key, key):
@@ -139,9 +146,15 @@ class MemoryBus(Bus):
         self.refused.append(RefusedMessage(source, bytes(body), dict(headers)))
 
     def subscribe(
-        self, kind: Kind, pattern: str, deadline: datetime, *, wait_id: str | None = None
+        self,
+        kind: Kind,
+        pattern: str,
+        deadline: datetime,
+        *,
+        wait_id: str | None = None,
+        match: Mapping[str, str] | None = None,
     ) -> Subscription:
-        return _MemorySubscription(self, kind, pattern, deadline, check_wait_id(wait_id))
+        return _MemorySubscription(self, kind, pattern, deadline, check_wait_id(wait_id), match)
 
     def subscribe_group(
         self, group: str, kind: Kind, pattern: str, options: GroupOptions
@@ -172,7 +185,7 @@ class MemoryBus(Bus):
             events: deque[Event] = deque(maxlen=self.limits.max_resumable_events)
             box = self._mailboxes[wait_id] = _Mailbox(sub.binding_key, expires, events)
         for event in box.events:
-            sub.deliver(event)
+            sub.offer(event)
         box.events.clear()
         box.attached = sub
         self.retained.watch(sub)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from .._event import Event
 from .._exceptions import LimitExceeded
-from ._base import Subscription
+from ._base import Subscription, SubscriptionIndex
 
 __all__ = ["RetainedEvents"]
 
@@ -45,7 +45,9 @@ class RetainedEvents:
         # RabbitMQ a send's copy reaches the view a moment after its confirm, and the cap must
         # count it meanwhile, and count sends under way.
         self._reserved: dict[str, float] = {}
-        self._watchers: dict[str, set[Subscription]] = {}
+        # Looked up as the waits are (by name, then by their match): a retained send reaches
+        # its waits without a look at the thousands of others on its name.
+        self._watchers = SubscriptionIndex(counting=False)
 
     def __len__(self) -> int:
         self._forget_expired()
@@ -107,7 +109,7 @@ class RetainedEvents:
         self._latest[key] = _Entry(event, until, order)
         self._reserved.pop(key, None)
         if self.ready.is_set() and until > time.time():
-            for sub in self._watchers.get(key, ()):
+            for sub in self._watchers.matching(key, event):
                 sub.deliver(event)
 
     def latest(self, key: str) -> Event | None:
@@ -121,28 +123,25 @@ class RetainedEvents:
         """Hand ``sub`` (a wait on an exact name) the retained event, now or once known."""
         if not sub.literal:
             return
-        self._watchers.setdefault(sub.binding_key, set()).add(sub)
+        self._watchers.add(sub)
         if self.ready.is_set():
             event = self.latest(sub.binding_key)
             if event is not None:
                 sub.deliver(event)
 
     def unwatch(self, sub: Subscription) -> None:
-        subs = self._watchers.get(sub.binding_key)
-        if subs is not None:
-            subs.discard(sub)
-            if not subs:
-                del self._watchers[sub.binding_key]
+        if sub.literal:
+            self._watchers.remove(sub)
 
     def mark_ready(self) -> None:
         """The view has caught up: hand every watching wait its retained event."""
         if self.ready.is_set():
             return
         self.ready.set()
-        for key, subs in self._watchers.items():
+        for key in self._watchers.literal_keys():
             event = self.latest(key)
             if event is not None:
-                for sub in subs:
+                for sub in self._watchers.matching(key, event):
                     sub.deliver(event)
 
     def clear(self) -> None:

@@ -20,6 +20,7 @@ from .._asyncapi import asyncapi_document
 from .._client import Client
 from .._cloudevents import STRUCTURED_CONTENT_TYPE
 from .._exceptions import InvalidInput
+from .._match import parse_match_items
 from .._properties import loads_json_object
 from .._settings import Settings
 from ._cloudevents import (
@@ -88,7 +89,13 @@ class SendRequest(BaseModel):
 
 class SendResponse(BaseModel):
     event_id: str
-    routed: bool = Field(description="true if at least one waiter was bound to the event")
+    routed: bool = Field(
+        description="true if at least one wait or group was bound to the event's name"
+    )
+    retained: bool = Field(description="true if it was kept (retain) for waits that start later")
+    outcome: Literal["routed", "retained", "unrouted"] = Field(
+        description="routed, else retained, else unrouted (nobody was bound: nobody received it)"
+    )
 
 
 class Problem(BaseModel):
@@ -329,10 +336,20 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
         stream: bool = Query(
             default=False, description="answer 200 once bound; the outcome follows in the body"
         ),
+        match: tuple[str, ...] | None = Query(
+            default=None,
+            description="KEY=VALUE (URL-encoded: vm%3Dweb-01), repeatable: only an event whose "
+            "properties carry all of them answers; the answer says how many did not "
+            "(x-customevent-unmatched, or unmatched in the stream outcome)",
+        ),
     ) -> Response:
         caller = await gateway.caller(request)
         pattern = gateway.authorize_wait(caller, kind, path_name(request, "name"))
         deadline = parse_deadline(duration, until, settings.http.max_wait)
+        try:
+            matching = parse_match_items(match or (), "match=")
+        except InvalidInput as exc:
+            raise HttpError(400, str(exc)) from None
         return WaitResponse(
             gateway,
             kind,
@@ -342,6 +359,7 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
             stream=stream,
             caller_key=caller_key(request, caller),
             cloudevent=accepts_cloudevent(request),
+            match=matching,
         )
 
     app.include_router(soap_router(gateway))

@@ -182,7 +182,12 @@ def cloudevents_operation(
     requirement."""
     result = {
         "type": "object",
-        "properties": {"event_id": {"type": "string"}, "routed": {"type": "boolean"}},
+        "properties": {
+            "event_id": {"type": "string"},
+            "routed": {"type": "boolean"},
+            "retained": {"type": "boolean"},
+            "outcome": {"type": "string", "enum": ["routed", "retained", "unrouted"]},
+        },
         "required": ["event_id", "routed"],
     }
     cloudevent = {

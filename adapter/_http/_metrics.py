@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["ACTIVE_WAITS", "BUS_CONNECTED", "PUBLISH_SECONDS", "RECONNECTS", "SENDS", "WAITS"]
+__all__ = [
+    "ACTIVE_WAITS",
+    "BUS_CONNECTED",
+    "PUBLISH_SECONDS",
+    "RECONNECTS",
+    "SENDS",
+    "UNMATCHED",
+    "WAITS",
+]
 
 SENDS = Counter(
     "customevent_sends",
@@ -19,6 +27,11 @@ WAITS = Counter(
     "customevent_http_waits",
     "HTTP waits ended, by outcome (event, deadline, interrupted, error).",
     ["outcome"],
+)
+UNMATCHED = Counter(
+    "customevent_wait_unmatched",
+    "Events that reached an HTTP wait with match= on its name but did not match it (counted "
+    "when the wait ends).",
 )
 ACTIVE_WAITS = Gauge("customevent_http_waits_active", "HTTP waits bound right now.")
 PUBLISH_SECONDS = Histogram(

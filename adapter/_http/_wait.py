@@ -30,13 +30,14 @@ from .._event import Event
 from .._exceptions import BusError, ClientStateError, InvalidInput, LimitExceeded, WaitConflict
 from .._names import Kind
 from ._gateway import BUS_RETRY_AFTER, Gateway, HttpError
-from ._metrics import ACTIVE_WAITS, WAITS
+from ._metrics import ACTIVE_WAITS, UNMATCHED, WAITS
 
 __all__ = ["HEARTBEAT_SECONDS", "WAIT_BOUND_HEADER", "WaitResponse", "parse_deadline", "scoped"]
 
 HEARTBEAT_SECONDS = 15.0
 WAIT_BOUND_HEADER = "x-customevent-wait"
 WAIT_BOUND = WAIT_BOUND_HEADER.encode()
+UNMATCHED_HEADER = b"x-customevent-unmatched"
 _STOPPING = "the daemon is shutting down; wait again (with the same wait_id to resume)"
 
 
@@ -100,8 +101,12 @@ class WaitResponse(Response):
         stream: bool,
         caller_key: str,
         cloudevent: bool = False,
+        match: dict[str, str] | None = None,
     ) -> None:
         super().__init__(status_code=200)
+        self._match = match
+        # Events on the name that did not carry the match, once the wait ended.
+        self._unmatched: int | None = None
         self._cloudevent = cloudevent
         self._gateway = gateway
         self._caller_key = caller_key
@@ -156,7 +161,11 @@ class WaitResponse(Response):
             raise _Interrupted("stopping")
         client = self._gateway.client
         expectation = client.expect(
-            self._kind, self._pattern, until=self._deadline, wait_id=self._wait_id
+            self._kind,
+            self._pattern,
+            until=self._deadline,
+            wait_id=self._wait_id,
+            match=self._match,
         )
         async with expectation as waiter:
             ACTIVE_WAITS.inc()
@@ -167,6 +176,9 @@ class WaitResponse(Response):
                 event = await self._race(waiter.get(), receive, send)
             finally:
                 ACTIVE_WAITS.dec()
+                if self._match is not None:
+                    self._unmatched = waiter.unmatched
+                    UNMATCHED.inc(waiter.unmatched)
         self._finished = True
         if event is None:
             WAITS.labels("deadline").inc()
@@ -184,6 +196,7 @@ class WaitResponse(Response):
                     "status": 200,
                     "event": event.to_json(),
                     "cloudevent": json.loads(to_structured_json(event)),
+                    **self._unmatched_member(),
                 }
                 await send({"type": "http.response.body", "body": _json(outcome)})
                 return
@@ -215,6 +228,9 @@ class WaitResponse(Response):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
+    def _unmatched_member(self) -> dict[str, int]:
+        return {} if self._unmatched is None else {"unmatched": self._unmatched}
+
     async def _start(
         self,
         send: Send,
@@ -223,6 +239,8 @@ class WaitResponse(Response):
         retry_after: int = BUS_RETRY_AFTER,
     ) -> None:
         headers = [(b"cache-control", b"no-store"), *headers]
+        if self._unmatched is not None:
+            headers.append((UNMATCHED_HEADER, str(self._unmatched).encode()))
         if status in (429, 503):
             headers.append((b"retry-after", str(retry_after).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -239,7 +257,7 @@ class WaitResponse(Response):
         if self._started:
             # Stream mode: the status line went out when the wait was bound; the outcome is in
             # the body.
-            outcome: dict[str, Any] = {"status": status}
+            outcome: dict[str, Any] = {"status": status, **self._unmatched_member()}
             if status == 200:
                 outcome["event"] = body
             elif body is not None:

@@ -160,9 +160,15 @@ class AmqpBus(Bus):
     # -- waiting ---------------------------------------------------------------------------
 
     def subscribe(
-        self, kind: Kind, pattern: str, deadline: datetime, *, wait_id: str | None = None
+        self,
+        kind: Kind,
+        pattern: str,
+        deadline: datetime,
+        *,
+        wait_id: str | None = None,
+        match: Mapping[str, str] | None = None,
     ) -> Subscription:
-        return self.waits.subscribe(kind, pattern, deadline, check_wait_id(wait_id))
+        return self.waits.subscribe(kind, pattern, deadline, check_wait_id(wait_id), match)
 
     def subscribe_group(
         self, group: str, kind: Kind, pattern: str, options: GroupOptions

@@ -21,7 +21,7 @@ import itertools
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -111,15 +111,14 @@ class _WaitQueue:
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         key = message.routing_key or ""
-        subs = self.subscriptions.matching(key)
-        if not subs:
+        if not self.subscriptions.binds(key):
             return
         try:
             event = decode(message, self.waits.policy).event
         except BadMessage as exc:
             refused("wait", self.name, exc)
             return
-        for sub in subs:
+        for sub in self.subscriptions.matching(key, event):
             sub.deliver(event)
 
     def _handle(self) -> AbstractRobustQueue:
@@ -190,8 +189,15 @@ async def _drop(queue: AbstractQueue, consumer_tag: str | None) -> None:
 
 
 class _AmqpSubscription(Subscription):
-    def __init__(self, waits: Waits, kind: Kind, pattern: str, deadline: datetime) -> None:
-        super().__init__(kind, pattern, deadline)
+    def __init__(
+        self,
+        waits: Waits,
+        kind: Kind,
+        pattern: str,
+        deadline: datetime,
+        match: Mapping[str, str] | None,
+    ) -> None:
+        super().__init__(kind, pattern, deadline, match)
         self.waits = waits
         self._wq: _WaitQueue | None = None
 
@@ -234,9 +240,15 @@ class _ResumableSubscription(Subscription):
     the deadline plus a grace, so events sent while the waiter is away wait for it."""
 
     def __init__(
-        self, waits: Waits, kind: Kind, pattern: str, deadline: datetime, wait_id: str
+        self,
+        waits: Waits,
+        kind: Kind,
+        pattern: str,
+        deadline: datetime,
+        wait_id: str,
+        match: Mapping[str, str] | None,
     ) -> None:
-        super().__init__(kind, pattern, deadline)
+        super().__init__(kind, pattern, deadline, match)
         self.waits = waits
         self.wait_id = wait_id
         self.queue_name = resumable_queue(waits.link.exchange, wait_id, self.binding_key)
@@ -294,10 +306,11 @@ class _ResumableSubscription(Subscription):
             refused("resumable", self.queue_name, exc)
             await _settle(message.ack())
             return
-        if self.deliver(event):
+        if self.offer(event):
             self._pending[event.event_id] = message
         else:
-            await _settle(message.ack())  # a copy of one it was handed already
+            # Not its own (its match), or a copy of one it was handed already.
+            await _settle(message.ack())
 
     def _take(self, event: Event) -> Event:
         message = self._pending.pop(event.event_id, None)
@@ -369,11 +382,16 @@ class Waits:
             self._channels.append(await self.link.new_channel())
 
     def subscribe(
-        self, kind: Kind, pattern: str, deadline: datetime, wait_id: str | None
+        self,
+        kind: Kind,
+        pattern: str,
+        deadline: datetime,
+        wait_id: str | None,
+        match: Mapping[str, str] | None = None,
     ) -> Subscription:
         if wait_id is not None:
-            return _ResumableSubscription(self, kind, pattern, deadline, wait_id)
-        return _AmqpSubscription(self, kind, pattern, deadline)
+            return _ResumableSubscription(self, kind, pattern, deadline, wait_id, match)
+        return _AmqpSubscription(self, kind, pattern, deadline, match)
 
     async def rebind(self) -> None:
         for wq in list(self._wait_queues.values()):
