@@ -26,11 +26,10 @@ from adapter._filters import (
     parse_filter_items,
     parse_filters,
 )
-from tests.support.webhooks import delete_group_queues, running
+from tests.support.groups import GROUPS, nothing, take
+from tests.support.webhooks import Receiver, delete_group_queues, running, serving
 from tests.support.webhooks import trigger as _trigger
 from tests.support.webhooks import until as _until
-from tests.test_groups import GROUPS, _nothing, _take
-from tests.test_triggers import Receiver, serving
 
 VM = Event("vm.created", "external", {"vm": "web-01", "env": "prod", "name": "prop"}, source="mqtt")
 
@@ -150,16 +149,16 @@ async def test_a_filtered_group_takes_its_events_and_acks_the_rest_uncounted_as_
     async with sub as deliveries:
         await client.send_custom_event(f"{unique_name}.a", {"env": "dev"}, event_id="dev-1")
         await client.send_custom_event(f"{unique_name}.b", {"env": "prod"}, event_id="prod-1")
-        delivery = await _take(deliveries)
+        delivery = await take(deliveries)
         assert delivery.event.event_id == "prod-1" and delivery.attempt == 1
         await delivery.ack()
-        await _nothing(deliveries, 1.0)  # the dev event is not retried
+        await nothing(deliveries, 1.0)  # the dev event is not retried
     assert sub.filtered == 1
     assert _filtered(group) == before + 1
     assert await client.dead_letters(group) == []
     # Acknowledged, not held back: a consumer without filters finds the group empty.
     async with client.subscribe(f"{unique_name}.*", group=group, dedup_window=0) as deliveries:
-        await _nothing(deliveries, 1.0)
+        await nothing(deliveries, 1.0)
 
 
 async def test_bad_filters_are_refused_before_the_group_is_made(

@@ -13,15 +13,13 @@ from adapter import (
     Client,
     ClientStateError,
     ConfigurationError,
-    Delivery,
     GroupSubscription,
     InvalidInput,
     PublishRejected,
     load_settings,
 )
 from adapter._bus.amqp._queues import group_queue
-
-GROUPS = {"retry_initial": 0.2, "retry_max": 0.4, "dedup_window": 60.0}
+from tests.support.groups import GROUPS, nothing, take
 
 
 @pytest.fixture
@@ -59,18 +57,6 @@ def _tag(test_name: str) -> str:
 @pytest.fixture
 def group(request: pytest.FixtureRequest) -> str:
     return f"{_tag(request.node.name)}-{uuid.uuid4().hex[:8]}"
-
-
-async def _take(sub: GroupSubscription, seconds: float = 10) -> Delivery:
-    async with asyncio.timeout(seconds):
-        async for delivery in sub:
-            return delivery
-    raise AssertionError("no delivery")
-
-
-async def _nothing(sub: GroupSubscription, seconds: float) -> None:
-    with pytest.raises(TimeoutError):
-        await _take(sub, seconds)
 
 
 async def test_each_event_goes_to_one_of_the_competing_consumers(
@@ -114,11 +100,11 @@ async def test_events_wait_in_the_group_while_no_consumer_runs(
         pass  # the group exists from now on
     assert (await groups_client.send_custom_event(unique_name, {"a": "1"})).routed
     async with groups_client.subscribe(unique_name, group=group) as sub:
-        delivery = await _take(sub)
+        delivery = await take(sub)
         assert delivery.event.properties == {"a": "1"}
         assert delivery.attempt == 1
         await delivery.ack()
-        await _nothing(sub, 0.5)
+        await nothing(sub, 0.5)
 
 
 async def test_a_retry_comes_back_after_a_backoff_as_the_next_attempt(
@@ -126,17 +112,17 @@ async def test_a_retry_comes_back_after_a_backoff_as_the_next_attempt(
 ) -> None:
     async with groups_client.subscribe(unique_name, group=group) as sub:
         await groups_client.send_custom_event(unique_name, {"a": "1"}, event_id=f"{group}-e1")
-        first = await _take(sub)
+        first = await take(sub)
         loop = asyncio.get_running_loop()
         retried_at = loop.time()
         await first.retry("flaky")
-        second = await _take(sub)
+        second = await take(sub)
         assert loop.time() - retried_at >= 0.15  # the backoff, kept by the bus
         assert (second.event.event_id, second.attempt) == (f"{group}-e1", 2)
         assert second.event.properties == {"a": "1"}
         assert second.event.name == unique_name
         await second.ack()
-        await _nothing(sub, 0.8)
+        await nothing(sub, 0.8)
 
 
 async def test_after_max_attempts_a_retry_is_a_dead_letter_and_replay_brings_it_back(
@@ -145,11 +131,11 @@ async def test_after_max_attempts_a_retry_is_a_dead_letter_and_replay_brings_it_
     client = groups_client
     async with client.subscribe(unique_name, group=group, max_attempts=2) as sub:
         await client.send_custom_event(unique_name, {"a": "1"}, event_id=f"{group}-e2")
-        await (await _take(sub)).retry("first failure")
-        second = await _take(sub)
+        await (await take(sub)).retry("first failure")
+        second = await take(sub)
         assert second.attempt == 2
         await second.retry("second failure")
-        await _nothing(sub, 0.8)
+        await nothing(sub, 0.8)
         dead = await client.dead_letters(group)
         assert len(dead) == 1
         letter = dead[0]
@@ -161,7 +147,7 @@ async def test_after_max_attempts_a_retry_is_a_dead_letter_and_replay_brings_it_
         assert len(await client.dead_letters(group)) == 1  # listing leaves them there
         assert await client.replay(group, event_id="another") == 0
         assert await client.replay(group) == 1
-        again = await _take(sub)
+        again = await take(sub)
         assert (again.event.event_id, again.attempt) == (f"{group}-e2", 1)
         await again.ack()
     assert await client.dead_letters(group) == []
@@ -172,7 +158,7 @@ async def test_dead_letter_at_once_with_the_reason(
 ) -> None:
     async with groups_client.subscribe(unique_name, group=group) as sub:
         await groups_client.send_custom_event(unique_name, event_id=f"{group}-e3")
-        delivery = await _take(sub)
+        delivery = await take(sub)
         await delivery.dead_letter("no such VM")
         with pytest.raises(ClientStateError, match="already settled"):
             await delivery.ack()
@@ -188,11 +174,11 @@ async def test_what_a_leaving_consumer_did_not_settle_is_delivered_again(
     client = groups_client
     async with client.subscribe(unique_name, group=group, dedup_window=0) as sub:
         await client.send_custom_event(unique_name, {"a": "1"}, event_id=f"{group}-e4")
-        taken = await _take(sub)
+        taken = await take(sub)
         assert taken.attempt == 1
         # It leaves without settling, as a crashed consumer does.
     async with client.subscribe(unique_name, group=group, dedup_window=0) as sub:
-        again = await _take(sub)
+        again = await take(sub)
         assert again.event.event_id == f"{group}-e4"
         assert again.attempt == 2
         await again.ack()
@@ -213,7 +199,7 @@ async def test_an_event_id_sent_four_times_is_handled_once(
         for sub in (first, second):
             try:
                 while True:
-                    delivery = await _take(sub, 1.5)
+                    delivery = await take(sub, 1.5)
                     taken.append(delivery.event.event_id)
                     await delivery.ack()
             except TimeoutError:
@@ -221,7 +207,7 @@ async def test_an_event_id_sent_four_times_is_handled_once(
         assert sorted(taken) == [f"{group}-other", f"{group}-same"]
         # Later copies within the window are acknowledged without being handed out.
         await client.send_custom_event(unique_name, {"a": "1"}, event_id=f"{group}-same")
-        await _nothing(first, 0.8)
+        await nothing(first, 0.8)
 
 
 async def test_a_deduplicating_group_has_one_active_consumer_and_a_standby(
@@ -235,15 +221,15 @@ async def test_a_deduplicating_group_has_one_active_consumer_and_a_standby(
             for n in range(3):
                 await client.send_custom_event(unique_name, {"n": str(n)})
             for _ in range(3):
-                await (await _take(active)).ack()
-            await _nothing(standby, 0.5)
+                await (await take(active)).ack()
+            await nothing(standby, 0.5)
         except BaseException:
             await standby.__aexit__(None, None, None)
             raise
     try:
         # The active one left: the standby takes over.
         await client.send_custom_event(unique_name, {"n": "after"})
-        delivery = await _take(standby)
+        delivery = await take(standby)
         assert delivery.event.properties == {"n": "after"}
         await delivery.ack()
     finally:
@@ -295,10 +281,10 @@ async def test_the_dedup_window_forgets(bus_kind: str, request: pytest.FixtureRe
     try:
         async with Client(settings) as client, client.subscribe(name, group=group) as sub:
             await client.send_custom_event(name, event_id=f"{group}-w")
-            await (await _take(sub)).ack()
+            await (await take(sub)).ack()
             await asyncio.sleep(0.7)
             await client.send_custom_event(name, event_id=f"{group}-w")
-            late = await _take(sub)  # past the window: handed out again
+            late = await take(sub)  # past the window: handed out again
             assert late.event.event_id == f"{group}-w"
             await late.ack()
     finally:

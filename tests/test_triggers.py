@@ -8,78 +8,33 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from cloudevents.core.bindings import http as ce_http
 from standardwebhooks import Webhook
-from starlette.requests import Request
-from starlette.responses import Response
 
 from adapter import Client, ConfigurationError, load_settings
 from adapter._bus.amqp._queues import dead_queue, group_queue
 from adapter._triggers import attributes_id
-from adapter.testing import free_port
 from tests.support.processes import Daemon
-from tests.support.webhooks import SECRET, delete_group_queues, running, serving_example
+from tests.support.webhooks import (
+    SECRET,
+    Receiver,
+    delete_group_queues,
+    running,
+    serving,
+    serving_example,
+)
 from tests.support.webhooks import trigger as _trigger
 from tests.support.webhooks import until as _until
-
-
-@dataclass
-class Receiver:
-    """An HTTP service that records what it is sent and answers as ``answer`` says."""
-
-    answer: Callable[[int], tuple[int, dict[str, str]]] = lambda n: (204, {})
-    delay: float = 0.0
-    received: list[tuple[float, dict[str, str], bytes]] = field(default_factory=list)
-    url: str = ""
-
-    async def app(self, scope: Any, receive: Any, send: Any) -> None:
-        request = Request(scope, receive)
-        body = await request.body()
-        self.received.append((time.monotonic(), dict(request.headers), body))
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        status, headers = self.answer(len(self.received))
-        await Response(status_code=status, headers=headers)(scope, receive, send)
-
-    def events(self) -> list[Any]:
-        return [ce_http.from_http_event(ce_http.HTTPMessage(h, b)) for _, h, b in self.received]
-
-
-@contextlib.asynccontextmanager
-async def serving(receiver: Receiver) -> AsyncIterator[Receiver]:
-    port = free_port()
-    config = uvicorn.Config(
-        receiver.app,
-        host="127.0.0.1",
-        port=port,
-        log_config=None,
-        lifespan="off",
-        interface="asgi3",
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    receiver.url = f"http://127.0.0.1:{port}/hook"
-    try:
-        yield receiver
-    finally:
-        server.should_exit = True
-        await task
 
 
 @pytest.fixture

@@ -11,9 +11,15 @@ import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+import uvicorn
+from cloudevents.core.bindings import http as ce_http
+from starlette.requests import Request
+from starlette.responses import Response
 
 from adapter import Client, load_settings
 from adapter._bus.amqp._queues import group_queue
@@ -79,3 +85,48 @@ def serving_example(handled: list[tuple[str, str, dict[str, str]]]) -> Iterator[
     finally:
         server.shutdown()
         thread.join(10)
+
+
+@dataclass
+class Receiver:
+    """An HTTP service that records what it is sent and answers as ``answer`` says."""
+
+    answer: Callable[[int], tuple[int, dict[str, str]]] = lambda n: (204, {})
+    delay: float = 0.0
+    received: list[tuple[float, dict[str, str], bytes]] = field(default_factory=list)
+    url: str = ""
+
+    async def app(self, scope: Any, receive: Any, send: Any) -> None:
+        request = Request(scope, receive)
+        body = await request.body()
+        self.received.append((time.monotonic(), dict(request.headers), body))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        status, headers = self.answer(len(self.received))
+        await Response(status_code=status, headers=headers)(scope, receive, send)
+
+    def events(self) -> list[Any]:
+        return [ce_http.from_http_event(ce_http.HTTPMessage(h, b)) for _, h, b in self.received]
+
+
+@contextlib.asynccontextmanager
+async def serving(receiver: Receiver) -> AsyncIterator[Receiver]:
+    port = free_port()
+    config = uvicorn.Config(
+        receiver.app,
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        lifespan="off",
+        interface="asgi3",
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    receiver.url = f"http://127.0.0.1:{port}/hook"
+    try:
+        yield receiver
+    finally:
+        server.should_exit = True
+        await task
