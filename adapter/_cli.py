@@ -23,8 +23,8 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn, TextIO
 
 from ._bus import Bus, check_wait_id
-from ._bus._base import seconds_until
-from ._client import Client, check_retain, make_bus, parse_deadline_text, parse_duration_text
+from ._bus._base import BROKER_SCHEMES, DAEMON_SCHEMES, seconds_until
+from ._client import Client, make_bus
 from ._cloudevents import to_structured_json
 from ._event import Event
 from ._exceptions import (
@@ -42,6 +42,7 @@ from ._names import validate_kind, validate_pattern
 from ._properties import parse_properties
 from ._secrets import hash_secret, hash_token
 from ._settings import Settings, load_settings
+from ._times import check_retain, parse_deadline_text, parse_duration_text
 from ._version import __version__
 
 __all__ = ["main", "parse_until", "shown_text", "subcommands"]
@@ -284,9 +285,10 @@ def _bus_for(args: argparse.Namespace, settings: Settings) -> tuple[Bus, str]:
     and what chose it, for the user."""
     if args.url:
         url, origin = args.url, "--url"
-        if not url.startswith(("amqp://", "amqps://", "http://", "https://")):
+        schemes = (*BROKER_SCHEMES, *DAEMON_SCHEMES)
+        if not url.startswith(tuple(f"{scheme}://" for scheme in schemes)):
             raise ConfigurationError(
-                f"--url must be amqp://, amqps://, http:// or https://, not {url!r}"
+                f"--url must be {', '.join(f'{scheme}://' for scheme in schemes)}, not {url!r}"
             )
     elif settings.amqp.url:
         url = settings.amqp.url
@@ -342,10 +344,7 @@ async def _send(args: argparse.Namespace) -> int:
     )
     retain = None
     if args.retain is not None:
-        try:
-            retain = parse_duration_text(args.retain, "--retain")
-        except OverflowError:
-            raise InvalidInput(f"--retain {args.retain!r} is too long") from None
+        retain = parse_duration_text(args.retain, "--retain")
         check_retain(retain, settings.amqp.max_retain)
     async with client:
         result = await client.send_event(event, retain=retain)
@@ -471,10 +470,7 @@ async def _listen(args: argparse.Namespace) -> int:
     validate_pattern(args.pattern)
     check_group_name(args.group)
     filters = parse_filter_items(args.filter)
-    try:
-        timeout = parse_duration_text(args.timeout, "--timeout").total_seconds()
-    except OverflowError:
-        raise InvalidInput(f"--timeout {args.timeout!r} is too long") from None
+    timeout = parse_duration_text(args.timeout, "--timeout").total_seconds()
     if timeout <= 0:
         raise InvalidInput("--timeout must be longer than 0s")
     command: list[str] = args.run

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 from collections.abc import Generator, Mapping
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
 from ._bus import Bus, MemoryBus, Subscription
-from ._bus._base import seconds_until
+from ._bus._base import BUS_SCHEMES, DAEMON_SCHEMES, seconds_until
 from ._event import Event, SendResult, check_event_id
 from ._exceptions import (
     BusUnavailable,
     ClientStateError,
     ConfigurationError,
-    InvalidDeadline,
     InvalidInput,
 )
 from ._filters import EventFilter, FilteredSubscription, parse_filters
@@ -26,112 +24,22 @@ from ._match import check_match
 from ._names import Kind, validate_kind, validate_name, validate_pattern
 from ._properties import check_limits, check_properties, parse_properties
 from ._settings import Settings, load_settings
+from ._times import check_retain, resolve_deadline
 
 __all__ = [
     "Client",
     "Expectation",
-    "check_retain",
     "make_bus",
-    "parse_deadline_text",
-    "parse_duration_text",
-    "resolve_deadline",
 ]
 
 
-def resolve_deadline(until: datetime | timedelta) -> datetime:
-    """An aware UTC deadline from an aware datetime or a timedelta from now; ``InvalidDeadline``
-    for one that UTC cannot hold (past the year 9999, or before the year 1, once its offset is
-    applied)."""
-    if isinstance(until, timedelta):
-        try:
-            return datetime.now(UTC) + until
-        except OverflowError:
-            raise InvalidDeadline(f"{until} from now is past the year 9999") from None
-    if isinstance(until, datetime):
-        if until.tzinfo is None or until.utcoffset() is None:
-            raise InvalidDeadline(
-                f"{until.isoformat()} has no time zone; give an aware datetime or a timedelta"
-            )
-        try:
-            return until.astimezone(UTC)
-        except OverflowError:
-            raise InvalidDeadline(
-                f"{until.isoformat()} is outside the years 1 to 9999 once in UTC"
-            ) from None
-    raise InvalidDeadline(f"until must be a datetime or a timedelta, not {type(until).__name__}")
-
-
-_DURATION = re.compile(r"(?P<value>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h|d)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 # A bind still in flight at the deadline gets this long to finish: the round trip to a daemon or
 # a broker that answers, not the wait for one that does not.
 _BIND_MARGIN = 1.0
-_SECONDS = re.compile(r"\d+(?:\.\d+)?")
-
-
-def parse_duration_text(text: str, what: str = "the duration") -> timedelta:
-    """A duration from text: ``30s``, ``5m``, ``1h30m``, ``250ms``, ``2d``; a bare number is
-    seconds. ``what`` names the option or parameter in the error; ``OverflowError`` for one
-    too long for a ``timedelta``."""
-    text = text.strip()
-    if _SECONDS.fullmatch(text):
-        text += "s"  # a bare number is seconds, in the CLI as over HTTP
-    if text.startswith("-"):
-        raise InvalidInput(f"{what} {text!r} is negative")
-    if not (text and _DURATION.sub("", text) == "" and _DURATION.match(text)):
-        raise InvalidInput(f"{what} {text!r} is not a duration (30s, 5m, 1h)")
-    seconds = sum(float(m["value"]) * _UNITS[m["unit"]] for m in _DURATION.finditer(text))
-    return timedelta(seconds=seconds)  # OverflowError past 999999999 days: the caller's words
-
-
-def parse_deadline_text(text: str, what: str = "the deadline") -> datetime:
-    """A deadline from text: a duration (``30s``, ``5m``, ``1h30m``, ``250ms``; a bare number is
-    seconds) from now, or an RFC 3339 time with a zone. ``what`` names the option or parameter in
-    the error."""
-    text = text.strip()
-    if text.startswith("-"):
-        raise InvalidInput(f"{what} {text!r} is negative: give a duration from now or a time")
-    if _SECONDS.fullmatch(text) or (_DURATION.match(text) and _DURATION.sub("", text) == ""):
-        try:
-            return datetime.now(UTC) + parse_duration_text(text, what)
-        except OverflowError:
-            raise InvalidInput(f"{what} {text!r} is too far in the future") from None
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise InvalidInput(
-            f"{what} {text!r} is neither a duration (30s, 5m, 1h) nor an RFC 3339 time "
-            "(2026-01-02T15:04:05Z)"
-        ) from None
-    if moment.tzinfo is None:
-        raise InvalidInput(f"{what} {text!r} has no time zone offset (add Z or +01:00)")
-    try:
-        return resolve_deadline(moment)
-    except InvalidDeadline:
-        raise InvalidDeadline(
-            f"{what} {text!r} is outside the years 1 to 9999 once in UTC"
-        ) from None
-
-
-def check_retain(retain: timedelta | None, max_retain: float) -> timedelta | None:
-    """A send's ``retain``: None, or a positive ``timedelta`` of at most ``amqp.max_retain``."""
-    if retain is None:
-        return None
-    if not isinstance(retain, timedelta):
-        raise InvalidInput(f"retain must be a timedelta, not {type(retain).__name__}")
-    seconds = retain.total_seconds()
-    if seconds <= 0:
-        raise InvalidInput(f"retain must be positive, not {seconds:g}s")
-    if seconds > max_retain:
-        raise InvalidInput(f"retain {seconds:g}s is longer than amqp.max_retain ({max_retain:g}s)")
-    return retain
-
-
-_BUS_SCHEMES = ("amqp://", "amqps://", "http://", "https://", "memory://")
 
 
 def _check_bus_url(url: str) -> str:
-    if not url.startswith(_BUS_SCHEMES):
+    if not url.startswith(tuple(f"{scheme}://" for scheme in BUS_SCHEMES)):
         raise ConfigurationError(
             "a bus URL is amqp://, amqps:// (RabbitMQ), http://, https:// (a bridge daemon) or "
             f"memory:// (in-process), not {url.split(':')[0]!r}"
@@ -139,20 +47,24 @@ def _check_bus_url(url: str) -> str:
     return url
 
 
+def _scheme(url: str | None) -> str:
+    return (url or "").partition("://")[0].lower() if "://" in (url or "") else ""
+
+
 def make_bus(settings: Settings, url: str | None = None, *, token: str | None = None) -> Bus:
     """The bus for ``url``: ``amqp(s)://`` RabbitMQ, ``http(s)://`` a bridge daemon (``token``
     a bearer token, default ``$CUSTOMEVENT_TOKEN``), ``memory://`` in-process. Without a URL, the
     bus the settings ask for: RabbitMQ when ``amqp.url`` is set, else in-process."""
     url = _check_bus_url(url) if url is not None else settings.amqp.url
-    if token is not None and not (url or "").startswith(("http://", "https://")):
+    if token is not None and _scheme(url) not in DAEMON_SCHEMES:
         raise ConfigurationError("a token is for a bridge daemon: give an http(s):// URL with it")
-    if url is None or url.startswith("memory://"):
+    if url is None or _scheme(url) == "memory":
         return MemoryBus(
             wait_grace=settings.amqp.wait_grace,
             limits=settings.limits,
             max_retained_names=settings.amqp.max_retained_names,
         )
-    if url.startswith(("http://", "https://")):
+    if _scheme(url) in DAEMON_SCHEMES:
         from ._bus._http import HttpBus
 
         if token is None:

@@ -44,6 +44,7 @@ from ._properties import (
     check_properties,
     loads_json_object,
 )
+from ._times import in_utc
 
 __all__ = [
     "BATCH_CONTENT_TYPE",
@@ -61,7 +62,6 @@ __all__ = [
     "from_cloudevent",
     "from_http",
     "from_structured",
-    "parse_time",
     "to_cloudevent",
     "to_http",
     "to_structured_json",
@@ -78,27 +78,6 @@ Mode = Literal["binary", "structured"]
 
 _FORMAT = JSONFormat()
 _JSON_MEDIA = re.compile(r"^(application|text)/([a-z0-9\-.]+\+)?json\s*(;.*)?$", re.IGNORECASE)
-
-
-def parse_time(text: str) -> datetime:
-    """An RFC 3339 time (a CloudEvent's ``time``) as an aware datetime; ``ValueError`` if not,
-    or if UTC cannot hold it."""
-    moment = datetime.fromisoformat(text.strip().replace("z", "Z"))
-    if moment.tzinfo is None:
-        raise ValueError(f"time {text!r} has no zone offset")
-    _in_utc(moment)
-    return moment
-
-
-def _in_utc(moment: datetime) -> datetime:
-    """``moment`` in UTC; ``ValueError`` when its offset takes it past the year 9999 or before
-    the year 1 (``9999-12-31T23:59:59-14:00``), which ``astimezone`` reports as an overflow."""
-    try:
-        return moment.astimezone(UTC)
-    except OverflowError:
-        raise ValueError(
-            f"time {moment.isoformat()} is outside the years 1 to 9999 once in UTC"
-        ) from None
 
 
 # -- event -> CloudEvent ------------------------------------------------------------------------
@@ -197,7 +176,7 @@ def from_cloudevent(
     elif not isinstance(moment, datetime) or moment.tzinfo is None:
         raise InvalidInput("CloudEvent time must be an RFC 3339 time with a zone offset")
     try:
-        moment = _in_utc(moment)
+        moment = in_utc(moment)
     except ValueError as exc:
         raise InvalidInput(f"CloudEvent {exc}") from None
     content_type = attributes.pop("datacontenttype", None)

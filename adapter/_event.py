@@ -14,6 +14,7 @@ from typing import Any, Final, Literal
 from ._exceptions import InvalidInput
 from ._names import Kind, validate_kind, validate_name
 from ._properties import check_properties
+from ._times import parse_rfc3339
 
 __all__ = [
     "MAX_ATTRIBUTES",
@@ -137,7 +138,7 @@ class Event:
                 kind=validate_kind(data["kind"]),
                 properties=check_properties(data["properties"]),
                 event_id=str(data["event_id"]),
-                sent_at=datetime.fromisoformat(data["sent_at"]),
+                sent_at=parse_rfc3339(data["sent_at"]),
                 source=str(data.get("source") or "http"),
                 principal=data.get("principal"),
                 cloudevent_attributes=check_cloudevent_attributes(

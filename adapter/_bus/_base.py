@@ -19,6 +19,9 @@ from .._groups import DeadLetter, GroupOptions, GroupSubscription
 from .._names import Kind, pattern_matches
 
 __all__ = [
+    "BROKER_SCHEMES",
+    "BUS_SCHEMES",
+    "DAEMON_SCHEMES",
     "Bus",
     "RefusedMessage",
     "ResumableWaits",
@@ -27,6 +30,11 @@ __all__ = [
     "check_wait_id",
     "seconds_until",
 ]
+
+# The one list of bus URL schemes: RabbitMQ, a bridge daemon (HttpBus), the in-process bus.
+BROKER_SCHEMES = ("amqp", "amqps")
+DAEMON_SCHEMES = ("http", "https")
+BUS_SCHEMES = (*BROKER_SCHEMES, *DAEMON_SCHEMES, "memory")
 
 MAX_WAIT_ID = 128
 _WAIT_ID = re.compile(r"[A-Za-z0-9_.:-]+")

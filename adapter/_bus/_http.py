@@ -33,7 +33,7 @@ from .._exceptions import (
 )
 from .._groups import DeadLetter, GroupOptions, GroupSubscription
 from .._names import Kind, validate_kind, validate_name
-from ._base import Bus, Subscription, check_wait_id
+from ._base import DAEMON_SCHEMES, Bus, Subscription, check_wait_id
 
 __all__ = ["HttpBus"]
 
@@ -48,7 +48,7 @@ _BOUND_HEADER = "x-customevent-wait"
 def _split_credentials(url: str) -> tuple[str, httpx.BasicAuth | None]:
     """The URL without its userinfo (safe to show), and Basic credentials from the userinfo."""
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if parts.scheme not in DAEMON_SCHEMES or not parts.hostname:
         raise InvalidInput(
             f"the daemon URL must be http(s)://[user:password@]host:port, not {url!r}"
         )

@@ -14,7 +14,7 @@ from urllib.parse import unquote_to_bytes
 
 from starlette.requests import ClientDisconnect, Request
 
-from .._client import Client, parse_duration_text
+from .._client import Client
 from .._event import Event, SendResult
 from .._exceptions import (
     BusError,
@@ -25,6 +25,7 @@ from .._exceptions import (
 )
 from .._names import validate_name, validate_pattern
 from .._settings import Settings
+from .._times import parse_duration_text
 from ._auth import (
     CHALLENGE,
     AuthenticationBusy,
@@ -329,8 +330,6 @@ def retain_parameter(text: str | None) -> timedelta | None:
         return parse_duration_text(text, "retain")
     except InvalidInput as exc:
         raise HttpError(400, str(exc)) from None
-    except OverflowError:
-        raise HttpError(400, f"retain {text!r} is too long") from None
 
 
 def caller_key(request: Request, caller: Caller) -> str:

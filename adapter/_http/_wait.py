@@ -24,11 +24,11 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from .._bus import check_wait_id
-from .._client import parse_deadline_text
 from .._cloudevents import STRUCTURED_CONTENT_TYPE, to_structured_json
 from .._event import Event
 from .._exceptions import BusError, ClientStateError, InvalidInput, LimitExceeded, WaitConflict
 from .._names import Kind
+from .._times import parse_deadline_text
 from ._gateway import BUS_RETRY_AFTER, Gateway, HttpError
 from ._metrics import ACTIVE_WAITS, UNMATCHED, WAITS
 

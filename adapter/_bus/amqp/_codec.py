@@ -41,7 +41,6 @@ from ..._cloudevents import (
     SPECVERSION,
     check_cloudevent_attributes,
     cloudevent_attributes,
-    parse_time,
 )
 from ..._event import SOURCES, Event, check_event_id
 from ..._exceptions import AdapterError
@@ -53,6 +52,7 @@ from ..._properties import (
     loads_json_object,
     string_object,
 )
+from ..._times import parse_rfc3339
 
 __all__ = [
     "H_ORIGINAL_ROUTING_KEY",
@@ -191,7 +191,7 @@ def read_rabbitmq_headers(headers: Mapping[str, Any], source: str | None) -> Rab
     moment = None
     if time_text is not None:
         try:
-            moment = parse_time(time_text).astimezone(UTC)
+            moment = parse_rfc3339(time_text).astimezone(UTC)
         except (ValueError, OverflowError):
             raise BadMessage(f"ce-time {time_text[:40]!r} is not an RFC 3339 time") from None
     ce_source = found.pop("source", None)

@@ -45,6 +45,7 @@ from ..._groups import (
     dedup_key,
 )
 from ..._names import Kind, routing_key
+from ..._times import parse_rfc3339
 from ._codec import H_ORIGINAL_ROUTING_KEY, BadMessage, Decoded, Policy, decode, message_headers
 from ._link import BrokerLink
 from ._metrics import refused
@@ -88,9 +89,8 @@ def _time(value: object) -> datetime | None:
     text = _text(value)
     if text is None:
         return None
-    with contextlib.suppress(ValueError, OverflowError):
-        moment = datetime.fromisoformat(text)
-        return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    with contextlib.suppress(ValueError):
+        return parse_rfc3339(text)
     return None
 
 
