@@ -29,7 +29,7 @@ from adapter._bus.amqp._queues import dead_queue, group_queue, registry_queue, r
 from adapter._exceptions import edge_of
 from adapter.testing import memory_client
 
-GROUPS = {"retry_initial": 0.2, "retry_max": 0.4, "dedup_window": 0.0}
+GROUPS = {"retry_initial": 0.2, "retry_max": 5.0, "dedup_window": 0.0}
 
 
 @pytest.fixture
@@ -78,9 +78,9 @@ async def _take(sub: GroupSubscription, seconds: float = 10) -> Delivery:
     raise AssertionError("no delivery")
 
 
-async def _eventually(check: object, seconds: float = 10) -> None:
+async def _depth_reaches(client: Client, group: str, depth: int, seconds: float = 10) -> None:
     async with asyncio.timeout(seconds):
-        while not await check():  # type: ignore[operator]
+        while (await client.group_info(group)).depth != depth:
             await asyncio.sleep(0.05)
 
 
@@ -96,11 +96,7 @@ async def test_a_group_is_listed_with_its_bindings_depth_consumers_and_dead_lett
         assert (info.consumers, info.dead_letters) == (1, 1)
     for n in range(3):
         await client.send_custom_event(unique_name, event_id=f"w{n}")
-
-    async def three_waiting() -> bool:
-        return (await client.group_info("orders")).depth == 3
-
-    await _eventually(three_waiting)
+    await _depth_reaches(client, "orders", 3)
     info = await client.group_info("orders")
     assert (info.depth, info.consumers, info.dead_letters) == (3, 0, 1)
     assert info.to_json() == {
@@ -121,11 +117,7 @@ async def test_purge_drops_what_waits_and_dead_purge_the_dead_letters(
         await (await _take(sub)).dead_letter("gone")
     for n in range(4):
         await client.send_custom_event(unique_name, event_id=f"w{n}")
-
-    async def four_waiting() -> bool:
-        return (await client.group_info("p")).depth == 4
-
-    await _eventually(four_waiting)
+    await _depth_reaches(client, "p", 4)
     assert await client.purge_group("p") == 4
     assert (await client.group_info("p")).depth == 0
     assert await client.purge_dead_letters("p") == 1
@@ -134,6 +126,19 @@ async def test_purge_drops_what_waits_and_dead_purge_the_dead_letters(
     async with client.subscribe(unique_name, group="p") as sub:  # the group still works
         await client.send_custom_event(unique_name, event_id="after")
         assert (await _take(sub)).event.event_id == "after"
+
+
+async def test_purge_drops_the_deliveries_waiting_for_a_retry_too(
+    admin_client: Client, unique_name: str
+) -> None:
+    client = admin_client
+    async with client.subscribe(unique_name, group="r", prefetch=1) as sub:
+        await client.send_custom_event(unique_name, event_id="later")
+        await (await _take(sub)).retry("busy", at_least=3)  # 3.2 s in a retry queue
+        assert await client.purge_group("r") == 1
+        with pytest.raises(TimeoutError):
+            await _take(sub, 4.5)
+    assert await client.dead_letters("r") == []
 
 
 async def test_delete_refuses_while_consumers_are_attached_unless_forced(
