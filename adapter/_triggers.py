@@ -378,6 +378,7 @@ class Triggers:
         self._runners = [_Runner(trigger, client, clock) for trigger in settings.triggers]
         self._tasks: list[asyncio.Task[None]] = []
         self._gauge_seconds = gauge_seconds
+        self._stopping = asyncio.Event()
 
     async def __aenter__(self) -> Self:
         for runner in self._runners:
@@ -398,7 +399,10 @@ class Triggers:
     async def _gauges(self) -> None:
         """Keep the depth and dead-letter gauges of the triggers' groups; a group that cannot
         be read now (the broker away, not joined yet) keeps its last values."""
-        while True:
+        # Ends on ``_stopping`` as well as on a cancel: a cancel that lands inside a broker call
+        # can be swallowed by the AMQP client (seen: the task left "cancelling" in its sleep,
+        # and the daemon's exit waiting on it for good).
+        while not self._stopping.is_set():
             for runner in self._runners:
                 name = runner.trigger.name
                 try:
@@ -408,7 +412,8 @@ class Triggers:
                     continue
                 GROUP_DEPTH.labels(name).set(info.depth)
                 GROUP_DEAD_LETTERS.labels(name).set(info.dead_letters)
-            await asyncio.sleep(self._gauge_seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._gauge_seconds)
 
     async def _supervise(self, runner: _Runner) -> None:
         # A bug in one trigger must not end the others, nor go unnoticed.
@@ -425,6 +430,7 @@ class Triggers:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._stopping.set()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
