@@ -323,6 +323,9 @@ async def test_trigger_metrics_and_readiness(amqp_url: str, group: str, unique_n
     assert f'customevent_trigger_running{{trigger="{group}"}} 1.0' in text
     assert f'customevent_trigger_in_flight{{trigger="{group}"}} 0.0' in text
     assert f'customevent_trigger_seconds_count{{trigger="{group}"}} 2.0' in text
+    # The gauges of the trigger's group, read when it joined: nothing waits, nothing is dead.
+    assert f'customevent_group_depth{{group="{group}"}} 0.0' in text
+    assert f'customevent_group_dead_letters{{group="{group}"}} 0.0' in text
 
 
 def test_a_trigger_needs_whsec_secrets_and_a_readable_file(tmp_path: Path) -> None:
