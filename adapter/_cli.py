@@ -1,7 +1,9 @@
-"""The ``customevent`` command: serve, send, wait, listen, dead, hash-secret.
+"""The ``customevent`` command: serve, send, wait, listen, group, dead, hash-secret.
 
 Exit codes: 0 done; 2 ``wait`` reached its deadline with nothing received; 64 bad usage or input;
-69 the bus or daemon is unavailable; 77 the broker or daemon refused the credentials; 78 bad
+66 no such group, or no dead letter of the event named; 69 the bus or daemon is unavailable; 75
+``group delete`` refused while consumers are attached (``--force``); 77 the broker or daemon
+refused the credentials; 78 bad
 configuration, or ``serve`` cannot listen on ``http.host:http.port`` (a port in use: choose
 another with ``http.port`` or ``CUSTOMEVENT_HTTP__PORT``); 130 interrupted (Ctrl-C); 1 anything
 else.
@@ -35,7 +37,7 @@ from ._exceptions import (
     edge_of,
 )
 from ._filters import parse_filter_items
-from ._groups import check_group_name
+from ._groups import GroupInfo, check_group_name
 from ._listen import listen
 from ._match import parse_match_items
 from ._names import validate_kind, validate_pattern
@@ -51,7 +53,9 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_DEADLINE = 2
 EXIT_USAGE = 64
+EXIT_NOINPUT = 66  # no such group, no such dead letter (NotFound)
 EXIT_UNAVAILABLE = 69
+EXIT_TEMPFAIL = 75  # group delete while consumers are attached (GroupInUse)
 EXIT_NOPERM = 77
 EXIT_CONFIG = 78
 EXIT_INTERRUPTED = 130
@@ -250,6 +254,52 @@ def _build_parser() -> argparse.ArgumentParser:
     dead_replay.add_argument("group", help="the group's name")
     dead_replay.add_argument("--event-id", help="replay only the dead letter of this event")
     bus_options(dead_replay, kind=False)
+    dead_purge = dead_commands.add_parser(
+        "purge",
+        help="drop the group's dead letters",
+        description="Drop every dead letter of the group; print how many.",
+    )
+    dead_purge.add_argument("group", help="the group's name")
+    bus_options(dead_purge, kind=False)
+
+    grouping = commands.add_parser(
+        "group",
+        help="list, purge or delete groups",
+        description="The groups on the bus (durable queues that listen, the daemon's triggers "
+        "and library subscribers share): list them, drop the events waiting in one, or delete "
+        "one with its retries and dead letters. Needs RabbitMQ (amqp.url or --url amqp://...).",
+    )
+    group_commands = grouping.add_subparsers(
+        dest="group_command", metavar="ACTION", parser_class=_Parser
+    )
+    group_commands.required = True
+    group_list = group_commands.add_parser(
+        "list",
+        help="print each group: name, bindings, depth, consumers, dead letters",
+        description="Print each group the bridge knows of (its registry of groups, and the "
+        "triggers of the settings): name, bindings (kind.pattern), depth (events waiting), "
+        "consumers attached and dead letters; with --json one JSON object a line.",
+    )
+    bus_options(group_list, kind=False)
+    group_purge = group_commands.add_parser(
+        "purge",
+        help="drop the events waiting in a group",
+        description="Drop the events waiting in the group, and those waiting for a retry; "
+        "deliveries out with a consumer are not touched. Print how many.",
+    )
+    group_purge.add_argument("group", help="the group's name")
+    bus_options(group_purge, kind=False)
+    group_delete = group_commands.add_parser(
+        "delete",
+        help="delete a group with its retries and dead letters",
+        description="Delete the group's queue, its retry queues and its dead letters. Refused "
+        "(exit 75) while consumers are attached, unless --force, which cuts them off.",
+    )
+    group_delete.add_argument("group", help="the group's name")
+    group_delete.add_argument(
+        "--force", action="store_true", help="delete it even while consumers are attached"
+    )
+    bus_options(group_delete, kind=False)
 
     hashing = commands.add_parser(
         "hash-secret",
@@ -513,6 +563,10 @@ async def _dead(args: argparse.Namespace) -> int:
     bus, _ = _bus_for(args, settings)
     group = check_group_name(args.group)
     async with Client(settings, bus=bus) as client:
+        if args.dead_command == "purge":
+            dropped = await client.purge_dead_letters(group)
+            _say(args, {"purged": dropped}, f"dropped {dropped} dead letter(s) of group {group!r}")
+            return EXIT_OK
         if args.dead_command == "list":
             for letter in await client.dead_letters(group):
                 if args.json:
@@ -529,6 +583,43 @@ async def _dead(args: argparse.Namespace) -> int:
         print(json.dumps({"replayed": replayed}))
     else:
         print(f"replayed {replayed} dead letter(s) of group {group!r}")
+    return EXIT_OK
+
+
+def _say(args: argparse.Namespace, result: dict[str, object], text: str) -> None:
+    print(json.dumps(result) if args.json else text)
+
+
+def _group_line(info: GroupInfo) -> str:
+    bindings = ",".join(info.bindings) or "-"
+    return (
+        f"{info.name}  {bindings}  depth={info.depth}  consumers={info.consumers}"
+        f"  dead_letters={info.dead_letters}"
+    )
+
+
+async def _group(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    bus, _ = _bus_for(args, settings)
+    group = check_group_name(args.group) if args.group_command != "list" else ""
+    async with Client(settings, bus=bus) as client:
+        if args.group_command == "list":
+            found = await client.groups()
+            for info in found:
+                print(json.dumps(info.to_json()) if args.json else _group_line(info))
+            if not found and not args.json:
+                print(f"customevent: no groups on {bus.where}", file=sys.stderr)
+        elif args.group_command == "purge":
+            dropped = await client.purge_group(group)
+            _say(args, {"purged": dropped}, f"dropped {dropped} event(s) waiting in {group!r}")
+        else:
+            info = await client.delete_group(group, force=args.force)
+            _say(
+                args,
+                {"deleted": info.to_json()},
+                f"deleted group {group!r} ({info.depth} event(s) waiting, "
+                f"{info.dead_letters} dead letter(s), {info.consumers} consumer(s) cut off)",
+            )
     return EXIT_OK
 
 
@@ -637,7 +728,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _hash_secret(args)
         if args.command == "serve":
             return _serve(args)
-        runners = {"send": _send, "wait": _wait, "listen": _listen, "dead": _dead}
+        runners = {
+            "send": _send,
+            "wait": _wait,
+            "listen": _listen,
+            "dead": _dead,
+            "group": _group,
+        }
         return asyncio.run(runners[args.command](args))
     except AdapterError as exc:
         return _fail(str(exc), _exit_code(exc))

@@ -19,7 +19,7 @@ from ._exceptions import (
     InvalidInput,
 )
 from ._filters import EventFilter, FilteredSubscription, parse_filters
-from ._groups import DeadLetter, GroupOptions, GroupSubscription, check_group_name
+from ._groups import DeadLetter, GroupInfo, GroupOptions, GroupSubscription, check_group_name
 from ._match import check_match
 from ._names import Kind, validate_kind, validate_name, validate_pattern
 from ._properties import check_limits, check_properties, parse_properties
@@ -346,9 +346,39 @@ class Client:
 
     async def replay(self, group: str, *, event_id: str | None = None) -> int:
         """Deliver the dead letters of ``group`` (only ``event_id``'s, if given) to the group
-        again; the number replayed."""
+        again; the number replayed. ``DeadLetterNotFound`` when ``event_id`` has none."""
         self._check_open()
         return await self.bus.replay(check_group_name(group), event_id)
+
+    # -- managing groups: ``GroupNotFound`` for a group that does not exist ------------------
+
+    async def groups(self) -> list[GroupInfo]:
+        """The groups of the bus, by name, with their bindings, depth (events waiting),
+        consumers and dead letters; the triggers of the settings are looked up by name too."""
+        self._check_open()
+        return await self.bus.groups(trigger.name for trigger in self.settings.triggers)
+
+    async def group_info(self, group: str) -> GroupInfo:
+        """One group's bindings, depth, consumers and dead letters."""
+        self._check_open()
+        return await self.bus.group_info(check_group_name(group))
+
+    async def purge_group(self, group: str) -> int:
+        """Drop the events waiting in ``group`` (and those waiting for a retry); the number
+        dropped. Deliveries out with a consumer are not touched."""
+        self._check_open()
+        return await self.bus.purge_group(check_group_name(group))
+
+    async def delete_group(self, group: str, *, force: bool = False) -> GroupInfo:
+        """Delete ``group`` with its retry and dead-letter queues; what it held just before.
+        ``GroupInUse`` while consumers are attached, unless ``force`` (which cuts them off)."""
+        self._check_open()
+        return await self.bus.delete_group(check_group_name(group), force=force)
+
+    async def purge_dead_letters(self, group: str) -> int:
+        """Drop the dead letters of ``group``; the number dropped."""
+        self._check_open()
+        return await self.bus.purge_dead(check_group_name(group))
 
     async def wait_custom_event_until(
         self,

@@ -57,6 +57,7 @@ __all__ = [
     "STRUCTURED_CONTENT_TYPE",
     "CloudEvent",
     "Mode",
+    "batch_item",
     "check_cloudevent_attributes",
     "cloudevent_attributes",
     "from_cloudevent",
@@ -262,6 +263,12 @@ def _media_type(content_type: str | None) -> str:
     return (content_type or "").split(";")[0].strip().lower()
 
 
+def batch_item(index: int, total: int) -> str:
+    """How a message names the CloudEvent at ``index`` (0-based) of a batch: counted from 1,
+    as a person counts (``CloudEvent 2 of 3 in the batch``)."""
+    return f"CloudEvent {index + 1} of {total} in the batch"
+
+
 def from_http(
     headers: Iterable[tuple[str, str]],
     body: bytes,
@@ -292,7 +299,8 @@ def from_http(
             raise InvalidInput("a CloudEvents batch is a JSON array of CloudEvents")
         if admit is not None:
             admit(len(batch))
-        return [_structured(item, f"CloudEvent {i} of the batch") for i, item in enumerate(batch)]
+        total = len(batch)
+        return [_structured(item, batch_item(i, total)) for i, item in enumerate(batch)]
     if admit is not None and (media == STRUCTURED_CONTENT_TYPE or binary):
         admit(1)
     if media == STRUCTURED_CONTENT_TYPE:

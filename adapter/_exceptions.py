@@ -14,6 +14,11 @@ Every error the library raises on purpose derives from ``AdapterError``::
     │                                .limit, .setting, .retry_after
     ├── WaitConflict                 a resumable wait id already waits on another name or kind
     │                                (HTTP 409) .wait_id, .held, .asked
+    ├── NotFound                     what was named does not exist (HTTP 404)
+    │   ├── GroupNotFound            no such group .group
+    │   └── DeadLetterNotFound       no dead letter of that event in the group .group, .event_id
+    ├── GroupInUse                   consumers are attached to the group (HTTP 409) .group,
+    │                                .consumers
     ├── BusError                     the message bus failed us
     │   ├── BusUnavailable           not connected, or a confirm was lost; retry later (HTTP 503)
     │   ├── BrokerAuthenticationError the broker refused the credentials; retrying will not help
@@ -36,13 +41,17 @@ __all__ = [
     "BusUnavailable",
     "ClientStateError",
     "ConfigurationError",
+    "DeadLetterNotFound",
     "Edge",
+    "GroupInUse",
+    "GroupNotFound",
     "InvalidDeadline",
     "InvalidEventName",
     "InvalidInput",
     "InvalidKind",
     "InvalidProperties",
     "LimitExceeded",
+    "NotFound",
     "PropertiesTooLarge",
     "PublishRejected",
     "WaitConflict",
@@ -123,6 +132,41 @@ class WaitConflict(AdapterError):
         )
 
 
+class NotFound(AdapterError):
+    """What the caller named does not exist; nothing was done."""
+
+
+class GroupNotFound(NotFound):
+    def __init__(self, group: str) -> None:
+        self.group = group
+        super().__init__(
+            f"no group {group!r}: none of its consumers ever joined it on this bus "
+            "(customevent group list shows the groups there are)"
+        )
+
+
+class DeadLetterNotFound(NotFound):
+    def __init__(self, group: str, event_id: str) -> None:
+        self.group = group
+        self.event_id = event_id
+        super().__init__(
+            f"the group {group!r} has no dead letter of the event {event_id!r} "
+            "(customevent dead list shows its dead letters)"
+        )
+
+
+class GroupInUse(AdapterError):
+    """A group was not deleted: consumers are attached to it (stop them, or force it)."""
+
+    def __init__(self, group: str, consumers: int) -> None:
+        self.group = group
+        self.consumers = consumers
+        super().__init__(
+            f"the group {group!r} has {consumers} consumer(s) attached; stop them first, or "
+            "delete it anyway with --force (force=True), which cuts them off"
+        )
+
+
 class BusError(AdapterError):
     """The message bus could not do what was asked."""
 
@@ -153,7 +197,8 @@ class Edge:
 
 
 #: The one table from errors to edges. A 5xx or a ``Server`` fault means "ours, retry later"; the
-#: exit codes are sysexits.h's (64 usage, 69 unavailable, 77 no permission, 78 configuration).
+#: exit codes are sysexits.h's (64 usage, 66 no such input, 69 unavailable, 75 try again later,
+#: 77 no permission, 78 configuration).
 EDGES: dict[type[AdapterError], Edge] = {
     AdapterError: Edge(500, "Server", 1),
     InvalidInput: Edge(400, "Client", 64),
@@ -161,6 +206,8 @@ EDGES: dict[type[AdapterError], Edge] = {
     ConfigurationError: Edge(500, "Server", 78),
     LimitExceeded: Edge(429, "Client", 69),
     WaitConflict: Edge(409, "Client", 64),
+    NotFound: Edge(404, "Client", 66),
+    GroupInUse: Edge(409, "Client", 75),
     BusError: Edge(503, "Server", 69),
     BrokerAuthenticationError: Edge(503, "Server", 77),
     ClientStateError: Edge(503, "Server", 1),

@@ -27,6 +27,7 @@ from ._exceptions import ClientStateError, InvalidInput
 __all__ = [
     "DeadLetter",
     "Delivery",
+    "GroupInfo",
     "GroupOptions",
     "GroupSubscription",
     "RetryPolicy",
@@ -139,6 +140,28 @@ class DeadLetter:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """A group as an operator sees it: what it is bound to, the events waiting in it (``depth``,
+    not counting those out with a consumer or waiting for a retry), the consumers attached and
+    its dead letters."""
+
+    name: str
+    bindings: tuple[str, ...]
+    depth: int
+    consumers: int
+    dead_letters: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "bindings": list(self.bindings),
+            "depth": self.depth,
+            "consumers": self.consumers,
+            "dead_letters": self.dead_letters,
+        }
+
+
 @dataclass(eq=False)
 class Delivery(abc.ABC):
     """One event handed to one consumer of a group. Settle it exactly once."""
@@ -162,9 +185,11 @@ class Delivery(abc.ABC):
 
     async def retry(self, reason: str, *, at_least: float = 0.0) -> None:
         """Deliver it again after a backoff (not sooner than ``at_least`` seconds); past the
-        group's ``max_attempts`` it is dead-lettered instead."""
+        group's ``max_attempts`` it is dead-lettered instead (then ``settled`` reads
+        ``"dead_letter"``)."""
         self._settle("retry")
-        await self._retry(reason, at_least)
+        if await self._retry(reason, at_least):
+            self.settled = "dead_letter"
 
     async def dead_letter(self, reason: str) -> None:
         """Give up on it: it goes to the group's dead letters, with the reason."""
@@ -175,7 +200,8 @@ class Delivery(abc.ABC):
     async def _ack(self) -> None: ...
 
     @abc.abstractmethod
-    async def _retry(self, reason: str, at_least: float) -> None: ...
+    async def _retry(self, reason: str, at_least: float) -> bool:
+        """Retry it; True if it was dead-lettered instead (its attempts are spent)."""
 
     @abc.abstractmethod
     async def _dead_letter(self, reason: str) -> None: ...

@@ -70,18 +70,27 @@ async def listen(
                 await delivery.ack()
                 handled += 1
             else:
-                last = delivery.attempt >= client.settings.groups.max_attempts
+                await delivery.retry(failure)
+                # Said after the group decided: its own max_attempts (fixed when it was made)
+                # is what counts, not this listener's setting.
+                last = delivery.settled == "dead_letter"
                 log.warning(
                     "event %s (%s, attempt %d): %s; %s",
                     delivery.event.event_id,
                     delivery.event.name,
                     delivery.attempt,
                     failure,
-                    "that was the last attempt: it becomes a dead letter"
+                    "that was the last attempt: it became a dead letter"
                     if last
                     else "it will be retried",
+                    extra={
+                        "group": group,
+                        "event_id": delivery.event.event_id,
+                        "event_name": delivery.event.name,
+                        "attempt": delivery.attempt,
+                        "outcome": "dead_letter" if last else "retry",
+                    },
                 )
-                await delivery.retry(failure)
     return handled
 
 

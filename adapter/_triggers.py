@@ -22,6 +22,12 @@ A trigger of target ``vro`` starts a vRO workflow instead (``_vro``): the POST g
 workflow's executions, authenticated by the trigger's credentials (HTTP Basic or a bearer token)
 rather than signed, since vRO verifies no signature; everything else (the timeout, the reply
 bound, retries and dead letters) is the same. What differs between the two is a ``_Target``.
+
+Each retry, dead letter and unreachable receiver is logged once, as a warning naming the trigger
+and the event (JSON fields ``trigger``, ``event_id``, ``event_name``, ``attempt``, ``outcome``,
+``reason``); a retry whose attempts are spent is counted and logged as the dead letter it became.
+The depth and dead letters of each trigger's group are gauges, refreshed every
+``GAUGE_SECONDS``.
 """
 
 from __future__ import annotations
@@ -47,13 +53,21 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 from ._client import Client
 from ._cloudevents import to_http
 from ._event import Event
-from ._exceptions import BusError, InvalidInput
+from ._exceptions import AdapterError, BusError, InvalidInput
 from ._groups import Delivery
 from ._settings import Settings, Trigger
 from ._version import __version__
 from ._vro import MEDIA_TYPE, execution_body, execution_url
 
-__all__ = ["ATTRIBUTES_ID_PREFIX", "REPLY_BYTES", "Triggers", "attributes_id", "sign", "webhook_id"]
+__all__ = [
+    "ATTRIBUTES_ID_PREFIX",
+    "GAUGE_SECONDS",
+    "REPLY_BYTES",
+    "Triggers",
+    "attributes_id",
+    "sign",
+    "webhook_id",
+]
 
 log = logging.getLogger("adapter.triggers")
 
@@ -69,6 +83,9 @@ _OWS = " \t"
 # What the CloudEvents HTTP binding leaves as it is in a header value (section 3.1.3.2):
 # printable ASCII but space, double quote and percent.
 _HEADER_SAFE = "".join(c for c in map(chr, range(0x21, 0x7F)) if c not in ' "%')
+#: How often the gauges of the triggers' groups are read from the bus (two passive declarations a
+#: group at RabbitMQ).
+GAUGE_SECONDS = 15.0
 # At start, how long the daemon waits for its triggers to have joined their groups (so that the
 # events sent once it is up are caught), before it goes on and they keep trying on their own.
 _JOIN_SECONDS = 10.0
@@ -91,6 +108,17 @@ RUNNING = Gauge(
     "customevent_trigger_running",
     "1 while the trigger has joined its group and delivers, else 0.",
     ["trigger"],
+)
+GROUP_DEPTH = Gauge(
+    "customevent_group_depth",
+    "Events waiting in a group (not those out with a consumer or waiting for a retry), for "
+    "the groups of the daemon's triggers.",
+    ["group"],
+)
+GROUP_DEAD_LETTERS = Gauge(
+    "customevent_group_dead_letters",
+    "Dead letters kept for a group, for the groups of the daemon's triggers.",
+    ["group"],
 )
 
 
@@ -222,6 +250,8 @@ class _Runner:
         self.client = client
         self.clock = clock
         self.target = _target(trigger)
+        given = trigger.max_attempts
+        self.max_attempts = given if given is not None else client.settings.groups.max_attempts
         self.slots = asyncio.Semaphore(trigger.max_in_flight)
         self.tasks: set[asyncio.Task[None]] = set()
         self.joined = asyncio.Event()
@@ -302,8 +332,10 @@ class _Runner:
         IN_FLIGHT.labels(name).inc()
         lane = self._lane()  # the semaphore bounds the lanes to max_in_flight
         try:
-            outcome = await self._post(lane, delivery)
+            outcome, reason = await self._post(lane, delivery)
             DELIVERIES.labels(name, outcome).inc()
+            if outcome != "ok":
+                self._log_failure(delivery, outcome, reason)
         except BusError as exc:
             # Settling needs the broker: the delivery comes again once it is back.
             log.warning("trigger %r: could not settle %s: %s", name, delivery.event.event_id, exc)
@@ -312,14 +344,44 @@ class _Runner:
             IN_FLIGHT.labels(name).dec()
             self.slots.release()
 
-    async def _post(self, http: httpx.AsyncClient, delivery: Delivery) -> str:
+    def _log_failure(self, delivery: Delivery, outcome: str, reason: str) -> None:
+        trigger = self.trigger
+        event = delivery.event
+        what = "retried later" if outcome == "retry" else "dead-lettered"
+        log.warning(
+            "trigger %r: event %r (%s), attempt %d of %d: %s; %s",
+            trigger.name,
+            event.event_id,
+            event.name,
+            delivery.attempt,
+            self.max_attempts,
+            reason,
+            what,
+            extra={
+                "trigger": trigger.name,
+                "event_id": event.event_id,
+                "event_name": event.name,
+                "attempt": delivery.attempt,
+                "outcome": outcome,
+                "reason": reason,
+            },
+        )
+
+    async def _retry(self, delivery: Delivery, reason: str, at_least: float = 0.0) -> str:
+        """Retry; the outcome: ``retry``, or ``dead_letter`` when the attempts are spent."""
+        await delivery.retry(reason, at_least=at_least)
+        return "dead_letter" if delivery.settled == "dead_letter" else "retry"
+
+    async def _post(self, http: httpx.AsyncClient, delivery: Delivery) -> tuple[str, str]:
+        """Deliver once and settle; the outcome and, unless ``ok``, why."""
         trigger = self.trigger
         url = self.target.url
         try:
             headers, body = self.target.request(delivery.event, int(self.clock()))
         except InvalidInput as exc:
-            await delivery.dead_letter(f"cannot be delivered to {url}: {exc}")
-            return "dead_letter"
+            reason = f"cannot be delivered to {url}: {exc}"
+            await delivery.dead_letter(reason)
+            return "dead_letter", reason
         started = time.perf_counter()
         try:
             # httpx's timeout bounds each read; a receiver that drips its answer a byte at a
@@ -330,27 +392,26 @@ class _Runner:
             ):
                 head = await _reply_head(response)
         except TimeoutError:
-            await delivery.retry(f"{url} did not answer within {trigger.timeout:g} s")
-            return "retry"
+            reason = f"{url} did not answer within {trigger.timeout:g} s"
+            return await self._retry(delivery, reason), reason
         except httpx.HTTPError as exc:
-            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            await delivery.retry(f"{url} could not be reached ({reason})")
-            return "retry"
+            cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            reason = f"{url} could not be reached ({cause})"
+            return await self._retry(delivery, reason), reason
         finally:
             SECONDS.labels(trigger.name).observe(time.perf_counter() - started)
         status = response.status_code
         if 200 <= status < 300:
             await delivery.ack()
-            return "ok"
+            return "ok", ""
         detail = f"{url} answered {status}"
         text = _shown(response, head)
         if text:
             detail += f": {text}"
         if status in _RETRIED_STATUSES or status >= 500:
-            await delivery.retry(detail, at_least=_retry_after(response))
-            return "retry"
+            return await self._retry(delivery, detail, _retry_after(response)), detail
         await delivery.dead_letter(detail)
-        return "dead_letter"
+        return "dead_letter", detail
 
     async def close(self) -> None:
         for task in list(self.tasks):
@@ -368,10 +429,18 @@ class Triggers:
     ``clock`` gives the ``webhook-timestamp`` of each attempt (Unix seconds)."""
 
     def __init__(
-        self, settings: Settings, client: Client, *, clock: Callable[[], float] = time.time
+        self,
+        settings: Settings,
+        client: Client,
+        *,
+        clock: Callable[[], float] = time.time,
+        gauge_seconds: float = GAUGE_SECONDS,
     ) -> None:
+        self._client = client
         self._runners = [_Runner(trigger, client, clock) for trigger in settings.triggers]
         self._tasks: list[asyncio.Task[None]] = []
+        self._gauge_seconds = gauge_seconds
+        self._stopping = asyncio.Event()
 
     async def __aenter__(self) -> Self:
         for runner in self._runners:
@@ -385,7 +454,28 @@ class Triggers:
         except TimeoutError:
             waiting = [r.trigger.name for r in self._runners if not r.joined.is_set()]
             log.warning("triggers %s have not joined their groups yet; they keep trying", waiting)
+        if self._runners:
+            self._tasks.append(asyncio.create_task(self._gauges(), name="trigger-group-gauges"))
         return self
+
+    async def _gauges(self) -> None:
+        """Keep the depth and dead-letter gauges of the triggers' groups; a group that cannot
+        be read now (the broker away, not joined yet) keeps its last values."""
+        # Ends on ``_stopping`` as well as on a cancel: a cancel that lands inside a broker call
+        # can be swallowed by the AMQP client (seen: the task left "cancelling" in its sleep,
+        # and the daemon's exit waiting on it for good).
+        while not self._stopping.is_set():
+            for runner in self._runners:
+                name = runner.trigger.name
+                try:
+                    info = await self._client.group_info(name)
+                except AdapterError as exc:
+                    log.debug("group %r: gauges not read: %s", name, exc)
+                    continue
+                GROUP_DEPTH.labels(name).set(info.depth)
+                GROUP_DEAD_LETTERS.labels(name).set(info.dead_letters)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._gauge_seconds)
 
     async def _supervise(self, runner: _Runner) -> None:
         # A bug in one trigger must not end the others, nor go unnoticed.
@@ -402,6 +492,7 @@ class Triggers:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._stopping.set()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

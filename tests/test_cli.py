@@ -42,7 +42,7 @@ def _clean_env() -> dict[str, str]:
 
 def test_help_lists_every_command() -> None:
     out = run(["--help"]).stdout
-    for command in ("serve", "send", "wait", "hash-secret"):
+    for command in ("serve", "send", "wait", "listen", "group", "dead", "hash-secret"):
         assert command in out
 
 
@@ -310,3 +310,23 @@ def test_every_exit_code_is_in_the_reference_table() -> None:
     returned = {value for name, value in vars(_cli).items() if name.startswith("EXIT_")}
     assert returned == documented
     assert 78 in documented and 130 in documented
+
+
+EXAMPLE = Path(__file__).parents[1] / "docs" / "examples" / "send_and_wait.py"
+
+
+@pytest.mark.rabbitmq
+def test_no_raw_library_line_reaches_stderr_of_the_example_or_the_cli(
+    amqp_url: str, unique_name: str
+) -> None:
+    # Before: aio-pika's "Closing channel ... because RPC call ... cancelled" in about half of
+    # the example's runs (the retained-events reader was cancelled mid-RPC on close).
+    env = {**_clean_env(), "CUSTOMEVENT_AMQP__URL": amqp_url}
+    for n in range(6):
+        example = subprocess.run(
+            [sys.executable, str(EXAMPLE)], capture_output=True, text=True, timeout=60, env=env
+        )
+        assert example.returncode == 0, example.stderr
+        assert example.stderr == "", f"run {n}: {example.stderr}"
+        waited = run(["wait", f"{unique_name}.{n}", "--until", "0.3s", "--json"], env=env)
+        assert (waited.returncode, waited.stderr) == (2, ""), f"run {n}"

@@ -316,7 +316,7 @@ def test_a_batch_is_read_in_order() -> None:
         (
             [("content-type", "application/cloudevents-batch+json")],
             b'[{"specversion": "1.0", "type": "a", "source": "/x", "id": "1"}, 7]',
-            "CloudEvent 1 of the batch is not a JSON object",
+            "CloudEvent 2 of 2 in the batch is not a JSON object",
         ),
     ],
 )

@@ -132,9 +132,9 @@ async def test_a_batch_is_sent_in_order_with_a_result_each(
 @pytest.mark.parametrize(
     ("second", "status", "words"),
     [
-        ({"type": "t.bad/name"}, 400, "CloudEvent 1 of the batch: invalid event name"),
-        ({"type": "vm.x.y"}, 403, "CloudEvent 1 of the batch: 'ops' may not use"),
-        ({"eventkind": "internal"}, 400, "CloudEvent 1 of the batch: CloudEvent eventkind"),
+        ({"type": "t.bad/name"}, 400, "CloudEvent 2 of 2 in the batch: invalid event name"),
+        ({"type": "vm.x.y"}, 403, "CloudEvent 2 of 2 in the batch: 'ops' may not use"),
+        ({"eventkind": "internal"}, 400, "CloudEvent 2 of 2 in the batch: CloudEvent eventkind"),
         ({"principal": "root"}, 400, "principal 'root' does not match"),
     ],
 )

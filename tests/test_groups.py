@@ -13,6 +13,7 @@ from adapter import (
     Client,
     ClientStateError,
     ConfigurationError,
+    DeadLetterNotFound,
     GroupSubscription,
     InvalidInput,
     PublishRejected,
@@ -135,6 +136,7 @@ async def test_after_max_attempts_a_retry_is_a_dead_letter_and_replay_brings_it_
         second = await take(sub)
         assert second.attempt == 2
         await second.retry("second failure")
+        assert second.settled == "dead_letter"  # its attempts were spent
         await nothing(sub, 0.8)
         dead = await client.dead_letters(group)
         assert len(dead) == 1
@@ -145,7 +147,8 @@ async def test_after_max_attempts_a_retry_is_a_dead_letter_and_replay_brings_it_
         assert letter.first_failure is not None and letter.last_failure is not None
         assert letter.first_failure <= letter.last_failure
         assert len(await client.dead_letters(group)) == 1  # listing leaves them there
-        assert await client.replay(group, event_id="another") == 0
+        with pytest.raises(DeadLetterNotFound, match="no dead letter of the event 'another'"):
+            await client.replay(group, event_id="another")
         assert await client.replay(group) == 1
         again = await take(sub)
         assert (again.event.event_id, again.attempt) == (f"{group}-e2", 1)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -13,6 +15,7 @@ from adapter import Client
 from adapter._bus import MemoryBus
 from adapter._event import Event
 from adapter._exceptions import BusUnavailable
+from adapter._http import create_app
 from tests.support.http import (
     HEADERS,
     LIMITED,
@@ -392,3 +395,31 @@ async def test_two_authorization_headers_are_400(http: httpx.AsyncClient) -> Non
     )
     assert response.status_code == 400
     assert "give one Authorization header, not 2" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("bus_kind", ["memory"], indirect=True)
+async def test_the_access_log_records_what_a_streamed_wait_answered(
+    client: Client, unique_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="adapter.http.access")
+    settings = make_settings(None)
+    app = create_app(settings, client)
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://daemon.test", headers=HEADERS
+    ) as http:
+        path = f"/api/v1/events/{unique_name}/wait"
+        deadline = await http.get(path, params={"timeout": "0.2s", "stream": "true"})
+        waiting = asyncio.create_task(http.get(path, params={"timeout": "30s", "stream": "true"}))
+        await until_waiting(client)
+        app.state.gateway.stopping.set()  # the daemon stops: the outcome is 503
+        streamed = await waiting
+        plain = await http.get(path, params={"timeout": "30s"})  # refused at once: 503
+    assert (deadline.status_code, json.loads(deadline.content)["status"]) == (200, 204)
+    assert (streamed.status_code, json.loads(streamed.content)["status"]) == (200, 503)
+    lines = [r for r in caplog.records if r.name == "adapter.http.access"]
+    seen = [(r.status, getattr(r, "status_line", None)) for r in lines]  # type: ignore[attr-defined]
+    assert seen == [(204, 200), (503, 200), (503, None)]
+    assert plain.status_code == 503
+    assert lines[1].getMessage() == f"GET {path} 503 (streamed; status line 200)"
+    assert lines[2].getMessage() == f"GET {path} 503"

@@ -157,6 +157,13 @@ def test_a_failing_command_is_retried_then_dead_lettered_and_can_be_replayed(
     finally:
         assert _stop(listener) == 0
     assert [r[2] for r in _lines(records)] == ["1", "2", "3"]
+    assert listener.stderr is not None
+    said = [line for line in listener.stderr.read().splitlines() if f"{group}-f" in line]
+    assert [line.rsplit("; ", 1)[1] for line in said] == [
+        "it will be retried",
+        "it will be retried",
+        "that was the last attempt: it became a dead letter",
+    ]
     listing = subprocess.run(
         customevent("dead", "list", group, "--json"),
         env=env,

@@ -7,6 +7,11 @@ import adapter
 import adapter.testing
 
 PUBLIC = [
+    "NotFound",
+    "GroupInfo",
+    "GroupNotFound",
+    "GroupInUse",
+    "DeadLetterNotFound",
     "KINDS",
     "AdapterError",
     "BrokerAuthenticationError",

@@ -8,24 +8,30 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import logging
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from standardwebhooks import Webhook
 
-from adapter import Client, ConfigurationError, load_settings
+from adapter import Client, ConfigurationError, GroupNotFound, load_settings
 from adapter._bus.amqp._queues import dead_queue, group_queue
-from adapter._triggers import attributes_id
+from adapter._http._logging import JsonFormatter
+from adapter._triggers import Triggers, attributes_id
+from adapter.testing import free_port, memory_client
 from tests.support.processes import Daemon
 from tests.support.webhooks import (
+    RETRY,
     SECRET,
     Receiver,
     delete_group_queues,
@@ -275,6 +281,9 @@ async def test_trigger_metrics_and_readiness(amqp_url: str, group: str, unique_n
     assert f'customevent_trigger_running{{trigger="{group}"}} 1.0' in text
     assert f'customevent_trigger_in_flight{{trigger="{group}"}} 0.0' in text
     assert f'customevent_trigger_seconds_count{{trigger="{group}"}} 2.0' in text
+    # The gauges of the trigger's group, read when it joined: nothing waits, nothing is dead.
+    assert f'customevent_group_depth{{group="{group}"}} 0.0' in text
+    assert f'customevent_group_dead_letters{{group="{group}"}} 0.0' in text
 
 
 def test_a_trigger_needs_whsec_secrets_and_a_readable_file(tmp_path: Path) -> None:
@@ -321,3 +330,120 @@ async def test_the_webhook_receiver_example_checks_what_a_trigger_sends(unique_n
     assert handled == [("docs-1", unique_name, {"vm": "web-1"})] * 2  # structured, binary
     assert forged_answer.status_code == 401
     assert not_an_event.status_code == 400
+
+
+# -- what the operator sees: outcomes, log lines, group gauges (both buses) ----------------------
+
+
+@contextlib.asynccontextmanager
+async def _triggers_on(
+    bus_kind: str, request: pytest.FixtureRequest, *hooks: dict[str, Any]
+) -> AsyncIterator[Client]:
+    url = request.getfixturevalue("amqp_url") if bus_kind == "rabbitmq" else None
+    settings = load_settings(amqp={"url": url}, groups=RETRY, triggers=list(hooks))
+    opened = Client(settings) if url is not None else memory_client(settings)
+    async with opened as client:
+        try:
+            async with Triggers(settings, client, gauge_seconds=0.1):
+                yield client
+        finally:
+            for hook in hooks:
+                with contextlib.suppress(GroupNotFound):
+                    await client.delete_group(hook["name"], force=True)
+
+
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_a_retry_that_spends_the_attempts_counts_and_logs_as_a_dead_letter(
+    bus_kind: str,
+    request: pytest.FixtureRequest,
+    unique_name: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    name = f"t-hook-{uuid.uuid4().hex[:10]}"
+    receiver = Receiver(answer=lambda n: (500, {}))
+    caplog.set_level(logging.WARNING, logger="adapter.triggers")
+    async with serving(receiver):
+        hook = _trigger(name, unique_name, receiver.url, max_attempts=2)
+        async with _triggers_on(bus_kind, request, hook) as client:
+            await client.send_custom_event(unique_name, event_id=f"{name}-x")
+            await _until(lambda: len(receiver.received) == 2, "two attempts")
+            await _until(
+                lambda: _sample("customevent_group_dead_letters", group=name) == 1.0,
+                "the dead-letter gauge",
+            )
+            dead = await client.dead_letters(name)
+    assert [d.event.event_id for d in dead] == [f"{name}-x"]
+    counted = {
+        outcome: _sample("customevent_trigger_deliveries_total", trigger=name, outcome=outcome)
+        for outcome in ("retry", "dead_letter", "ok")
+    }
+    assert counted == {"retry": 1.0, "dead_letter": 1.0, "ok": 0.0}
+    assert _sample("customevent_group_depth", group=name) == 0.0
+    mine = [r for r in caplog.records if getattr(r, "trigger", None) == name]
+    assert [(r.event_id, r.attempt, r.outcome) for r in mine] == [  # type: ignore[attr-defined]
+        (f"{name}-x", 1, "retry"),
+        (f"{name}-x", 2, "dead_letter"),
+    ]
+    assert all(r.reason == f"{receiver.url} answered 500" for r in mine)  # type: ignore[attr-defined]
+    assert "attempt 2 of 2" in mine[1].getMessage() and "dead-lettered" in mine[1].getMessage()
+
+
+async def test_an_unreachable_receiver_is_logged_once_per_attempt_by_trigger_and_event(
+    bus_kind: str,
+    request: pytest.FixtureRequest,
+    unique_name: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    name = f"t-hook-{uuid.uuid4().hex[:10]}"
+    url = f"http://127.0.0.1:{free_port()}/hook"  # nobody listens
+    caplog.set_level(logging.WARNING, logger="adapter.triggers")
+    hook = _trigger(name, unique_name, url, max_attempts=1)
+    async with _triggers_on(bus_kind, request, hook) as client:
+        await client.send_custom_event(unique_name, event_id=f"{name}-u")
+
+        async def buried() -> bool:
+            return len(await client.dead_letters(name)) == 1
+
+        async with asyncio.timeout(20):
+            while not await buried():
+                await asyncio.sleep(0.05)
+    mine = [r for r in caplog.records if getattr(r, "trigger", None) == name]
+    assert len(mine) == 1
+    record = mine[0]
+    assert (record.event_id, record.outcome, record.event_name) == (  # type: ignore[attr-defined]
+        f"{name}-u",
+        "dead_letter",
+        unique_name,
+    )
+    assert "could not be reached (ConnectError" in record.reason  # type: ignore[attr-defined]
+    assert record.levelno == logging.WARNING
+    entry = json.loads(JsonFormatter().format(record))
+    assert (entry["trigger"], entry["event_id"], entry["attempt"]) == (name, f"{name}-u", 1)
+
+
+async def test_the_gauges_follow_the_depth_of_a_trigger_group(
+    bus_kind: str, request: pytest.FixtureRequest, unique_name: str
+) -> None:
+    name = f"t-hook-{uuid.uuid4().hex[:10]}"
+    release = asyncio.Event()
+    receiver = Receiver(answer=lambda n: (204, {}))
+
+    async def slow(scope: Any, receive: Any, send: Any) -> None:
+        await release.wait()
+        await Receiver.app(receiver, scope, receive, send)
+
+    holder = Receiver()
+    holder.app = slow  # type: ignore[method-assign]
+    async with serving(holder):
+        hook = _trigger(name, unique_name, holder.url, max_in_flight=1, timeout=30)
+        async with _triggers_on(bus_kind, request, hook) as client:
+            for n in range(4):
+                await client.send_custom_event(unique_name, event_id=f"{name}-{n}")
+            # One is out with the trigger, three wait in the group.
+            await _until(lambda: _sample("customevent_group_depth", group=name) == 3.0, "depth 3")
+            release.set()
+            await _until(lambda: _sample("customevent_group_depth", group=name) == 0.0, "depth 0")
+            await _until(lambda: len(receiver.received) == 4, "all four delivered")

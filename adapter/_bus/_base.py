@@ -7,7 +7,7 @@ import asyncio
 import math
 import re
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -15,7 +15,7 @@ from typing import Self
 
 from .._event import Event
 from .._exceptions import ClientStateError, InvalidInput, LimitExceeded, WaitConflict
-from .._groups import DeadLetter, GroupOptions, GroupSubscription
+from .._groups import DeadLetter, GroupInfo, GroupOptions, GroupSubscription
 from .._names import Kind, pattern_matches
 
 __all__ = [
@@ -446,12 +446,39 @@ class Bus(abc.ABC):
 
     @abc.abstractmethod
     async def dead_letters(self, group: str) -> list[DeadLetter]:
-        """The group's dead letters, oldest first, left where they are."""
+        """The group's dead letters, oldest first, left where they are; ``GroupNotFound`` for
+        a group that does not exist."""
 
     @abc.abstractmethod
     async def replay(self, group: str, event_id: str | None = None) -> int:
         """Deliver the group's dead letters (those of ``event_id`` only, if given) to the group
-        again, as new first attempts; the number replayed."""
+        again, as new first attempts; the number replayed. ``GroupNotFound`` for a group that
+        does not exist."""
+
+    # -- managing groups: each raises ``GroupNotFound`` for a group that does not exist -------
+
+    @abc.abstractmethod
+    async def groups(self, known: Iterable[str] = ()) -> list[GroupInfo]:
+        """The groups of this bus, by name: those it has a record of, and those of ``known``
+        (names the caller knows, such as its triggers') that exist."""
+
+    @abc.abstractmethod
+    async def group_info(self, group: str) -> GroupInfo:
+        """One group's bindings, depth, consumers and dead letters."""
+
+    @abc.abstractmethod
+    async def purge_group(self, group: str) -> int:
+        """Drop the events waiting in the group (those waiting for a retry too, not those out
+        with a consumer); the number dropped."""
+
+    @abc.abstractmethod
+    async def delete_group(self, group: str, *, force: bool = False) -> GroupInfo:
+        """Delete the group, its retries and its dead letters; what it held just before.
+        ``GroupInUse`` while consumers are attached, unless ``force``."""
+
+    @abc.abstractmethod
+    async def purge_dead(self, group: str) -> int:
+        """Drop the group's dead letters; the number dropped."""
 
     @abc.abstractmethod
     async def keep_refused(self, source: str, body: bytes, headers: Mapping[str, str]) -> None:

@@ -10,7 +10,7 @@ this way: the daemon never lets its edge produce an internal one.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -31,7 +31,7 @@ from .._exceptions import (
     PropertiesTooLarge,
     WaitConflict,
 )
-from .._groups import DeadLetter, GroupOptions, GroupSubscription
+from .._groups import DeadLetter, GroupInfo, GroupOptions, GroupSubscription
 from .._names import Kind, validate_kind, validate_name
 from ._base import DAEMON_SCHEMES, Bus, Subscription, check_wait_id
 
@@ -216,6 +216,21 @@ class HttpBus(Bus):
         raise _no_groups()
 
     async def replay(self, group: str, event_id: str | None = None) -> int:
+        raise _no_groups()
+
+    async def groups(self, known: Iterable[str] = ()) -> list[GroupInfo]:
+        raise _no_groups()
+
+    async def group_info(self, group: str) -> GroupInfo:
+        raise _no_groups()
+
+    async def purge_group(self, group: str) -> int:
+        raise _no_groups()
+
+    async def delete_group(self, group: str, *, force: bool = False) -> GroupInfo:
+        raise _no_groups()
+
+    async def purge_dead(self, group: str) -> int:
         raise _no_groups()
 
 

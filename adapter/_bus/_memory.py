@@ -7,14 +7,14 @@ import asyncio
 import itertools
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Self
 
 from .._event import Event
-from .._groups import DeadLetter, GroupOptions, GroupSubscription
+from .._groups import DeadLetter, GroupInfo, GroupOptions, GroupSubscription
 from .._names import Kind, pattern_matches, routing_key
 from .._settings import LimitsSettings
 from ._base import (
@@ -169,6 +169,26 @@ class MemoryBus(Bus):
     async def replay(self, group: str, event_id: str | None = None) -> int:
         self._check_open()
         return self._groups.replay(group, event_id)
+
+    async def groups(self, known: Iterable[str] = ()) -> list[GroupInfo]:
+        self._check_open()
+        return self._groups.groups(known)
+
+    async def group_info(self, group: str) -> GroupInfo:
+        self._check_open()
+        return self._groups.info(group)
+
+    async def purge_group(self, group: str) -> int:
+        self._check_open()
+        return self._groups.purge(group)
+
+    async def delete_group(self, group: str, *, force: bool = False) -> GroupInfo:
+        self._check_open()
+        return self._groups.delete(group, force=force)
+
+    async def purge_dead(self, group: str) -> int:
+        self._check_open()
+        return self._groups.purge_dead(group)
 
     def _attach(self, sub: _MemorySubscription, wait_id: str | None) -> None:
         if wait_id is None:

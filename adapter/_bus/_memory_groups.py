@@ -8,17 +8,25 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Self
 
 from .._event import Event
-from .._exceptions import ClientStateError, ConfigurationError, PublishRejected
+from .._exceptions import (
+    ClientStateError,
+    ConfigurationError,
+    DeadLetterNotFound,
+    GroupInUse,
+    GroupNotFound,
+    PublishRejected,
+)
 from .._groups import (
     DeadLetter,
     Delivery,
+    GroupInfo,
     GroupOptions,
     GroupSubscription,
     RetryPolicy,
@@ -57,7 +65,28 @@ class _Group:
         self.in_flight: dict[str, int] = {}  # dedup key -> deliveries of it out now
         self.policy = RetryPolicy(options.retry_initial, options.retry_max)
         self.timers: set[asyncio.TimerHandle] = set()
+        self.retrying: dict[asyncio.TimerHandle, _Message] = {}
+        self.deleted = False
         self._turn = itertools.count()
+
+    def info(self) -> GroupInfo:
+        return GroupInfo(
+            name=self.name,
+            bindings=tuple(sorted(self.bindings)),
+            depth=len(self.queue),
+            consumers=len(self.consumers),
+            dead_letters=len(self.dead),
+        )
+
+    def purge(self) -> int:
+        """Drop what waits, in the queue and for a retry."""
+        dropped = len(self.queue) + len(self.retrying)
+        self.queue.clear()
+        for timer in self.retrying:
+            timer.cancel()
+            self.timers.discard(timer)
+        self.retrying.clear()
+        return dropped
 
     def matches(self, key: str) -> bool:
         return any(pattern_matches(binding, key) for binding in self.bindings)
@@ -98,6 +127,8 @@ class _Group:
             self.in_flight.pop(key, None)
 
     def requeue(self, message: _Message, *, front: bool = False) -> None:
+        if self.deleted:
+            return  # a delivery settled after its group was deleted (forced): nowhere to go
         if front:
             self.queue.appendleft(message)
         else:
@@ -105,6 +136,8 @@ class _Group:
         self.pump()
 
     def bury(self, message: _Message, reason: str) -> None:
+        if self.deleted:
+            return
         now = datetime.now(UTC)
         self.dead.append(
             DeadLetter(
@@ -120,6 +153,7 @@ class _Group:
         for timer in self.timers:
             timer.cancel()
         self.timers.clear()
+        self.retrying.clear()
 
 
 class _MemoryDelivery(Delivery):
@@ -133,7 +167,7 @@ class _MemoryDelivery(Delivery):
         if group.options.dedup:
             group.seen.add(dedup_key(self._message.event))
 
-    async def _retry(self, reason: str, at_least: float) -> None:
+    async def _retry(self, reason: str, at_least: float) -> bool:
         group = self._consumer.finish(self._message)
         message = self._message
         now = datetime.now(UTC)
@@ -143,7 +177,7 @@ class _MemoryDelivery(Delivery):
             group.bury(
                 message, f"{reason} (attempt {message.attempt} of {group.options.max_attempts})"
             )
-            return
+            return True
         delay = group.policy.delay_ms(message.attempt, at_least=at_least) / 1000
         message.retries += 1
         loop = asyncio.get_running_loop()
@@ -151,10 +185,13 @@ class _MemoryDelivery(Delivery):
 
         def back() -> None:
             group.timers.discard(timer)
+            group.retrying.pop(timer, None)
             group.requeue(message)
 
         timer = loop.call_later(delay, back)
         group.timers.add(timer)
+        group.retrying[timer] = message
+        return False
 
     async def _dead_letter(self, reason: str) -> None:
         group = self._consumer.finish(self._message)
@@ -278,19 +315,54 @@ class MemoryGroups:
             group.requeue(_Message(event))
         return bool(targets)
 
-    def dead_letters(self, name: str) -> list[DeadLetter]:
-        group = self._groups.get(name)
-        return list(group.dead) if group is not None else []
-
-    def replay(self, name: str, event_id: str | None) -> int:
+    def _existing(self, name: str) -> _Group:
         group = self._groups.get(name)
         if group is None:
-            return 0
+            raise GroupNotFound(name)
+        return group
+
+    def dead_letters(self, name: str) -> list[DeadLetter]:
+        return list(self._existing(name).dead)
+
+    def replay(self, name: str, event_id: str | None) -> int:
+        group = self._existing(name)
         chosen = [d for d in group.dead if event_id is None or d.event.event_id == event_id]
+        if event_id is not None and not chosen:
+            raise DeadLetterNotFound(name, event_id)
         for letter in chosen:
             group.dead.remove(letter)
             group.requeue(_Message(letter.event))
         return len(chosen)
+
+    def groups(self, known: Iterable[str]) -> list[GroupInfo]:
+        # Every group of the bus is known to it: ``known`` adds nothing here.
+        return [self._groups[name].info() for name in sorted(self._groups)]
+
+    def info(self, name: str) -> GroupInfo:
+        return self._existing(name).info()
+
+    def purge(self, name: str) -> int:
+        return self._existing(name).purge()
+
+    def delete(self, name: str, *, force: bool) -> GroupInfo:
+        group = self._existing(name)
+        info = group.info()
+        if group.consumers and not force:
+            raise GroupInUse(name, len(group.consumers))
+        group.purge()
+        group.deleted = True
+        group.close()
+        # Its consumers (forced) are cut off, as RabbitMQ cancels a deleted queue's: they take
+        # nothing more, and what they settle goes nowhere.
+        group.consumers.clear()
+        del self._groups[name]
+        return info
+
+    def purge_dead(self, name: str) -> int:
+        group = self._existing(name)
+        dropped = len(group.dead)
+        group.dead.clear()
+        return dropped
 
     def close(self) -> None:
         for group in self._groups.values():

@@ -17,6 +17,7 @@ from starlette.routing import Route
 from .._cloudevents import (
     BATCH_CONTENT_TYPE,
     STRUCTURED_CONTENT_TYPE,
+    batch_item,
     from_cloudevent,
     from_http,
 )
@@ -101,7 +102,7 @@ def _events(gateway: Gateway, request: Request, body: bytes, caller: Any) -> lis
         raise bad_input(exc) from None
     events = []
     for index, cloudevent in enumerate(cloudevents):
-        where = f"CloudEvent {index} of the batch: " if batch else ""
+        where = batch_item(index, len(cloudevents)) + ": " if batch else ""
         try:
             event = from_cloudevent(
                 cloudevent,

@@ -17,6 +17,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._settings import LogSettings
 
+# The key a streamed wait (_wait.py) leaves its outcome's status under, in the request's state.
+OUTCOME_STATUS = "outcome_status"
+
 __all__ = ["JsonFormatter", "RequestContext", "configure_logging", "request_id"]
 
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -103,17 +106,25 @@ class RequestContext:
         finally:
             if access_log.isEnabledFor(logging.INFO):
                 state = scope.get("state") or {}
+                fields = {
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "principal": state.get("principal"),
+                }
+                line = "%s %s %d"
+                # A streamed wait: its status line (200) went out when it was bound, and what
+                # it answered is the status of the outcome at the end of its body.
+                outcome = state.get(OUTCOME_STATUS)
+                if isinstance(outcome, int) and outcome != status:
+                    fields.update(status=outcome, status_line=status, streamed=True)
+                    line = "%s %s %d (streamed; status line %d)"
                 access_log.info(
-                    "%s %s %d",
+                    line,
                     scope["method"],
                     scope["path"],
-                    status,
-                    extra={
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "status": status,
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                        "principal": state.get("principal"),
-                    },
+                    *((outcome, status) if "status_line" in fields else (status,)),
+                    extra=fields,
                 )
             request_id.reset(token)

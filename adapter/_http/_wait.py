@@ -30,9 +30,16 @@ from .._exceptions import BusError, ClientStateError, InvalidInput, LimitExceede
 from .._names import Kind
 from .._times import parse_deadline_text
 from ._gateway import BUS_RETRY_AFTER, Gateway, HttpError
+from ._logging import OUTCOME_STATUS
 from ._metrics import ACTIVE_WAITS, UNMATCHED, WAITS
 
-__all__ = ["HEARTBEAT_SECONDS", "WAIT_BOUND_HEADER", "WaitResponse", "parse_deadline", "scoped"]
+__all__ = [
+    "HEARTBEAT_SECONDS",
+    "WAIT_BOUND_HEADER",
+    "WaitResponse",
+    "parse_deadline",
+    "scoped",
+]
 
 HEARTBEAT_SECONDS = 15.0
 WAIT_BOUND_HEADER = "x-customevent-wait"
@@ -117,8 +124,11 @@ class WaitResponse(Response):
         self._stream = stream
         self._started = False
         self._finished = False
+        self._state: dict[str, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Where the access log (_logging.RequestContext) reads a streamed wait's outcome.
+        self._state = scope.setdefault("state", {})
         try:
             with self._gateway.waits.holding(self._caller_key), self._resumable_share():
                 await self._wait(receive, send)
@@ -192,6 +202,7 @@ class WaitResponse(Response):
                 await send({"type": "http.response.body", "body": body})
                 return
             if self._cloudevent:  # stream mode: the CloudEvent beside the event in the outcome
+                self._state[OUTCOME_STATUS] = 200
                 outcome = {
                     "status": 200,
                     "event": event.to_json(),
@@ -258,6 +269,7 @@ class WaitResponse(Response):
             # Stream mode: the status line went out when the wait was bound; the outcome is in
             # the body.
             outcome: dict[str, Any] = {"status": status, **self._unmatched_member()}
+            self._state[OUTCOME_STATUS] = status
             if status == 200:
                 outcome["event"] = body
             elif body is not None:

@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 
 from ..._event import Event
-from ..._groups import DeadLetter, GroupOptions, GroupSubscription
+from ..._groups import DeadLetter, GroupInfo, GroupOptions, GroupSubscription
 from ..._names import Kind, routing_key
 from ..._settings import AmqpSettings, LimitsSettings
 from ..._version import APP_ID
@@ -183,6 +183,26 @@ class AmqpBus(Bus):
     async def replay(self, group: str, event_id: str | None = None) -> int:
         self._check_open()
         return await self._groups.replay(group, event_id)
+
+    async def groups(self, known: Iterable[str] = ()) -> list[GroupInfo]:
+        self._check_open()
+        return await self._groups.groups(known)
+
+    async def group_info(self, group: str) -> GroupInfo:
+        self._check_open()
+        return await self._groups.info(group)
+
+    async def purge_group(self, group: str) -> int:
+        self._check_open()
+        return await self._groups.purge(group)
+
+    async def delete_group(self, group: str, *, force: bool = False) -> GroupInfo:
+        self._check_open()
+        return await self._groups.delete(group, force=force)
+
+    async def purge_dead(self, group: str) -> int:
+        self._check_open()
+        return await self._groups.purge_dead(group)
 
     @property
     def active_wait_queues(self) -> int:

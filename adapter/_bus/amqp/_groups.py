@@ -16,15 +16,28 @@ exchange, which only the bridge's accounts may publish to) is read with the rout
 retry count it carries; anything through the events exchange by its own routing key, whatever its
 headers claim. A message the codec refuses is dead-lettered with the reason and acknowledged, and
 the consumer goes on: no message can stall a group.
+
+Managing groups. AMQP 0-9-1 cannot list queues (only the management plugin, optional on a
+user's broker, can), so the bridge keeps a registry: the quorum queue
+``customevent/<exchange>/groups`` holds one small JSON record for each binding a consumer joined a
+group with and each retry queue it declared, written (confirmed) the first time a process meets
+one that is not there yet. Reading it takes every record unacknowledged on a channel of its own
+and gives them back by closing it; duplicates (two processes that joined at once) and records
+that are not ours are removed as they are met. A group's depth, consumers and dead letters come
+from passive declarations of its queues, which RabbitMQ answers exactly. Limits: a group joined
+before the registry existed is listed once a consumer joins it again (or when its name is given,
+as the daemon gives its triggers'); a listing taken while another process is reading the
+registry, a few milliseconds, may miss groups (list again).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
@@ -34,17 +47,27 @@ import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 
 from ..._event import Event
-from ..._exceptions import BusError, ClientStateError, ConfigurationError
+from ..._exceptions import (
+    AdapterError,
+    BusError,
+    ClientStateError,
+    ConfigurationError,
+    DeadLetterNotFound,
+    GroupInUse,
+    GroupNotFound,
+)
 from ..._groups import (
     DeadLetter,
     Delivery,
+    GroupInfo,
     GroupOptions,
     GroupSubscription,
     RetryPolicy,
     SeenIds,
+    check_group_name,
     dedup_key,
 )
-from ..._names import Kind, routing_key
+from ..._names import Kind, routing_key, validate_kind, validate_pattern
 from ..._times import parse_rfc3339
 from ._codec import H_ORIGINAL_ROUTING_KEY, BadMessage, Decoded, Policy, decode, message_headers
 from ._link import BrokerLink
@@ -54,6 +77,8 @@ from ._queues import (
     dead_queue,
     group_arguments,
     group_queue,
+    registry_arguments,
+    registry_queue,
     retry_arguments,
     retry_queue,
 )
@@ -70,6 +95,42 @@ H_DEAD_REASON = "x-deadletter-reason"
 H_DEAD_ATTEMPTS = "x-deadletter-attempts"
 _DEAD_LISTED = 10_000  # dead letters read at once by a listing or a replay
 _REASON_MAX = 1000
+_RECORD_BYTES = 1024  # a registry record is far smaller; a bigger one is not ours
+_RETRY_MS_MAX = 2**31 - 1
+#: A registry record: ("binding", group, "<kind>.<pattern>") or ("retry", group, "<ms>").
+Record = tuple[str, str, str]
+
+
+def _record_body(record: Record) -> bytes:
+    what, group, value = record
+    entry: dict[str, object] = {"group": group}
+    entry[what] = value if what == "binding" else int(value)
+    return json.dumps(entry, separators=(",", ":")).encode()
+
+
+def _read_record(body: bytes) -> Record | None:
+    """A registry record from a message's body, or None for anything that is not one of ours
+    (a registry is reached through the default exchange, so it is read as untrusted input)."""
+    if len(body) > _RECORD_BYTES:
+        return None
+    try:
+        entry = json.loads(body)
+        if not isinstance(entry, dict) or len(entry) != 2:
+            return None
+        group = check_group_name(entry["group"])
+        if "binding" in entry:
+            kind, sep, pattern = str(entry["binding"]).partition(".")
+            if not (isinstance(entry["binding"], str) and sep):
+                return None
+            validate_kind(kind)
+            validate_pattern(pattern)
+            return ("binding", group, f"{kind}.{pattern}")
+        delay = entry.get("retry")
+        if isinstance(delay, int) and not isinstance(delay, bool) and 0 < delay <= _RETRY_MS_MAX:
+            return ("retry", group, str(delay))
+    except (ValueError, KeyError, TypeError, RecursionError, AdapterError):
+        return None
+    return None
 
 
 def _text(value: object) -> str | None:
@@ -134,7 +195,7 @@ class _AmqpDelivery(Delivery):
     async def _ack(self) -> None:
         await self._sub._settle(self._message, self.event, acked=True)
 
-    async def _retry(self, reason: str, at_least: float) -> None:
+    async def _retry(self, reason: str, at_least: float) -> bool:
         options = self._sub.options
         if self.attempt >= options.max_attempts:
             await self._sub._bury(
@@ -144,10 +205,11 @@ class _AmqpDelivery(Delivery):
                 f"{reason} (attempt {self.attempt} of {options.max_attempts})",
                 self.attempt,
             )
-            return
+            return True
         await self._sub._again(
             self._message, self.event, self._carried, reason, self.attempt, at_least
         )
+        return False
 
     async def _dead_letter(self, reason: str) -> None:
         await self._sub._bury(self._message, self.event, self._carried, reason, self.attempt)
@@ -367,6 +429,8 @@ class AmqpGroups:
         self.check_open = check_open
         self._retry_queues: dict[tuple[str, int], str] = {}
         self._lock = asyncio.Lock()
+        self._registry_lock = asyncio.Lock()
+        self._registered: set[Record] = set()
 
     def subscribe(
         self, group: str, kind: Kind, pattern: str, options: GroupOptions
@@ -403,6 +467,7 @@ class AmqpGroups:
                 f"consumer of a group): {exc}"
             ) from None
         await queue.bind(exchange, f"{kind}.{pattern}")
+        await self._register(("binding", group, f"{kind}.{pattern}"))
         return queue
 
     async def retry_queue(self, group: str, delay_ms: int) -> str:
@@ -421,7 +486,195 @@ class AmqpGroups:
             finally:
                 await self.link.release(channel)
             self._retry_queues[key] = name
+        await self._register(("retry", group, str(delay_ms)))
         return name
+
+    # -- the registry of groups ----------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _records(self, *, create: bool) -> AsyncIterator[list[tuple[Any, Record]]]:
+        """The registry's records with their messages, taken unacknowledged on a channel of
+        their own (what is not acknowledged goes back when it closes); duplicates and messages
+        that are no record are acknowledged (removed) on the way."""
+        name = registry_queue(self.link.exchange)
+        async with self._registry_lock:
+            async with self.link.call("the registry of groups was not read"):
+                exists = create or await self.link.probe(
+                    lambda probe: probe.queue_declare(name, passive=True)
+                )
+                channel = await self.link.new_channel() if exists else None
+            if channel is None:
+                yield []
+                return
+            try:
+                async with self.link.call("the registry of groups was not read"):
+                    queue = await channel.declare_queue(
+                        name, durable=True, arguments=registry_arguments()
+                    )
+                    found: list[tuple[Any, Record]] = []
+                    seen: set[Record] = set()
+                    while len(found) < _DEAD_LISTED:
+                        message = await queue.get(
+                            no_ack=False, fail=False, timeout=self.link.settings.publish_timeout
+                        )
+                        if message is None:
+                            break
+                        record = _read_record(message.body)
+                        if record is None or record in seen:
+                            await message.ack()
+                            continue
+                        seen.add(record)
+                        found.append((message, record))
+                self._registered.update(seen)
+                yield found
+            finally:
+                await self.link.release(channel)
+
+    async def _register(self, record: Record) -> None:
+        """Add a record to the registry unless it is there. Never fails a join: a group that
+        is not in the registry works, and is only missing from ``group list``."""
+        if record in self._registered:
+            return
+        try:
+            async with self._records(create=True) as records:
+                if any(known == record for _, known in records):
+                    return
+                routed = await self.link.publish_raw(
+                    registry_queue(self.link.exchange),
+                    _record_body(record),
+                    content_type="application/json",
+                    message_id=str(uuid.uuid4()),
+                    timestamp=datetime.now(UTC),
+                    headers={},
+                    what=f"the record of the group {record[1]!r}",
+                    exchange="",
+                )
+                if routed:
+                    self._registered.add(record)
+        except (BusError, aiormq.exceptions.AMQPError) as exc:
+            log.warning(
+                "group %r: not written in the registry of groups (%s); it works, but "
+                "customevent group list will not show it",
+                record[1],
+                exc,
+            )
+
+    async def _queue_counts(self, name: str) -> tuple[int, int] | None:
+        """A queue's messages ready and consumers, from a passive declaration; None if there
+        is no such queue."""
+        answer: list[Any] = []
+
+        async def declare(probe: aiormq.abc.AbstractChannel) -> None:
+            answer.append(await probe.queue_declare(name, passive=True))
+
+        async with self.link.call(f"the queue {name!r} was not looked up"):
+            if not await self.link.probe(declare):
+                return None
+        ok = answer[0]
+        return int(ok.message_count or 0), int(ok.consumer_count or 0)
+
+    async def _info(self, group: str, bindings: Iterable[str]) -> GroupInfo | None:
+        exchange = self.link.exchange
+        counts = await self._queue_counts(group_queue(exchange, group))
+        if counts is None:
+            return None
+        dead = await self._queue_counts(dead_queue(exchange, group))
+        return GroupInfo(
+            name=group,
+            bindings=tuple(sorted(set(bindings))),
+            depth=counts[0],
+            consumers=counts[1],
+            dead_letters=dead[0] if dead is not None else 0,
+        )
+
+    async def _existing(self, group: str) -> None:
+        if await self._queue_counts(group_queue(self.link.exchange, group)) is None:
+            raise GroupNotFound(group)
+
+    async def _recorded(self) -> dict[str, list[Record]]:
+        by_group: dict[str, list[Record]] = {}
+        async with self._records(create=False) as records:
+            for _, record in records:
+                by_group.setdefault(record[1], []).append(record)
+        return by_group
+
+    async def groups(self, known: Iterable[str]) -> list[GroupInfo]:
+        names = {check_group_name(name) for name in known}
+        found = []
+        async with self._records(create=False) as records:
+            by_group: dict[str, list[tuple[Any, Record]]] = {}
+            for message, record in records:
+                by_group.setdefault(record[1], []).append((message, record))
+            for name in sorted(names | set(by_group)):
+                mine = by_group.get(name, [])
+                info = await self._info(name, [r[2] for _, r in mine if r[0] == "binding"])
+                if info is not None:
+                    found.append(info)
+                    continue
+                # Its queue was deleted by other means (rabbitmqctl, the management UI): the
+                # records are stale.
+                for message, record in mine:
+                    await message.ack()
+                    self._registered.discard(record)
+        return found
+
+    async def info(self, group: str) -> GroupInfo:
+        records = (await self._recorded()).get(group, [])
+        info = await self._info(group, [r[2] for r in records if r[0] == "binding"])
+        if info is None:
+            raise GroupNotFound(group)
+        return info
+
+    def _retry_names(self, group: str, records: Iterable[Record]) -> set[str]:
+        """The group's retry queues: those recorded, and the default ladder's (queues made
+        before the registry, or whose record was lost)."""
+        exchange = self.link.exchange
+        defaults = GroupOptions()
+        policy = RetryPolicy(defaults.retry_initial, defaults.retry_max)
+        ladder = {policy.delay_ms(step) for step in range(1, 64)}
+        delays = ladder | {int(r[2]) for r in records if r[0] == "retry"}
+        return {retry_queue(exchange, group, delay) for delay in delays}
+
+    async def _each(self, names: Iterable[str], method: str) -> int:
+        """``queue_purge`` or ``queue_delete`` each queue; the messages they held."""
+        answers: list[Any] = []
+
+        async def call(probe: aiormq.abc.AbstractChannel, name: str) -> None:
+            answers.append(await getattr(probe, method)(name))
+
+        for name in sorted(names):
+            async with self.link.call(f"the queue {name!r} was not emptied"):
+                await self.link.probe(lambda probe, name=name: call(probe, name))  # type: ignore[misc]
+        return sum(int(answer.message_count or 0) for answer in answers)
+
+    async def purge(self, group: str) -> int:
+        await self._existing(group)
+        records = (await self._recorded()).get(group, [])
+        retries = self._retry_names(group, records)
+        return await self._each([group_queue(self.link.exchange, group), *retries], "queue_purge")
+
+    async def delete(self, group: str, *, force: bool) -> GroupInfo:
+        info = await self.info(group)
+        if info.consumers and not force:
+            raise GroupInUse(group, info.consumers)
+        exchange = self.link.exchange
+        async with self._records(create=False) as records:
+            mine = [(message, record) for message, record in records if record[1] == group]
+            # The retries first (they expire into the group's queue), then the group (its
+            # delivery limit dead-letters into the dead queue), then its dead letters.
+            await self._each(self._retry_names(group, [r for _, r in mine]), "queue_delete")
+            await self._each([group_queue(exchange, group)], "queue_delete")
+            await self._each([dead_queue(exchange, group)], "queue_delete")
+            for message, record in mine:
+                await message.ack()
+                self._registered.discard(record)
+        for key in [key for key in self._retry_queues if key[0] == group]:
+            del self._retry_queues[key]
+        return info
+
+    async def purge_dead(self, group: str) -> int:
+        await self._existing(group)
+        return await self._each([dead_queue(self.link.exchange, group)], "queue_purge")
 
     @contextlib.asynccontextmanager
     async def _dead_messages(self, group: str) -> AsyncIterator[list[AbstractIncomingMessage]]:
@@ -460,6 +713,7 @@ class AmqpGroups:
             return None  # a refused message, kept for an operator with its reason
 
     async def dead_letters(self, group: str) -> list[DeadLetter]:
+        await self._existing(group)
         letters = []
         async with self._dead_messages(group) as messages:
             for message in messages:
@@ -481,6 +735,7 @@ class AmqpGroups:
         return letters
 
     async def replay(self, group: str, event_id: str | None) -> int:
+        await self._existing(group)
         replayed = 0
         target = group_queue(self.link.exchange, group)
         async with self._dead_messages(group) as messages:
@@ -502,6 +757,8 @@ class AmqpGroups:
                     raise BusError(f"RabbitMQ has no queue {target!r} to replay into")
                 await message.ack()
                 replayed += 1
+        if event_id is not None and not replayed:
+            raise DeadLetterNotFound(group, event_id)
         return replayed
 
 

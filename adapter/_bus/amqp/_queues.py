@@ -8,6 +8,9 @@ two names collide:
 
 - ``customevent/<exchange>/group/<G>``: a group's queue (quorum); ``.../group/<G>/dead`` its dead
   letters; ``.../group/<G>/retry/<ms>`` its retries waiting ``ms`` milliseconds;
+- ``customevent/<exchange>/groups``: the registry of groups (quorum), one small record per
+  group binding and retry queue, so that the groups can be listed and deleted without RabbitMQ's
+  management plugin (``_groups.py``);
 - ``customevent/<exchange>/wait/<wait id>/<digest>``: a resumable wait (quorum), the digest naming
   what it waits on (its kind and pattern), so an id reused for another name never reads the first
   one's events;
@@ -32,6 +35,7 @@ from typing import Any
 
 __all__ = [
     "DURABLE_QUEUE_TYPE",
+    "REGISTRY_MAX",
     "RETAINED_QUEUE_TYPE",
     "STREAM_MAX_BYTES",
     "dead_arguments",
@@ -39,6 +43,8 @@ __all__ = [
     "durable_queue_arguments",
     "group_arguments",
     "group_queue",
+    "registry_arguments",
+    "registry_queue",
     "resumable_arguments",
     "resumable_queue",
     "retained_arguments",
@@ -95,6 +101,18 @@ def group_arguments(
             "x-dead-letter-strategy": "at-least-once",
         }
     )
+
+
+#: The most records the registry of groups holds; past it a new group works but is not listed.
+REGISTRY_MAX = 10_000
+
+
+def registry_queue(exchange: str) -> str:
+    return f"customevent/{exchange}/groups"
+
+
+def registry_arguments() -> dict[str, Any]:
+    return durable_queue_arguments({"x-max-length": REGISTRY_MAX, "x-overflow": "reject-publish"})
 
 
 def dead_arguments() -> dict[str, Any]:

@@ -1,0 +1,329 @@
+"""Managing groups: list, purge, delete, dead purge, and the misses, on both buses (RabbitMQ with
+an exchange of the test's own, so its registry of groups holds only the test's records)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+
+import aio_pika
+import pytest
+
+from adapter import (
+    Client,
+    ConfigurationError,
+    DeadLetterNotFound,
+    Delivery,
+    GroupInUse,
+    GroupNotFound,
+    GroupSubscription,
+    load_settings,
+)
+from adapter._bus._http import HttpBus
+from adapter._bus.amqp._queues import dead_queue, group_queue, registry_queue, retry_queue
+from adapter._exceptions import edge_of
+from adapter.testing import memory_client
+
+GROUPS = {"retry_initial": 0.2, "retry_max": 5.0, "dedup_window": 0.0}
+
+
+@pytest.fixture
+def exchange() -> str:
+    return f"t-admin-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def admin_client(
+    bus_kind: str, exchange: str, request: pytest.FixtureRequest
+) -> AsyncIterator[Client]:
+    url = request.getfixturevalue("amqp_url") if bus_kind == "rabbitmq" else None
+    settings = load_settings(amqp={"url": url, "exchange": exchange}, groups=GROUPS)
+    async with Client(settings) if url is not None else memory_client(settings) as client:
+        yield client
+        if url is not None:
+            for info in await client.groups():
+                await client.delete_group(info.name, force=True)
+    if url is not None:
+        await _drop_broker_side(url, exchange)
+
+
+async def _drop_broker_side(url: str, exchange: str) -> None:
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.queue_delete(registry_queue(exchange))
+        await channel.exchange_delete(exchange)
+
+
+async def _queue_exists(url: str, name: str) -> bool:
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        try:
+            await channel.declare_queue(name, passive=True)
+        except aio_pika.exceptions.ChannelClosed:
+            return False
+    return True
+
+
+async def _take(sub: GroupSubscription, seconds: float = 10) -> Delivery:
+    async with asyncio.timeout(seconds):
+        async for delivery in sub:
+            return delivery
+    raise AssertionError("no delivery")
+
+
+async def _depth_reaches(client: Client, group: str, depth: int, seconds: float = 10) -> None:
+    async with asyncio.timeout(seconds):
+        while (await client.group_info(group)).depth != depth:
+            await asyncio.sleep(0.05)
+
+
+async def test_a_group_is_listed_with_its_bindings_depth_consumers_and_dead_letters(
+    admin_client: Client, unique_name: str
+) -> None:
+    client = admin_client
+    async with client.subscribe(unique_name, group="orders", prefetch=1) as sub:
+        await client.send_custom_event(unique_name, event_id="e1")
+        await (await _take(sub)).dead_letter("bad order")
+        [info] = await client.groups()
+        assert (info.name, info.bindings) == ("orders", (f"internal.{unique_name}",))
+        assert (info.consumers, info.dead_letters) == (1, 1)
+    for n in range(3):
+        await client.send_custom_event(unique_name, event_id=f"w{n}")
+    await _depth_reaches(client, "orders", 3)
+    info = await client.group_info("orders")
+    assert (info.depth, info.consumers, info.dead_letters) == (3, 0, 1)
+    assert info.to_json() == {
+        "name": "orders",
+        "bindings": [f"internal.{unique_name}"],
+        "depth": 3,
+        "consumers": 0,
+        "dead_letters": 1,
+    }
+
+
+async def test_purge_drops_what_waits_and_dead_purge_the_dead_letters(
+    admin_client: Client, unique_name: str
+) -> None:
+    client = admin_client
+    async with client.subscribe(unique_name, group="p", prefetch=1) as sub:
+        await client.send_custom_event(unique_name, event_id="d1")
+        await (await _take(sub)).dead_letter("gone")
+    for n in range(4):
+        await client.send_custom_event(unique_name, event_id=f"w{n}")
+    await _depth_reaches(client, "p", 4)
+    assert await client.purge_group("p") == 4
+    assert (await client.group_info("p")).depth == 0
+    assert await client.purge_dead_letters("p") == 1
+    assert await client.dead_letters("p") == []
+    assert await client.purge_dead_letters("p") == 0
+    async with client.subscribe(unique_name, group="p") as sub:  # the group still works
+        await client.send_custom_event(unique_name, event_id="after")
+        assert (await _take(sub)).event.event_id == "after"
+
+
+async def test_purge_drops_the_deliveries_waiting_for_a_retry_too(
+    admin_client: Client, unique_name: str
+) -> None:
+    client = admin_client
+    async with client.subscribe(unique_name, group="r", prefetch=1) as sub:
+        await client.send_custom_event(unique_name, event_id="later")
+        await (await _take(sub)).retry("busy", at_least=3)  # 3.2 s in a retry queue
+        assert await client.purge_group("r") == 1
+        with pytest.raises(TimeoutError):
+            await _take(sub, 4.5)
+    assert await client.dead_letters("r") == []
+
+
+async def test_delete_refuses_while_consumers_are_attached_unless_forced(
+    admin_client: Client,
+    unique_name: str,
+    bus_kind: str,
+    exchange: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    client = admin_client
+    async with client.subscribe(unique_name, group="d", max_attempts=3) as sub:
+        await client.send_custom_event(unique_name, event_id="r1")
+        await (await _take(sub)).retry("later")  # makes a retry queue
+        await (await _take(sub)).dead_letter("given up")
+        with pytest.raises(GroupInUse, match="1 consumer") as refused:
+            await client.delete_group("d")
+        assert (refused.value.group, refused.value.consumers) == ("d", 1)
+        assert edge_of(refused.value).exit == 75 and edge_of(refused.value).http == 409
+        deleted = await client.delete_group("d", force=True)
+        assert (deleted.name, deleted.consumers, deleted.dead_letters) == ("d", 1, 1)
+    assert [g.name for g in await client.groups()] == []
+    with pytest.raises(GroupNotFound):
+        await client.group_info("d")
+    if bus_kind == "rabbitmq":
+        url = request.getfixturevalue("amqp_url")
+        for name in (
+            group_queue(exchange, "d"),
+            dead_queue(exchange, "d"),
+            retry_queue(exchange, "d", 200),
+        ):
+            assert not await _queue_exists(url, name), name
+    # Made again from nothing on the next join.
+    async with client.subscribe(unique_name, group="d") as sub:
+        info = await client.group_info("d")
+        assert (info.depth, info.dead_letters, info.consumers) == (0, 0, 1)
+
+
+@pytest.mark.parametrize(
+    "call",
+    ["group_info", "purge_group", "delete_group", "purge_dead_letters", "dead_letters", "replay"],
+)
+async def test_every_action_on_a_group_that_does_not_exist_is_a_clear_miss(
+    admin_client: Client, call: str
+) -> None:
+    with pytest.raises(GroupNotFound, match="no group 'nowhere'") as missed:
+        await getattr(admin_client, call)("nowhere")
+    assert missed.value.group == "nowhere"
+    assert (edge_of(missed.value).http, edge_of(missed.value).exit) == (404, 66)
+
+
+async def test_replaying_an_event_id_with_no_dead_letter_is_a_miss(
+    admin_client: Client, unique_name: str
+) -> None:
+    client = admin_client
+    async with client.subscribe(unique_name, group="m") as sub:
+        await client.send_custom_event(unique_name, event_id="kept")
+        await (await _take(sub)).dead_letter("no")
+    with pytest.raises(DeadLetterNotFound, match="'m' has no dead letter of the event 'x'") as miss:
+        await client.replay("m", event_id="x")
+    assert (miss.value.group, miss.value.event_id) == ("m", "x")
+    assert len(await client.dead_letters("m")) == 1  # nothing else was touched
+
+
+@pytest.mark.parametrize("bus_kind", ["rabbitmq"], indirect=True)
+async def test_forged_and_malformed_registry_records_are_dropped(
+    admin_client: Client, unique_name: str, exchange: str, amqp_url: str
+) -> None:
+    client = admin_client
+    async with client.subscribe(unique_name, group="real"):
+        pass
+    hostile = [
+        b"x" * 100_000,  # huge
+        b"[" * 5000 + b"]" * 5000,  # deep
+        b"\xff\xfe not json",
+        json.dumps({"group": "../evil", "binding": "internal.a"}).encode(),
+        json.dumps({"group": "ok", "binding": "secret.a"}).encode(),  # no such kind
+        json.dumps({"group": "ok", "binding": "internal.a/b"}).encode(),
+        json.dumps({"group": "ok", "retry": True}).encode(),
+        json.dumps({"group": "ok", "retry": 10**12}).encode(),
+        json.dumps({"group": "ok", "binding": "internal.a", "more": 1}).encode(),
+        json.dumps({"group": "real", "binding": f"internal.{unique_name}"}).encode(),  # a copy
+    ]
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for body in hostile:
+            await channel.default_exchange.publish(
+                aio_pika.Message(body), routing_key=registry_queue(exchange)
+            )
+    # A group named by a forged record but with no queue is not listed; the real one is, once.
+    infos = await client.groups()
+    assert [(i.name, i.bindings) for i in infos] == [("real", (f"internal.{unique_name}",))]
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(registry_queue(exchange), passive=True)
+        assert queue.declaration_result.message_count == 1  # the rest were removed
+
+
+@pytest.mark.parametrize("bus_kind", ["rabbitmq"], indirect=True)
+async def test_a_group_made_before_the_registry_is_listed_by_its_trigger_name(
+    admin_client: Client, exchange: str, amqp_url: str
+) -> None:
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_queue(
+            group_queue(exchange, "old"), durable=True, arguments={"x-queue-type": "quorum"}
+        )
+    try:
+        assert await admin_client.groups() == []
+        listed = await admin_client.bus.groups(["old"])
+        assert [(i.name, i.bindings, i.depth) for i in listed] == [("old", (), 0)]
+    finally:
+        await admin_client.delete_group("old")
+
+
+async def test_a_bridge_daemon_bus_has_no_groups_to_manage() -> None:
+    bus = HttpBus("http://127.0.0.1:9")
+    async with Client(load_settings(), bus=bus) as client:
+        with pytest.raises(ConfigurationError, match="groups need RabbitMQ"):
+            await client.groups()
+        for call in ("group_info", "purge_group", "delete_group", "purge_dead_letters"):
+            with pytest.raises(ConfigurationError, match="groups need RabbitMQ"):
+                await getattr(client, call)("g")
+
+
+# -- the command line ----------------------------------------------------------------------------
+
+
+def _customevent(exchange: str, amqp_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CUSTOMEVENT_AMQP__URL": amqp_url, "CUSTOMEVENT_AMQP__EXCHANGE": exchange}
+    return subprocess.run(
+        [sys.executable, "-m", "adapter._cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("bus_kind", ["rabbitmq"], indirect=True)
+async def test_the_group_commands_list_purge_delete_and_miss(
+    admin_client: Client, unique_name: str, exchange: str, amqp_url: str
+) -> None:
+    client = admin_client
+    run = lambda *args: asyncio.to_thread(_customevent, exchange, amqp_url, *args)  # noqa: E731
+    async with client.subscribe(unique_name, group="cli") as sub:
+        await client.send_custom_event(unique_name, event_id="one")
+        await (await _take(sub)).dead_letter("no")
+        listed = await run("group", "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        assert [json.loads(line) for line in listed.stdout.splitlines()] == [
+            {
+                "name": "cli",
+                "bindings": [f"internal.{unique_name}"],
+                "depth": 0,
+                "consumers": 1,
+                "dead_letters": 1,
+            }
+        ]
+        plain = await run("group", "list")
+        assert plain.stdout.split() == [
+            "cli",
+            f"internal.{unique_name}",
+            "depth=0",
+            "consumers=1",
+            "dead_letters=1",
+        ]
+        refused = await run("group", "delete", "cli")
+        assert refused.returncode == 75
+        assert "has 1 consumer(s) attached" in refused.stderr and "--force" in refused.stderr
+    missing = await run("dead", "replay", "cli", "--event-id", "nonexistent")
+    assert missing.returncode == 66
+    assert "no dead letter of the event 'nonexistent'" in missing.stderr
+    assert "replayed" not in missing.stdout
+    purged = await run("dead", "purge", "cli")
+    assert (purged.returncode, purged.stdout.strip()) == (
+        0,
+        "dropped 1 dead letter(s) of group 'cli'",
+    )
+    assert (await run("group", "purge", "cli", "--json")).stdout.strip() == '{"purged": 0}'
+    deleted = await run("group", "delete", "cli")
+    assert deleted.returncode == 0 and "deleted group 'cli'" in deleted.stdout
+    gone = await run("group", "delete", "cli")
+    assert gone.returncode == 66 and "no group 'cli'" in gone.stderr
+    empty = await run("group", "list")
+    assert empty.returncode == 0 and empty.stdout == "" and "no groups" in empty.stderr
