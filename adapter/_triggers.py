@@ -44,6 +44,7 @@ from ._cloudevents import to_http
 from ._exceptions import BusError
 from ._groups import Delivery
 from ._settings import Settings, Trigger
+from ._tracing import consuming, enabled, requesting, span_trace, trace_headers
 from ._version import __version__
 
 __all__ = ["ATTRIBUTES_ID_PREFIX", "REPLY_BYTES", "Triggers", "attributes_id", "sign", "webhook_id"]
@@ -243,7 +244,7 @@ class _Runner:
         IN_FLIGHT.labels(name).inc()
         lane = self._lane()  # the semaphore bounds the lanes to max_in_flight
         try:
-            outcome = await self._post(lane, delivery)
+            outcome = await self._traced_post(lane, delivery)
             DELIVERIES.labels(name, outcome).inc()
         except BusError as exc:
             # Settling needs the broker: the delivery comes again once it is back.
@@ -253,12 +254,42 @@ class _Runner:
             IN_FLIGHT.labels(name).dec()
             self.slots.release()
 
-    async def _post(self, http: httpx.AsyncClient, delivery: Delivery) -> str:
+    async def _traced_post(self, http: httpx.AsyncClient, delivery: Delivery) -> str:
+        """``_post`` in a process span and a CLIENT span when traces are recorded, whose context
+        the request's ``traceparent`` header carries; else that header is the event's own."""
+        event = delivery.event
+        if not enabled():
+            return await self._post(
+                http, delivery, trace_headers(event.traceparent, event.tracestate)
+            )
+        bus = self.client.bus
+        with (
+            consuming(
+                event,
+                system=bus.messaging_system,
+                destination=bus.destination,
+                attributes={
+                    "messaging.consumer.group.name": self.trigger.name,
+                    "messaging.message.delivery_count": delivery.attempt,
+                },
+            ),
+            requesting("POST", self.trigger.url) as span,
+        ):
+            outcome = await self._post(http, delivery, trace_headers(*span_trace(span)))
+            span.set_attribute("customevent.webhook.outcome", outcome)
+            return outcome
+
+    async def _post(
+        self, http: httpx.AsyncClient, delivery: Delivery, traced: dict[str, str]
+    ) -> str:
         trigger = self.trigger
         event = delivery.event
         headers, body = to_http(event, trigger.mode)
         message_id = webhook_id(event.event_id, headers)
         headers.update(sign(self.webhooks, message_id, int(self.clock()), body))
+        # The hop's trace context, outside the signature; the event's own is signed (its
+        # ``ce-traceparent`` header in binary mode, its ``traceparent`` attribute in the body).
+        headers.update(traced)
         started = time.perf_counter()
         try:
             # httpx's timeout bounds each read; a receiver that drips its answer a byte at a

@@ -40,6 +40,7 @@ from ._gateway import (
 from ._logging import RequestContext
 from ._metrics import RECONNECTS
 from ._soap import soap_router
+from ._trace import TraceContext
 from ._wait import WaitResponse, parse_deadline, scoped
 
 __all__ = ["create_app"]
@@ -244,6 +245,7 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
     app.state.gateway = gateway
     app.add_exception_handler(HttpError, _problem)
     app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_middleware(TraceContext)
     app.add_middleware(RequestContext)
     reconnects = getattr(client.bus, "on_reconnect", None)
     if isinstance(reconnects, list) and RECONNECTS.inc not in reconnects:
