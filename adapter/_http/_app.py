@@ -103,6 +103,10 @@ class EventOut(BaseModel):
     sent_at: str
     source: str
     principal: str | None
+    traceparent: str | None = Field(
+        default=None, description="the W3C trace context the event was sent in, when traced"
+    )
+    tracestate: str | None = None
 
 
 #: What a send may be answered besides its success.
