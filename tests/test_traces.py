@@ -46,7 +46,7 @@ from adapter._tracing import configure, enabled, remote_context
 from adapter._triggers import Triggers
 from tests.support.processes import clean_env, customevent
 from tests.support.webhooks import RETRY, trigger, until
-from tests.test_http_support import HEADERS, asgi_client, make_settings
+from tests.test_http_support import HEADERS, asgi_client, make_settings, until_waiting
 from tests.test_mqtt_support import unique_prefix
 from tests.test_triggers import Receiver, serving
 
@@ -463,3 +463,99 @@ async def _until_bound(amqp_url: str, name: str) -> None:
             ):
                 return
             await asyncio.sleep(0.2)
+
+
+# -- every HTTP edge, and the HTTP wait ---------------------------------------------------------
+
+_SOAP = (
+    '<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
+    'xmlns:web="http://webservice.vso.dunes.ch"><soapenv:Body><web:sendCustomEvent>'
+    "<web:eventName>{name}</web:eventName><web:serializedProperties>a=1"
+    "</web:serializedProperties></web:sendCustomEvent></soapenv:Body></soapenv:Envelope>"
+)
+
+
+def _request(edge: str, name: str, trace: dict[str, str]) -> dict[str, Any]:
+    """The keyword arguments of ``http.request`` that send ``name`` through ``edge``, with the
+    trace context ``trace`` where that edge carries it."""
+    if edge == "vro":
+        return {
+            "url": f"/vco/api/customevent/{name}",
+            "params": {"properties": "a=1"},
+            "headers": trace,
+        }
+    if edge == "json":
+        return {
+            "url": f"/api/v1/events/{name}",
+            "json": {"properties": {"a": "1"}},
+            "headers": trace,
+        }
+    if edge == "soap":
+        return {
+            "url": "/vmware-vmo-webcontrol/webservice",
+            "content": _SOAP.format(name=name),
+            "headers": {"content-type": "text/xml", **trace},
+        }
+    ce = {"ce-specversion": "1.0", "ce-id": uuid.uuid4().hex, "ce-source": "urn:x", "ce-type": name}
+    if edge == "cloudevent-binary":  # the extension attribute as the binding's ce- header
+        headers = {**ce, "content-type": "application/json"}
+        headers.update({f"ce-{key}": value for key, value in trace.items()})
+        return {"url": "/api/v1/cloudevents", "content": b'{"a":"1"}', "headers": headers}
+    attributes = {key[3:]: value for key, value in ce.items()}
+    return {
+        "url": "/api/v1/cloudevents",
+        "content": json.dumps({**attributes, **trace, "data": {"a": "1"}}),
+        "headers": {"content-type": "application/cloudevents+json"},
+    }
+
+
+HTTP_EDGES = ["vro", "json", "soap", "cloudevent-binary", "cloudevent-structured"]
+
+
+@pytest.mark.parametrize("edge", HTTP_EDGES)
+async def test_every_http_edge_takes_the_trace_context_and_drops_a_forged_one(
+    client: Client, unique_name: str, edge: str
+) -> None:
+    sent: list[Event | None] = []
+    async with asgi_client(client, make_settings()) as http:
+        http.headers.update(HEADERS)
+        for trace in (
+            {"traceparent": PARENT, "tracestate": STATE},
+            {"traceparent": PARENT.replace("-01", "-0"), "tracestate": STATE},
+            {"traceparent": "00-" + "0" * 32 + "-00f067aa0ba902b7-01"},
+            {"traceparent": PARENT, "tracestate": "x" * 2000},
+        ):
+            async with client.expect("external", unique_name, until=timedelta(seconds=10)) as w:
+                response = await http.request("POST", **_request(edge, unique_name, trace))
+                assert response.status_code < 300, response.text
+                sent.append(await w)
+    assert all(event is not None for event in sent)
+    traces = [(e.traceparent, e.tracestate) for e in sent if e is not None]
+    assert traces == [(PARENT, STATE), (None, None), (None, None), (PARENT, None)]
+
+
+@pytest.mark.parametrize("accept", ["application/json", "application/cloudevents+json"])
+async def test_the_http_wait_answers_with_the_trace(
+    client: Client, unique_name: str, accept: str
+) -> None:
+    async with asgi_client(client, make_settings()) as http:
+        http.headers.update(HEADERS)
+        waiting = asyncio.create_task(
+            http.get(
+                f"/api/v1/events/{unique_name}/wait",
+                params={"timeout": "20s"},
+                headers={"accept": accept},
+            )
+        )
+        await until_waiting(client)
+        token = otel_context.attach(remote_context(PARENT, STATE))
+        try:
+            await client.send_custom_event(unique_name, kind="external")
+        finally:
+            otel_context.detach(token)
+        response = await waiting
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["traceparent"], body["tracestate"]) == (PARENT, STATE)
+    if accept != "application/json":
+        assert body["specversion"] == "1.0"  # the extension attribute of the CloudEvent
