@@ -44,6 +44,7 @@ from ._event import Event
 from ._exceptions import ConfigurationError
 from ._names import routing_key
 from ._trace_context import TRACEPARENT, TRACESTATE, check_trace
+from ._version import __version__
 
 __all__ = [
     "INSTRUMENTATION",
@@ -73,8 +74,21 @@ def enabled() -> bool:
     return not isinstance(trace.get_tracer_provider(), ProxyTracerProvider | NoOpTracerProvider)
 
 
+_tracers: dict[int, tuple[trace.TracerProvider, trace.Tracer]] = {}
+
+
 def _tracer() -> trace.Tracer:
-    return trace.get_tracer(INSTRUMENTATION)
+    # The provider's own tracer, kept: getting one costs a quarter of what a span does (the SDK
+    # builds its scope each time). Keyed by the provider, which a test or a user may replace.
+    provider = trace.get_tracer_provider()
+    kept = _tracers.get(id(provider))
+    if kept is None or kept[0] is not provider:
+        _tracers.clear()
+        kept = _tracers[id(provider)] = (
+            provider,
+            provider.get_tracer(INSTRUMENTATION, __version__),
+        )
+    return kept[1]
 
 
 def _traceparent(context: SpanContext) -> str:
