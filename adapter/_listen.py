@@ -28,7 +28,7 @@ from ._client import Client
 from ._event import Event
 from ._exceptions import ConfigurationError
 from ._groups import Delivery
-from ._tracing import consuming, enabled, span_trace
+from ._tracing import consuming, span_trace
 
 __all__ = ["command_environment", "listen", "run_command"]
 
@@ -143,9 +143,7 @@ async def run_command(
     # The listener's own trace, if it was started in one, is not the event's.
     env.pop(_TRACEPARENT, None)
     env.pop(_TRACESTATE, None)
-    if not enabled():
-        _trace_environment(env, event.traceparent, event.tracestate)
-        return await _run(command, env, event, limit)
+    # Tracing off, the span is the event's own trace: the command continues it either way.
     with consuming(
         event,
         system=system,

@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import (
@@ -51,6 +52,7 @@ __all__ = [
     "configure",
     "consuming",
     "current_trace",
+    "current_trace_id",
     "enabled",
     "event_context",
     "publishing",
@@ -102,6 +104,12 @@ def span_trace(span: Span) -> tuple[str | None, str | None]:
         return None, None
     state = context.trace_state.to_header() if context.trace_state else ""
     return check_trace(_traceparent(context), state or None)
+
+
+def current_trace_id() -> str | None:
+    """The trace id of the current OpenTelemetry context (32 hex digits), if it holds one."""
+    context = trace.get_current_span().get_span_context()
+    return f"{context.trace_id:032x}" if context.is_valid else None
 
 
 def current_trace() -> tuple[str | None, str | None]:
@@ -172,7 +180,21 @@ def consuming(
     attributes: Mapping[str, str | int] | None = None,
 ) -> Iterator[Span]:
     """The CONSUMER span of processing an event (a wait's answer, a group's delivery), child of
-    the trace the event carries; ``attributes`` are added (``messaging.consumer.group.name``)."""
+    the trace the event carries, as the current span; ``attributes`` are added
+    (``messaging.consumer.group.name``). With tracing off, the event's own trace is the current
+    context while it is processed (its log lines name it) and the span yielded is that trace's:
+    ``span_trace`` of it is the event's own trace context."""
+    parent = event_context(event)
+    if not enabled():
+        if parent is None:
+            yield trace.INVALID_SPAN
+            return
+        token = otel_context.attach(parent)
+        try:
+            yield trace.get_current_span(parent)
+        finally:
+            otel_context.detach(token)
+        return
     base: dict[str, Any] = {
         "messaging.system": system,
         "messaging.destination.name": destination,
@@ -183,10 +205,7 @@ def consuming(
     }
     base.update(attributes or {})
     with _tracer().start_as_current_span(
-        f"process {destination}",
-        context=event_context(event),
-        kind=SpanKind.CONSUMER,
-        attributes=base,
+        f"process {destination}", context=parent, kind=SpanKind.CONSUMER, attributes=base
     ) as span:
         yield span
 

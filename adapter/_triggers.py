@@ -44,7 +44,7 @@ from ._cloudevents import to_http
 from ._exceptions import BusError
 from ._groups import Delivery
 from ._settings import Settings, Trigger
-from ._tracing import consuming, enabled, requesting, span_trace, trace_headers
+from ._tracing import consuming, requesting, span_trace, trace_headers
 from ._version import __version__
 
 __all__ = ["ATTRIBUTES_ID_PREFIX", "REPLY_BYTES", "Triggers", "attributes_id", "sign", "webhook_id"]
@@ -255,13 +255,9 @@ class _Runner:
             self.slots.release()
 
     async def _traced_post(self, http: httpx.AsyncClient, delivery: Delivery) -> str:
-        """``_post`` in a process span and a CLIENT span when traces are recorded, whose context
-        the request's ``traceparent`` header carries; else that header is the event's own."""
+        """``_post`` in a process span and a CLIENT span, whose context the request's
+        ``traceparent`` header carries; tracing off, both are the event's own trace."""
         event = delivery.event
-        if not enabled():
-            return await self._post(
-                http, delivery, trace_headers(event.traceparent, event.tracestate)
-            )
         bus = self.client.bus
         with (
             consuming(
@@ -276,7 +272,8 @@ class _Runner:
             requesting("POST", self.trigger.url) as span,
         ):
             outcome = await self._post(http, delivery, trace_headers(*span_trace(span)))
-            span.set_attribute("customevent.webhook.outcome", outcome)
+            if span.is_recording():
+                span.set_attribute("customevent.webhook.outcome", outcome)
             return outcome
 
     async def _post(

@@ -559,3 +559,52 @@ async def test_the_http_wait_answers_with_the_trace(
     assert (body["traceparent"], body["tracestate"]) == (PARENT, STATE)
     if accept != "application/json":
         assert body["specversion"] == "1.0"  # the extension attribute of the CloudEvent
+
+
+# -- tracing off: consumers continue the event's own trace ---------------------------------------
+
+
+async def test_untraced_listen_gives_its_command_the_events_own_trace(
+    tmp_path: Path, unique_name: str
+) -> None:
+    assert not enabled()
+    seen = tmp_path / "env"
+    script = "import os, sys; open(sys.argv[1], 'w').write(os.environ.get('TRACEPARENT', '-'))"
+    stop = asyncio.Event()
+    async with Client(load_settings(amqp={"url": None})) as client:
+        async with client.subscribe(unique_name, group="g"):
+            pass
+        await client.send_event(
+            Event(unique_name, "internal", {}, traceparent=PARENT, tracestate=STATE)
+        )
+        listening = asyncio.create_task(
+            listen(
+                client,
+                unique_name,
+                group="g",
+                kind="internal",
+                command=[sys.executable, "-c", script, str(seen)],
+                command_timeout=20,
+                show=lambda _: None,
+                stop=stop,
+            )
+        )
+        await until(seen.exists, "the command ran")
+        stop.set()
+        assert await listening == 1
+    assert seen.read_text() == PARENT
+
+
+def test_a_json_log_line_names_the_trace_it_is_written_in() -> None:
+    import logging
+
+    from adapter._http._logging import JsonFormatter
+
+    record = logging.makeLogRecord({"msg": "hello", "levelname": "INFO"})
+    assert "trace_id" not in json.loads(JsonFormatter().format(record))
+    token = otel_context.attach(remote_context(PARENT, None))
+    try:
+        line = json.loads(JsonFormatter().format(record))
+    finally:
+        otel_context.detach(token)
+    assert line["trace_id"] == TRACE

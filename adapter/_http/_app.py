@@ -249,8 +249,8 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
     app.state.gateway = gateway
     app.add_exception_handler(HttpError, _problem)
     app.add_exception_handler(RequestValidationError, _invalid_request)
-    app.add_middleware(TraceContext)
     app.add_middleware(RequestContext)
+    app.add_middleware(TraceContext)  # outermost: the access line is in the request's trace
     reconnects = getattr(client.bus, "on_reconnect", None)
     if isinstance(reconnects, list) and RECONNECTS.inc not in reconnects:
         reconnects.append(RECONNECTS.inc)
