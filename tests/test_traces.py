@@ -274,7 +274,10 @@ async def test_a_forged_trace_context_on_the_bus_is_dropped_and_the_event_kept(
 # -- end to end: HTTP and MQTT v5 in, AMQP, wait --json, listen, webhook -------------------------
 
 
-async def _amqp_message(amqp_url: str, queue_name: str) -> aio_pika.abc.AbstractIncomingMessage:
+async def _amqp_message(
+    amqp_url: str, queue_name: str, *, keep: bool = False
+) -> aio_pika.abc.AbstractIncomingMessage:
+    """The next message of the queue, which is deleted after it unless ``keep``."""
     connection = await aio_pika.connect(amqp_url)
     async with connection, asyncio.timeout(20):
         channel = await connection.channel()
@@ -282,7 +285,8 @@ async def _amqp_message(amqp_url: str, queue_name: str) -> aio_pika.abc.Abstract
         while True:
             message = await queue.get(fail=False, no_ack=True)
             if message is not None:
-                await queue.delete(if_unused=False, if_empty=False)
+                if not keep:
+                    await queue.delete(if_unused=False, if_empty=False)
                 return message
             await asyncio.sleep(0.05)
 
@@ -608,3 +612,31 @@ def test_a_json_log_line_names_the_trace_it_is_written_in() -> None:
     finally:
         otel_context.detach(token)
     assert line["trace_id"] == TRACE
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.mosquitto
+async def test_a_forged_trace_context_over_mqtt_is_dropped_and_the_event_published(
+    amqp_url: str, mqtt_url: str
+) -> None:
+    word = f"w{uuid.uuid4().hex[:10]}"
+    name = f"t.traces.{word}"
+    prefix = unique_prefix()
+    options = {"prefix": prefix, "client_id": f"bridge-{prefix}", "session_expiry": 120}
+    settings = load_settings(amqp={"url": amqp_url}, mqtt={"url": mqtt_url, **options})
+    topic = f"{prefix}/external/{name.replace('.', '/')}"
+    forged = [
+        [("traceparent", PARENT + "x" * 20000), ("tracestate", STATE)],
+        [("traceparent", PARENT), ("traceparent", PARENT)],
+        [("traceparent", PARENT.upper())],
+        [("tracestate", STATE)],
+    ]
+    async with _tap(amqp_url, f"external.{name}") as tap:
+        async with Client(settings) as client, MqttBridge(settings, client) as bridge:
+            await asyncio.wait_for(bridge.wait_connected(), 20)
+            for i, user in enumerate(forged):
+                await asyncio.to_thread(_publish_mqtt, mqtt_url, topic, b"a=1", user)
+                message = await _amqp_message(amqp_url, tap, keep=i < len(forged) - 1)
+                headers = message.headers or {}
+                assert message.body == b'{"a":"1"}'
+                assert not {"traceparent", "tracestate", "ce-traceparent"} & set(headers)
