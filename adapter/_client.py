@@ -346,20 +346,20 @@ class Client:
         self._check_open()
         retain = check_retain(retain, self.settings.amqp.max_retain)
         if enabled():
-            bus = self.bus
-            with publishing(
-                event, system=bus.messaging_system, destination=bus.destination
-            ) as traced:
-                return await self._publish(traced, retain)
+            return await self._send_traced(event, retain)
         # Tracing off: the trace context the event or the caller has travels on unchanged.
-        return await self._publish(with_current_trace(event), retain)
-
-    async def _publish(self, event: Event, retain: timedelta | None) -> SendResult:
+        event = with_current_trace(event)
         # Without retain, the call every Bus has made since before retain existed.
         routed = await (
             self.bus.publish(event) if retain is None else self.bus.publish(event, retain=retain)
         )
         return SendResult(event_id=event.event_id, routed=routed)
+
+    async def _send_traced(self, event: Event, retain: timedelta | None) -> SendResult:
+        bus = self.bus
+        with publishing(event, system=bus.messaging_system, destination=bus.destination) as out:
+            routed = await (bus.publish(out) if retain is None else bus.publish(out, retain=retain))
+        return SendResult(event_id=out.event_id, routed=routed)
 
     def expect(
         self,

@@ -70,10 +70,22 @@ _EXPORTERS = ("otlp", "console")
 _PROTOCOL = "http/protobuf"
 
 
+_UNKNOWN = object()
+_NOT_RECORDING = (ProxyTracerProvider, NoOpTracerProvider)
+
+
 def enabled() -> bool:
     """True when a recording ``TracerProvider`` is installed (by ``configure`` or by the
     library's user): a check of the global provider's type, all that tracing costs when off."""
-    return not isinstance(trace.get_tracer_provider(), ProxyTracerProvider | NoOpTracerProvider)
+    # trace.get_tracer_provider() looks up an environment variable on each call while no
+    # provider is set: 0.7 us, 7% of an in-process send. The module's global says the same for
+    # 0.05 us; should a release of the API not have it, the public call answers.
+    provider = getattr(trace, "_TRACER_PROVIDER", _UNKNOWN)
+    if provider is None:
+        return False
+    if provider is _UNKNOWN:
+        provider = trace.get_tracer_provider()
+    return not isinstance(provider, _NOT_RECORDING)
 
 
 _tracers: dict[int, tuple[trace.TracerProvider, trace.Tracer]] = {}
@@ -242,6 +254,8 @@ def configure(environ: dict[str, str] | None = None) -> Any:
     unset or ``none``, or ``OTEL_SDK_DISABLED=true``. ``ConfigurationError`` for an exporter or
     an OTLP protocol this package does not ship, or the SDK not installed."""
     env = os.environ if environ is None else environ
+    if env.get("OTEL_PYTHON_TRACER_PROVIDER"):
+        trace.get_tracer_provider()  # the API loads the provider that names, once
     names = [n.strip().lower() for n in env.get("OTEL_TRACES_EXPORTER", "").split(",")]
     names = [n for n in names if n and n != "none"]
     if not names or env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
