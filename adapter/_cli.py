@@ -20,9 +20,11 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, NoReturn, TextIO
+
+from opentelemetry import context as otel_context
 
 from ._bus import Bus, check_wait_id
 from ._bus._base import BROKER_SCHEMES, DAEMON_SCHEMES, seconds_until
@@ -45,6 +47,9 @@ from ._properties import parse_properties
 from ._secrets import hash_secret, hash_token
 from ._settings import Settings, load_settings
 from ._times import check_retain, parse_deadline_text, parse_duration_text
+from ._trace_context import check_trace
+from ._tracing import configure as configure_tracing
+from ._tracing import remote_context
 from ._version import __version__
 
 __all__ = ["main", "parse_until", "shown_text", "subcommands"]
@@ -723,9 +728,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(_option_values_first(parser, given))
     args.run = run
     _configure_logging()
+    provider = None
     try:
         if args.command == "hash-secret":
             return _hash_secret(args)
+        provider = configure_tracing()
         if args.command == "serve":
             return _serve(args)
         runners = {
@@ -735,11 +742,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             "dead": _dead,
             "group": _group,
         }
-        return asyncio.run(runners[args.command](args))
+        with _environment_trace() if args.command == "send" else contextlib.nullcontext():
+            return asyncio.run(runners[args.command](args))
     except AdapterError as exc:
         return _fail(str(exc), _exit_code(exc))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    finally:
+        if provider is not None:
+            provider.shutdown()  # exports what is left before the process ends
+
+
+@contextlib.contextmanager
+def _environment_trace() -> Iterator[None]:
+    """Run in the trace of ``TRACEPARENT`` (and ``TRACESTATE``) from the environment, when it
+    is a valid one: what ``listen`` gives its command, so a ``customevent send`` that the
+    command runs continues the event's trace."""
+    traceparent, tracestate = check_trace(
+        os.environ.get("TRACEPARENT"), os.environ.get("TRACESTATE")
+    )
+    if traceparent is None:
+        yield
+        return
+    token = otel_context.attach(remote_context(traceparent, tracestate))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,6 +25,7 @@ from ._names import Kind, validate_kind, validate_name, validate_pattern
 from ._properties import check_limits, check_properties, parse_properties
 from ._settings import Settings, load_settings
 from ._times import check_retain, resolve_deadline
+from ._tracing import consuming, enabled, publishing, with_current_trace
 
 __all__ = [
     "Client",
@@ -113,6 +114,12 @@ class Expectation:
         if not self._done:
             if self._subscription is not None:
                 self._result = await self._subscription.get()
+                if self._result is not None and enabled():
+                    bus = self._client.bus
+                    with consuming(
+                        self._result, system=bus.messaging_system, destination=bus.destination
+                    ):
+                        pass  # the wait's answer: the process span marks when it arrived
             self._done = True
         return self._result
 
@@ -258,11 +265,21 @@ class Client:
         """Send an event built by ``prepare_event`` (``retain`` as for ``send_custom_event``)."""
         self._check_open()
         retain = check_retain(retain, self.settings.amqp.max_retain)
+        if enabled():
+            return await self._send_traced(event, retain)
+        # Tracing off: the trace context the event or the caller has travels on unchanged.
+        event = with_current_trace(event)
         # Without retain, the call every Bus has made since before retain existed.
         routed = await (
             self.bus.publish(event) if retain is None else self.bus.publish(event, retain=retain)
         )
         return SendResult(event_id=event.event_id, routed=routed, retained=retain is not None)
+
+    async def _send_traced(self, event: Event, retain: timedelta | None) -> SendResult:
+        bus = self.bus
+        with publishing(event, system=bus.messaging_system, destination=bus.destination) as out:
+            routed = await (bus.publish(out) if retain is None else bus.publish(out, retain=retain))
+        return SendResult(event_id=out.event_id, routed=routed)
 
     def expect(
         self,

@@ -3,9 +3,10 @@
 An event is a CloudEvent: ``id`` is the event id, ``type`` the event name, ``source``
 ``urn:customevent:<source>``, ``time`` when it was sent, ``datacontenttype`` ``application/json``
 and ``data`` the properties object; the extension attributes ``eventkind`` and ``principal`` say
-its kind and, when known, who sent it. An event that came in as a CloudEvent keeps the attributes
-this mapping does not give (its own ``source``, ``subject``, ``dataschema``, other extensions) in
-``Event.cloudevent_attributes``, so that it goes out again as the same CloudEvent.
+its kind and, when known, who sent it, and ``traceparent``/``tracestate`` (the Distributed
+Tracing extension) the trace it was sent in. An event that came in as a CloudEvent keeps the
+attributes this mapping does not give (its own ``source``, ``subject``, ``dataschema``, other
+extensions) in ``Event.cloudevent_attributes``, so that it goes out again as the same CloudEvent.
 
 The SDK (``cloudevents.core``) builds, validates and encodes the CloudEvents. The one exception is
 the bus: every published message carries the ``ce-*`` headers of the RabbitMQ binding, written
@@ -45,6 +46,7 @@ from ._properties import (
     loads_json_object,
 )
 from ._times import in_utc
+from ._trace_context import TRACEPARENT, TRACESTATE, check_trace
 
 __all__ = [
     "BATCH_CONTENT_TYPE",
@@ -98,6 +100,11 @@ def cloudevent_attributes(event: Event) -> dict[str, Any]:
     if event.principal is not None:
         attributes["principal"] = event.principal
     attributes.update(event.cloudevent_attributes)
+    # The Distributed Tracing extension: a receiver (Knative, Argo Events) joins the trace.
+    if event.traceparent is not None:
+        attributes[TRACEPARENT] = event.traceparent
+        if event.tracestate is not None:
+            attributes[TRACESTATE] = event.tracestate
     return attributes
 
 
@@ -195,6 +202,10 @@ def from_cloudevent(
             )
     if attributes.get("source") == SOURCE_PREFIX + source:
         del attributes["source"]
+    # A trace context that breaks the W3C rules is dropped, never a reason to refuse the event.
+    traceparent, tracestate = check_trace(
+        attributes.pop(TRACEPARENT, None), attributes.pop(TRACESTATE, None)
+    )
     data = cloudevent.get_data()
     if data is None:
         properties: dict[str, str] = {}
@@ -215,6 +226,8 @@ def from_cloudevent(
         source=source,
         principal=principal,
         cloudevent_attributes=check_cloudevent_attributes(attributes),
+        traceparent=traceparent,
+        tracestate=tracestate,
     )
 
 

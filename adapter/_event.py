@@ -15,6 +15,7 @@ from ._exceptions import InvalidInput
 from ._names import Kind, validate_kind, validate_name
 from ._properties import check_properties
 from ._times import parse_rfc3339
+from ._trace_context import check_trace
 
 __all__ = [
     "MAX_ATTRIBUTES",
@@ -41,7 +42,17 @@ MAX_ATTRIBUTE_BYTES: Final = 1024
 
 # Attributes the mapping writes from the event's own fields: an event cannot keep another value.
 _MAPPED = frozenset(
-    {"specversion", "id", "type", "time", "datacontenttype", "eventkind", "principal"}
+    {
+        "specversion",
+        "id",
+        "type",
+        "time",
+        "datacontenttype",
+        "eventkind",
+        "principal",
+        "traceparent",
+        "tracestate",
+    }
 )
 # Names the format reserves: never attributes.
 _RESERVED = frozenset({"data", "data_base64"})
@@ -113,6 +124,10 @@ class Event:
     #: The CloudEvent attributes it came with that the CloudEvents mapping does not give
     #: (``source``, ``subject``, ``dataschema``, extensions); empty unless sent as a CloudEvent.
     cloudevent_attributes: dict[str, str] = field(default_factory=dict)
+    #: The W3C trace context the event was sent in (``adapter/_trace_context.py`` checked it),
+    #: or None: the trace its waiters, group consumers and webhooks continue.
+    traceparent: str | None = None
+    tracestate: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The event as a JSON-ready dict (the shape of ``customevent wait --json``)."""
@@ -127,12 +142,17 @@ class Event:
         }
         if self.cloudevent_attributes:
             data["cloudevent_attributes"] = dict(self.cloudevent_attributes)
+        if self.traceparent is not None:
+            data["traceparent"] = self.traceparent
+            if self.tracestate is not None:
+                data["tracestate"] = self.tracestate
         return data
 
     @classmethod
     def from_json(cls, data: Any) -> Event:
         """The inverse of ``to_json``; ``InvalidInput`` for data that is not such an event."""
         try:
+            traceparent, tracestate = check_trace(data.get("traceparent"), data.get("tracestate"))
             return cls(
                 name=validate_name(data["name"]),
                 kind=validate_kind(data["kind"]),
@@ -144,6 +164,8 @@ class Event:
                 cloudevent_attributes=check_cloudevent_attributes(
                     data.get("cloudevent_attributes") or {}
                 ),
+                traceparent=traceparent,
+                tracestate=tracestate,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InvalidInput(f"not an event: {type(exc).__name__}: {exc}") from None

@@ -2,7 +2,9 @@
 
 With a command, the event goes to the command as JSON on stdin, with ``CUSTOMEVENT_NAME``,
 ``CUSTOMEVENT_EVENT_ID``, ``CUSTOMEVENT_KIND``, ``CUSTOMEVENT_GROUP`` and ``CUSTOMEVENT_ATTEMPT``
-in its environment, and none of the listener's own ``CUSTOMEVENT_*`` settings (its AMQP URL holds
+in its environment (and ``TRACEPARENT``, ``TRACESTATE`` when the event is traced: the process
+span's context when the bridge records traces, else the event's own), and none of the
+listener's own ``CUSTOMEVENT_*`` settings (its AMQP URL holds
 a password) unless named with ``--pass-env``. Exit status 0 acknowledges the event; anything else
 retries it (after the group's backoff; past ``max_attempts``, a dead letter); a command still
 running after its
@@ -26,6 +28,7 @@ from ._client import Client
 from ._event import Event
 from ._exceptions import ConfigurationError
 from ._groups import Delivery
+from ._tracing import consuming, span_trace
 
 __all__ = ["command_environment", "listen", "run_command"]
 
@@ -33,6 +36,8 @@ log = logging.getLogger("adapter.listen")
 
 _KILL_GRACE = 5.0
 _OWN_PREFIX = "CUSTOMEVENT_"
+_TRACEPARENT = "TRACEPARENT"
+_TRACESTATE = "TRACESTATE"
 
 
 async def listen(
@@ -64,7 +69,13 @@ async def listen(
                 handled += 1
                 continue
             failure = await run_command(
-                command, delivery, group=group, limit=command_timeout, pass_env=pass_env
+                command,
+                delivery,
+                group=group,
+                limit=command_timeout,
+                pass_env=pass_env,
+                system=client.bus.messaging_system,
+                destination=client.bus.destination,
             )
             if failure is None:
                 await delivery.ack()
@@ -127,9 +138,11 @@ async def run_command(
     group: str,
     limit: float,
     pass_env: Sequence[str] = (),
+    system: str = "customevent",
+    destination: str = "customevent",
 ) -> str | None:
     """Run the command for one delivery, for ``limit`` seconds at most: None when it exits 0,
-    else why it failed."""
+    else why it failed. ``system`` and ``destination``: the bus's, for the process span."""
     event = delivery.event
     env = {
         **command_environment(pass_env),
@@ -139,6 +152,35 @@ async def run_command(
         "CUSTOMEVENT_GROUP": group,
         "CUSTOMEVENT_ATTEMPT": str(delivery.attempt),
     }
+    # The listener's own trace, if it was started in one, is not the event's.
+    env.pop(_TRACEPARENT, None)
+    env.pop(_TRACESTATE, None)
+    # Tracing off, the span is the event's own trace: the command continues it either way.
+    with consuming(
+        event,
+        system=system,
+        destination=destination,
+        attributes={
+            "messaging.consumer.group.name": group,
+            "messaging.message.delivery_count": delivery.attempt,
+        },
+    ) as span:
+        _trace_environment(env, *span_trace(span))
+        return await _run(command, env, event, limit)
+
+
+def _trace_environment(
+    env: dict[str, str], traceparent: str | None, tracestate: str | None
+) -> None:
+    if traceparent is not None:
+        env[_TRACEPARENT] = traceparent
+        if tracestate is not None:
+            env[_TRACESTATE] = tracestate
+
+
+async def _run(
+    command: Sequence[str], env: dict[str, str], event: Event, limit: float
+) -> str | None:
     try:
         process = await asyncio.create_subprocess_exec(
             *command,

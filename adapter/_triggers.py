@@ -56,6 +56,7 @@ from ._event import Event
 from ._exceptions import AdapterError, BusError, InvalidInput
 from ._groups import Delivery
 from ._settings import Settings, Trigger
+from ._tracing import consuming, requesting, span_trace, trace_headers
 from ._version import __version__
 from ._vro import MEDIA_TYPE, execution_body, execution_url
 
@@ -332,7 +333,7 @@ class _Runner:
         IN_FLIGHT.labels(name).inc()
         lane = self._lane()  # the semaphore bounds the lanes to max_in_flight
         try:
-            outcome, reason = await self._post(lane, delivery)
+            outcome, reason = await self._traced_post(lane, delivery)
             DELIVERIES.labels(name, outcome).inc()
             if outcome != "ok":
                 self._log_failure(delivery, outcome, reason)
@@ -372,7 +373,31 @@ class _Runner:
         await delivery.retry(reason, at_least=at_least)
         return "dead_letter" if delivery.settled == "dead_letter" else "retry"
 
-    async def _post(self, http: httpx.AsyncClient, delivery: Delivery) -> tuple[str, str]:
+    async def _traced_post(self, http: httpx.AsyncClient, delivery: Delivery) -> tuple[str, str]:
+        """``_post`` in a process span and a CLIENT span, whose context the request's
+        ``traceparent`` header carries; tracing off, both are the event's own trace."""
+        event = delivery.event
+        bus = self.client.bus
+        with (
+            consuming(
+                event,
+                system=bus.messaging_system,
+                destination=bus.destination,
+                attributes={
+                    "messaging.consumer.group.name": self.trigger.name,
+                    "messaging.message.delivery_count": delivery.attempt,
+                },
+            ),
+            requesting("POST", self.target.url) as span,
+        ):
+            outcome, reason = await self._post(http, delivery, trace_headers(*span_trace(span)))
+            if span.is_recording():
+                span.set_attribute("customevent.webhook.outcome", outcome)
+            return outcome, reason
+
+    async def _post(
+        self, http: httpx.AsyncClient, delivery: Delivery, traced: dict[str, str]
+    ) -> tuple[str, str]:
         """Deliver once and settle; the outcome and, unless ``ok``, why."""
         trigger = self.trigger
         url = self.target.url
@@ -382,6 +407,9 @@ class _Runner:
             reason = f"cannot be delivered to {url}: {exc}"
             await delivery.dead_letter(reason)
             return "dead_letter", reason
+        # The hop's trace context, outside the signature; the event's own is signed (its
+        # ``ce-traceparent`` header in binary mode, its ``traceparent`` attribute in the body).
+        headers.update(traced)
         started = time.perf_counter()
         try:
             # httpx's timeout bounds each read; a receiver that drips its answer a byte at a

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make lock`: pin the daemon's runtime dependencies, with their hashes, in requirements/image.txt
+# `make lock`: pin the daemon's runtime dependencies (with the `otel` extra: the image exports
+# traces when OTEL_TRACES_EXPORTER asks it to), with their hashes, in requirements/image.txt
 # (the image installs exactly these, `pip install --require-hashes`; `make serve` uses them as
 # constraints). Run it after a change to the dependencies in pyproject.toml, and to take newer
 # releases; commit the result.
@@ -29,6 +30,6 @@ unset PIP_FIND_LINKS PIP_EXTRA_INDEX_URL PIP_INDEX_URL PIP_CONSTRAINT
 CUSTOM_COMPILE_COMMAND="make lock" "$venv/bin/pip-compile" --quiet --generate-hashes --allow-unsafe --strip-extras \
     --all-build-deps --no-emit-index-url --no-emit-find-links \
     --index-url https://pypi.org/simple \
-    \
+    --extra otel \
     --output-file requirements/image.txt pyproject.toml
 echo "make lock: requirements/image.txt ($(grep -c '^[a-z0-9]' requirements/image.txt) packages)"

@@ -89,7 +89,8 @@ def test_an_event_comes_back_from_its_cloudevent(principal: str | None) -> None:
 
 
 def test_a_foreign_cloudevent_goes_out_again_exactly() -> None:
-    original = _sdk_event(subject="pipeline/7", traceparent="00-abc-def-01", dataschema="urn:x")
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    original = _sdk_event(subject="pipeline/7", traceparent=traceparent, dataschema="urn:x")
     event = from_cloudevent(original, source="http", principal="ci")
     assert event.name == "job.done"
     assert event.event_id == "build-42"
@@ -98,10 +99,10 @@ def test_a_foreign_cloudevent_goes_out_again_exactly() -> None:
     assert event.source == "http"
     assert event.principal == "ci"
     assert event.properties == {"ok": "1"}
+    assert event.traceparent == traceparent  # the Distributed Tracing extension: the trace
     assert event.cloudevent_attributes == {
         "source": "https://ci.example.com/pipelines/7",
         "subject": "pipeline/7",
-        "traceparent": "00-abc-def-01",
         "dataschema": "urn:x",
     }
     back = to_cloudevent(event)

@@ -362,9 +362,16 @@ class Bus(abc.ABC):
     """A topic bus for events. Use it as an async context manager; it is opened once."""
 
     name: str = "bus"
+    #: ``messaging.system`` of its spans (``adapter/_tracing.py``).
+    messaging_system: str = "customevent"
     #: The kind a send or wait uses when the caller (the CLI) names none.
     default_kind: Kind = "internal"
     _state = "unopened"
+
+    @property
+    def destination(self) -> str:
+        """Where a send goes, as its spans name it (``messaging.destination.name``)."""
+        return self.name
 
     @property
     def where(self) -> str:

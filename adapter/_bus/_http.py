@@ -175,9 +175,16 @@ class HttpBus(Bus):
         if retain is not None:
             # The daemon checks it against its own amqp.max_retain.
             body["retain"] = f"{retain.total_seconds():.3f}s"
+        headers: dict[str, str] = {}
+        if event.traceparent is not None:
+            headers["traceparent"] = event.traceparent
+            if event.tracestate is not None:
+                headers["tracestate"] = event.tracestate
         try:
             response = await self._client().post(
-                f"/api/v1/events/{quote(validate_name(event.name), safe='')}", json=body
+                f"/api/v1/events/{quote(validate_name(event.name), safe='')}",
+                json=body,
+                headers=headers,
             )
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from None

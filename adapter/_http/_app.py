@@ -42,6 +42,7 @@ from ._gateway import (
 from ._logging import RequestContext
 from ._metrics import BUS_CONNECTED, RECONNECTS
 from ._soap import soap_router
+from ._trace import TraceContext
 from ._wait import WaitResponse, parse_deadline, scoped
 
 __all__ = ["create_app"]
@@ -110,6 +111,10 @@ class EventOut(BaseModel):
     sent_at: str
     source: str
     principal: str | None
+    traceparent: str | None = Field(
+        default=None, description="the W3C trace context the event was sent in, when traced"
+    )
+    tracestate: str | None = None
 
 
 #: What a send may be answered besides its success.
@@ -253,6 +258,7 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
     app.add_exception_handler(HttpError, _problem)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_middleware(RequestContext)
+    app.add_middleware(TraceContext)  # outermost: the access line is in the request's trace
     reconnects = getattr(client.bus, "on_reconnect", None)
     if isinstance(reconnects, list) and RECONNECTS.inc not in reconnects:
         reconnects.append(RECONNECTS.inc)

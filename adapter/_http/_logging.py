@@ -1,5 +1,6 @@
 """Logging of the daemon: one JSON object per line, each carrying the id of the request it
-belongs to, and one access line per request (path without its query, never a header)."""
+belongs to and the trace id of its current trace (a request's ``traceparent``, an event being
+processed), and one access line per request (path without its query, never a header)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._settings import LogSettings
+from .._tracing import current_trace_id
 
 # The key a streamed wait (_wait.py) leaves its outcome's status under, in the request's state.
 OUTCOME_STATUS = "outcome_status"
@@ -42,6 +44,9 @@ class JsonFormatter(logging.Formatter):
         rid = request_id.get()
         if rid is not None:
             entry["request_id"] = rid
+        trace_id = current_trace_id()  # the request's, or the event's being processed
+        if trace_id is not None:
+            entry["trace_id"] = trace_id
         for key, value in record.__dict__.items():
             if key not in _RECORD_FIELDS and not key.startswith("_") and key != "color_message":
                 entry[key] = value

@@ -32,6 +32,7 @@ from ._mapping import (
     message_topic,
     refusal_reason,
     retain_from_mqtt,
+    with_mqtt_trace,
 )
 from ._metrics import (
     IN_FLIGHT,
@@ -180,6 +181,7 @@ class Ingress:
             event = event_from_mqtt(
                 self._client, self._settings.prefix, topic, message.payload, content_type
             )
+            event = with_mqtt_trace(event, message)
             retain = retain_from_mqtt(message, self._client.settings.amqp.max_retain)
         except Exception as exc:
             reason = "retained" if message.retain else refusal_reason(exc)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import unicodedata
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from .._event import Event, encode_body
 from .._exceptions import InvalidEventName, InvalidInput, InvalidProperties, PropertiesTooLarge
 from .._names import is_noncharacter, name_from_topic
 from .._properties import loads_json_object, string_object
+from .._trace_context import TRACEPARENT, TRACESTATE, trace_from_pairs
 
 __all__ = [
     "DEADLETTER_ROUTING_KEY",
@@ -39,6 +41,7 @@ __all__ = [
     "principal_from_name",
     "refusal_reason",
     "retain_from_mqtt",
+    "with_mqtt_trace",
 ]
 
 DEVICE_WORD = "device"
@@ -147,6 +150,23 @@ def event_from_mqtt(
 RETAIN_PROPERTY = "customevent-retain"
 """The MQTT v5 user property that asks for a retained event: its value ``true`` (or ``1``), and
 the message's expiry interval says for how long."""
+
+
+def with_mqtt_trace(event: Event, message: mqtt.MQTTMessage) -> Event:
+    """The event with the trace context of the message's MQTT v5 user properties
+    (``traceparent``, ``tracestate``, as the W3C trace context over MQTT has it), unless the
+    event came with its own (a structured CloudEvent's); one that breaks the W3C rules is
+    dropped, never a reason to refuse the message."""
+    if event.traceparent is not None:
+        return event
+    properties = message.properties
+    user = getattr(properties, "UserProperty", None) if properties is not None else None
+    if not user:
+        return event
+    traceparent, tracestate = trace_from_pairs(user)
+    if traceparent is None:
+        return event
+    return dataclasses.replace(event, traceparent=traceparent, tracestate=tracestate)
 
 
 def retain_from_mqtt(message: mqtt.MQTTMessage, max_retain: float) -> timedelta | None:
@@ -276,6 +296,10 @@ def egress_message(prefix: str, event: Event, *, v5: bool) -> EgressMessage:
         user = [("event_id", event.event_id), ("source", event.source)]
         if event.principal is not None:
             user.append(("principal", event.principal))
+        if event.traceparent is not None:
+            user.append((TRACEPARENT, event.traceparent))
+            if event.tracestate is not None:
+                user.append((TRACESTATE, event.tracestate))
         properties.UserProperty = user
     return EgressMessage(
         egress_topic(prefix, event.name), _egress_body(event.properties), properties

@@ -35,6 +35,7 @@ class AmqpBus(Bus):
     """The RabbitMQ bus: a durable topic exchange, confirmed publishing, wait queues."""
 
     name = "RabbitMQ"
+    messaging_system = "rabbitmq"
 
     def __init__(
         self,
@@ -71,6 +72,10 @@ class AmqpBus(Bus):
         self._groups = AmqpGroups(self.link, self.policy, check_open=self._check_open)
         self._tasks: set[asyncio.Task[None]] = set()
         self.link.on_reconnect.append(self._reconnected)
+
+    @property
+    def destination(self) -> str:
+        return self.settings.exchange
 
     @property
     def where(self) -> str:

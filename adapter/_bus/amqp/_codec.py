@@ -18,7 +18,10 @@ header and any body, so ``decode`` believes:
 - a principal (``x-event-principal``, ``ce-principal``) only from a message whose ``user_id``,
   which RabbitMQ validates, is one of ``trusted_publishers``: the accounts of bridge daemons;
 - an event id, a time, a source, attributes and properties only once they pass the same rules
-  as at every edge (sizes, characters, ranges).
+  as at every edge (sizes, characters, ranges);
+- a trace context (``traceparent``/``tracestate``, else ``ce-traceparent``/``ce-tracestate``)
+  only when it passes the W3C rules (``adapter/_trace_context.py``); one that does not is
+  dropped, and the message is read without it, never refused for it.
 
 Anything else makes ``decode`` raise ``BadMessage`` with the reason; it never raises another
 exception, whatever the message holds.
@@ -53,6 +56,7 @@ from ..._properties import (
     string_object,
 )
 from ..._times import parse_rfc3339
+from ..._trace_context import TRACEPARENT, TRACESTATE, check_trace, trace_from_pairs
 
 __all__ = [
     "H_ORIGINAL_ROUTING_KEY",
@@ -132,6 +136,11 @@ def message_headers(event: Event) -> dict[str, str]:
     }
     if event.principal is not None:
         headers["x-event-principal"] = event.principal
+    if event.traceparent is not None:
+        # As the W3C trace context over AMQP has it; the ce-* ones below carry it too.
+        headers[TRACEPARENT] = event.traceparent
+        if event.tracestate is not None:
+            headers[TRACESTATE] = event.tracestate
     headers.update(rabbitmq_headers(event))
     return headers
 
@@ -151,6 +160,9 @@ class RabbitMQAttributes:
     principal: str | None = None
     #: ``subject``, ``dataschema`` and extensions, with ``source`` when it is not ours.
     kept: Mapping[str, str] = field(default_factory=dict)
+    #: ``ce-traceparent`` and ``ce-tracestate``, when valid (an invalid one is dropped).
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 def _text(value: object) -> str | None:
@@ -172,8 +184,13 @@ def read_rabbitmq_headers(headers: Mapping[str, Any], source: str | None) -> Rab
     the message names (``x-event-source``), if any: a ``ce-source`` other than
     ``urn:customevent:<source>`` is kept. ``BadMessage`` for a header that breaks a rule."""
     found: dict[str, str] = {}
+    trace: list[tuple[str, object]] = []
     for key, value in headers.items():
         lowered = key.lower()
+        if lowered in _CE_TRACE:
+            # A hint, never a refusal: read apart, and dropped if it breaks a rule.
+            trace.append((lowered[len(CE_PREFIX) :], _trace_text(value)))
+            continue
         if lowered.startswith(CE_PREFIX) and value is not None:
             text = _text(value)
             if text is None:
@@ -182,8 +199,9 @@ def read_rabbitmq_headers(headers: Mapping[str, Any], source: str | None) -> Rab
             if name in found:
                 raise BadMessage(f"the ce-{name} header is given more than once")
             found[name] = text
+    traceparent, tracestate = trace_from_pairs(trace) if trace else (None, None)
     if not found:
-        return RabbitMQAttributes()
+        return RabbitMQAttributes(traceparent=traceparent, tracestate=tracestate)
     specversion = found.pop("specversion", SPECVERSION)
     if specversion != SPECVERSION:
         raise BadMessage(f"ce-specversion {specversion[:20]!r}: only CloudEvents 1.0 is read")
@@ -213,7 +231,41 @@ def read_rabbitmq_headers(headers: Mapping[str, Any], source: str | None) -> Rab
         kept = check_cloudevent_attributes(found) if found else {}
     except AdapterError as exc:
         raise BadMessage(str(exc)) from None
-    return RabbitMQAttributes(**{**_fields(attributes), "kept": kept})
+    return RabbitMQAttributes(
+        **{
+            **_fields(attributes),
+            "kept": kept,
+            "traceparent": traceparent,
+            "tracestate": tracestate,
+        }
+    )
+
+
+_CE_TRACE = frozenset({CE_PREFIX + TRACEPARENT, CE_PREFIX + TRACESTATE})
+
+
+def _trace_text(value: object) -> object:
+    """A trace header's value as text where it is UTF-8 bytes; anything else as it is, for the
+    check to drop."""
+    if isinstance(value, bytes | bytearray):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return value
+
+
+def _trace(
+    headers: Mapping[str, Any], cloudevent: RabbitMQAttributes
+) -> tuple[str | None, str | None]:
+    """The message's trace context: its ``traceparent`` header (and ``tracestate``), else its
+    ``ce-traceparent``; whatever breaks the W3C rules is dropped."""
+    traceparent, tracestate = check_trace(
+        _trace_text(headers.get(TRACEPARENT)), _trace_text(headers.get(TRACESTATE))
+    )
+    if traceparent is None:
+        return cloudevent.traceparent, cloudevent.tracestate
+    return traceparent, tracestate
 
 
 def _fields(attributes: RabbitMQAttributes) -> dict[str, Any]:
@@ -287,6 +339,7 @@ def _decode(
     if sent_at.tzinfo is None:
         sent_at = sent_at.replace(tzinfo=UTC)
     claim = _text(headers.get("x-event-principal"))
+    traceparent, tracestate = _trace(headers, cloudevent)
     event = Event(
         name=name,
         kind=kind,
@@ -296,6 +349,8 @@ def _decode(
         source=cloudevent.source or "amqp",
         principal=_principal(message, claim if claim is not None else cloudevent.principal, policy),
         cloudevent_attributes=dict(cloudevent.kept),
+        traceparent=traceparent,
+        tracestate=tracestate,
     )
     return Decoded(event, copy)
 
