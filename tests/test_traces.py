@@ -46,9 +46,9 @@ from adapter._tracing import configure, enabled, remote_context
 from adapter._triggers import Triggers
 from tests.support.processes import clean_env, customevent
 from tests.support.webhooks import RETRY, trigger, until
-from tests.test_http_support import HEADERS, asgi_client, make_settings, until_waiting
-from tests.test_mqtt_support import unique_prefix
-from tests.test_triggers import Receiver, serving
+from tests.support.http import HEADERS, asgi_client, make_settings, until_waiting
+from tests.support.mqtt import unique_prefix
+from tests.support.webhooks import Receiver, serving
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = f"00-{TRACE}-00f067aa0ba902b7-01"
