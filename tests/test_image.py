@@ -156,3 +156,28 @@ def test_the_podman_settings_are_those_debian_podman_needs_here() -> None:
         "events_logger": "file",
     }
     assert conf["containers"]["default_ulimits"] == ["nofile=20000:20000", "nproc=32768:32768"]
+
+
+def test_the_lock_holds_every_runtime_dependency_at_a_version_pyproject_allows() -> None:
+    """requirements/image.txt is current (`make lock`): every dependency the daemon declares,
+    and those of the ``otel`` extra the image installs, is pinned there within its bounds."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    root = Path(__file__).resolve().parent.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    declared = [*project["dependencies"], *project["optional-dependencies"]["otel"]]
+    pinned = {}
+    for line in (root / "requirements" / "image.txt").read_text().splitlines():
+        if "==" in line and not line.startswith((" ", "#")):
+            name, _, version = line.split(" ")[0].partition("==")
+            pinned[canonicalize_name(name)] = version
+    for text in declared:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        assert name in pinned, f"{requirement.name} is not in the lock: run make lock"
+        assert requirement.specifier.contains(pinned[name], prereleases=True), (
+            f"the lock pins {requirement.name} {pinned[name]}, outside {requirement.specifier}"
+        )
