@@ -154,18 +154,26 @@ class LibraryPath:
 
 
 class _Http:
-    """One keep-alive HTTP/1.1 connection, requests and responses written and read by hand."""
+    """One keep-alive HTTP/1.1 connection, requests and responses written and read by hand. The
+    daemon closes a connection idle for a few seconds (while the other paths run): a request on
+    a closed one opens another first, outside the timed span."""
 
     def __init__(self, port: int) -> None:
         self.port = port
+        self.writer: asyncio.StreamWriter | None = None
 
-    async def open(self) -> None:
-        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+    async def ready(self) -> None:
+        if self.writer is None or self.reader.at_eof() or self.writer.is_closing():
+            self.close()
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
     def request(self, method: str, target: str) -> None:
+        assert self.writer is not None
         self.writer.write(
             f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n".encode()
         )
@@ -200,8 +208,6 @@ class DaemonPath:
         self.word = word
 
     async def __aenter__(self) -> DaemonPath:
-        await self.sender.open()
-        await self.waiter.open()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -210,6 +216,8 @@ class DaemonPath:
 
     async def __call__(self, i: int) -> float:
         name = f"{self.word}.http.{i}"
+        await self.waiter.ready()
+        await self.sender.ready()
         self.waiter.request("GET", f"/api/v1/events/{name}/wait?timeout=10s&stream=true")
         status, headers = await self.waiter.head()
         if status != 200 or headers.get("x-customevent-wait") != "bound":
