@@ -53,6 +53,8 @@ __all__ = [
 
 FIGURES_PREFIX = "#figures "
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+# Units of figures where less is better (times, sizes, CPU), when no target says which way.
+LOWER_IS_BETTER_UNITS = frozenset({"s", "ms", "us", "µs", "MB", "MiB", "GiB", "cores"})
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,10 @@ class Figure:
 
     With a ``reference``, the target applies to ``ratio`` (value / reference); without one, to
     ``value``. ``at_least`` / ``at_most`` are the target's bounds; neither: informational.
-    ``samples`` keeps every round's value (``value`` is usually their median).
+    ``samples`` keeps every round's value (``value`` is usually their median). ``subject`` names
+    what ``value`` measures when it is not the bridge (a reference against another, in charts
+    drawn in neither the bridge's colours); ``better`` ("higher" or "lower") says which way is
+    good when there is no target to say it (``direction``).
     """
 
     name: str
@@ -73,6 +78,29 @@ class Figure:
     at_most: float | None = None
     samples: tuple[float, ...] = field(default=())
     note: str = ""
+    subject: str = ""
+    better: str = ""
+
+    def __post_init__(self) -> None:
+        if self.better not in ("", "higher", "lower"):
+            raise ValueError(
+                f"Figure {self.name!r}: better must be 'higher' or 'lower', not {self.better!r}"
+            )
+
+    @property
+    def direction(self) -> str:
+        """ "higher" or "lower" (which is better), or "" when nothing says: ``at_least`` means
+        higher, ``at_most`` lower; else ``better``; else the unit (a rate higher, a time, size
+        or CPU share lower)."""
+        if self.at_least is not None:
+            return "higher"
+        if self.at_most is not None:
+            return "lower"
+        if self.better:
+            return self.better
+        if self.unit.endswith("/s"):
+            return "higher"
+        return "lower" if self.unit in LOWER_IS_BETTER_UNITS else ""
 
     @property
     def ratio(self) -> float | None:

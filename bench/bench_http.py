@@ -1,7 +1,9 @@
 """Benchmark: the daemon's vRO REST send against RabbitMQ's own HTTP publish API.
 
-Run: ``python bench/bench_http.py`` (RabbitMQ on 127.0.0.1:5672, guest/guest; wrk installed).
-Loopback only, about a minute. In alternating rounds, wrk loads, with the same connections:
+Run: ``python bench/bench_http.py`` (RabbitMQ on 127.0.0.1:5672, guest/guest; wrk installed;
+``--amqp-url`` and ``--management`` for another node, whose management plugin this turns on, with
+``rabbitmq-plugins``, which honours ``RABBITMQ_NODENAME``). Loopback only, about a minute. In
+alternating rounds, wrk loads, with the same connections:
 
 - the daemon: ``POST /vco/api/customevent/bench.load?properties=a%3D1`` with HTTP Basic;
 - RabbitMQ: ``POST /api/exchanges/%2F/customevents/publish`` (management plugin, guest:guest).
@@ -28,6 +30,7 @@ import threading
 import time
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aio_pika
 
@@ -72,12 +75,13 @@ def wait_for(check: object, what: str, seconds: float) -> None:
     sys.exit(f"bench: {what} did not come up within {seconds:.0f}s")
 
 
-def ensure_management() -> None:
-    if port_open(15672):
+def ensure_management(management: str) -> None:
+    port = urlsplit(management).port or 15672
+    if port_open(port):
         return
     print("enabling rabbitmq_management ...", flush=True)
     subprocess.run(["rabbitmq-plugins", "enable", "rabbitmq_management"], check=True)
-    wait_for(lambda: port_open(15672), "the RabbitMQ management API on :15672", 90)
+    wait_for(lambda: port_open(port), f"the RabbitMQ management API on :{port}", 90)
 
 
 def wrk_script(directory: Path, name: str, authorization: str, body: str, ctype: str) -> Path:
@@ -138,14 +142,14 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return cuts[49] * 1000, cuts[98] * 1000
 
 
-async def daemon_latency(port: int, count: int) -> list[float]:
+async def daemon_latency(url: str, port: int, count: int) -> list[float]:
     """HTTP send through the daemon to a library waiter. The request is written by hand on one
     keep-alive connection, as wrk does: an HTTP client library would add its own overhead (httpx
     adds over a millisecond) and measure itself rather than the daemon."""
     samples = []
     authorization = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    async with Client(AMQP_URL) as client:
+    async with Client(url) as client:
         for i in range(count):
             name = f"bench.latency.{i}"
             request = (
@@ -165,9 +169,9 @@ async def daemon_latency(port: int, count: int) -> list[float]:
     return samples
 
 
-async def raw_latency(count: int) -> list[float]:
+async def raw_latency(url: str, count: int) -> list[float]:
     samples = []
-    connection = await aio_pika.connect_robust(AMQP_URL)
+    connection = await aio_pika.connect_robust(url)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         exchange = await channel.declare_exchange(
@@ -197,18 +201,29 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=6)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--latency-samples", type=int, default=300)
+    parser.add_argument(
+        "--amqp-url",
+        default=os.environ.get("CUSTOMEVENT_AMQP__URL") or AMQP_URL,
+        help=f"RabbitMQ (default $CUSTOMEVENT_AMQP__URL or {AMQP_URL})",
+    )
+    parser.add_argument(
+        "--management",
+        default=MANAGEMENT,
+        help=f"the same node's management API, guest:guest (default {MANAGEMENT})",
+    )
     args = parser.parse_args()
+    amqp = urlsplit(args.amqp_url)
     if shutil.which("wrk") is None:
         sys.exit("bench: wrk is not installed (apt-get install -y wrk)")
-    if not port_open(5672):
-        sys.exit("bench: RabbitMQ is not running on 127.0.0.1:5672")
-    ensure_management()
+    if not port_open(amqp.port or 5672):
+        sys.exit(f"bench: RabbitMQ is not running on {amqp.hostname}:{amqp.port or 5672}")
+    ensure_management(args.management)
 
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="customevent-bench-"))
     config = workdir / "bench.toml"
     config.write_text(
-        f'[amqp]\nurl = "{AMQP_URL}"\n'
+        f'[amqp]\nurl = "{args.amqp_url}"\n'
         # Access lines off (WARNING): one JSON line per request is the operator's choice, not
         # the daemon's cost. No rate limit: the load is the point.
         f'[http]\nport = {port}\nrate_limit = 0\n[log]\nlevel = "WARNING"\n'
@@ -225,14 +240,14 @@ def main() -> int:
         basic_ours = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
         basic_rabbit = "Basic " + base64.b64encode(b"guest:guest").decode()
         # Latency first, on a quiet broker: after a load RabbitMQ is still busy for a while.
-        ours_latency = asyncio.run(daemon_latency(port, args.latency_samples))
-        raw = asyncio.run(raw_latency(args.latency_samples))
+        ours_latency = asyncio.run(daemon_latency(args.amqp_url, port, args.latency_samples))
+        raw = asyncio.run(raw_latency(args.amqp_url, args.latency_samples))
         ours_p50, ours_p99 = percentiles(ours_latency)
         raw_p50, raw_p99 = percentiles(raw)
         ours = wrk_script(workdir, "daemon", basic_ours, "", "text/plain")
         theirs = wrk_script(workdir, "rabbit", basic_rabbit, RABBIT_BODY, "application/json")
         ours_url = f"{base}/vco/api/customevent/bench.load?properties=a%3D1"
-        theirs_url = f"{MANAGEMENT}/api/exchanges/%2F/customevents/publish"
+        theirs_url = f"{args.management}/api/exchanges/%2F/customevents/publish"
         # Warm both up (connections, caches, the credential check) before measuring.
         run_wrk(ours_url, ours, 2, args.connections)
         run_wrk(theirs_url, theirs, 2, args.connections)

@@ -391,7 +391,7 @@ def _recorded_run() -> dict[str, Any]:
     if not record.is_file():
         raise GenerationError(
             f"no recorded benchmark run in {record}: "
-            "python bench/run.py core groups retain mqtt --plot docs/performance"
+            "python bench/run.py core groups retain mqtt latency --plot docs/performance"
         )
     run: dict[str, Any] = json.loads(record.read_text())
     if not run.get("topics"):
@@ -425,7 +425,8 @@ def performance() -> str:
             if reference and figure["reference_name"]:
                 reference += f" ({figure['reference_name']})"
             target = f"{shown['target']}: {shown['verdict']}" if shown["target"] else ""
-            rows.append((figure["name"], shown["value"], reference, shown["ratio"], target))
+            better = shown.get("better", "")
+            rows.append((figure["name"], shown["value"], reference, shown["ratio"], target, better))
         notes = [
             f"- {figure['name']}: {figure['note']}" for figure in entry["figures"] if figure["note"]
         ]
@@ -435,7 +436,7 @@ def performance() -> str:
                     f"## `{topic}`",
                     f"![The figures of bench/bench_{topic}.py](performance/{entry['chart']})",
                     _caption(entry),
-                    _table(("figure", "measured", "reference", "ratio", "target"), rows),
+                    _table(("figure", "measured", "reference", "ratio", "target", "better"), rows),
                     *(["\n".join(notes)] if notes else []),
                 ]
             )

@@ -269,3 +269,65 @@ def test_operate_page_shows_the_dashboard_panels(site: Site, tmp_path: Path) -> 
     assert not reading.errors, reading.errors
     assert shot.stat().st_size > 20_000
     print(f"\nscreenshot of the Operate page's dashboard figure: {shot}")
+
+
+# The charts the Performance page must show (docs/performance/run.json records each).
+PERFORMANCE_CHARTS = ("cluster", "core", "groups", "http", "latency", "mqtt", "retain")
+
+
+def test_performance_page_fits_1280px_and_every_chart_loads(site: Site, tmp_path: Path) -> None:
+    """At 1,280 px nothing runs off the page (the regenerate block scrolls or wraps inside its
+    box), and every chart image is loaded and drawn at a readable size; a screenshot is saved for
+    a person to look at (`pytest -s` prints its path)."""
+    reading = Reading()
+    page = _open(site, "performance/", reading)
+    try:
+        page.wait_for_function(
+            "[...document.images].every(image => image.complete)", timeout=30_000
+        )
+        width = page.evaluate("document.documentElement.scrollWidth")
+        viewport = page.evaluate("document.documentElement.clientWidth")
+        # Any element whose box reaches past the viewport, unless a box of its own scrolls it.
+        outside = page.evaluate(
+            """() => [...document.querySelectorAll('.md-content *')].filter(element => {
+                const box = element.getBoundingClientRect();
+                if (box.width === 0 || box.right <= document.documentElement.clientWidth) {
+                    return false;
+                }
+                for (let up = element.parentElement; up; up = up.parentElement) {
+                    const style = getComputedStyle(up);
+                    if (['auto', 'scroll', 'hidden'].includes(style.overflowX)) {
+                        return up.getBoundingClientRect().right
+                            > document.documentElement.clientWidth;
+                    }
+                }
+                return true;
+            }).map(element => element.tagName + '.' + element.className).slice(0, 10)"""
+        )
+        images = page.evaluate(
+            """() => [...document.querySelectorAll('.md-content img')].map(image => ({
+                src: image.getAttribute('src'), natural: image.naturalWidth,
+                shown: image.getBoundingClientRect().width,
+                right: image.getBoundingClientRect().right}))"""
+        )
+        code = page.evaluate(
+            """() => [...document.querySelectorAll('.md-content pre > code')].map(code =>
+                ({overflow: getComputedStyle(code).overflowX,
+                  fits: code.getBoundingClientRect().right
+                      <= document.documentElement.clientWidth}))"""
+        )
+        shot = tmp_path / "performance.png"
+        page.screenshot(path=str(shot), full_page=True)
+    finally:
+        page.context.close()
+    assert not reading.errors, reading.errors
+    assert width <= viewport <= 1280 and not outside, (
+        f"off the page at 1280 px: {width} px wide, {outside}"
+    )
+    shown = sorted(Path(image["src"]).stem for image in images)
+    assert shown == sorted(PERFORMANCE_CHARTS), shown
+    for image in images:
+        assert image["natural"] > 0, f"chart not loaded: {image['src']}"
+        assert image["shown"] >= 600 and image["right"] <= viewport, image
+    assert code and all(c["fits"] and c["overflow"] in ("auto", "scroll") for c in code), code
+    print(f"\nscreenshot of the rendered Performance page: {shot}")
