@@ -44,11 +44,10 @@ from adapter._trace_context import (
 )
 from adapter._tracing import configure, enabled, remote_context
 from adapter._triggers import Triggers
-from tests.support.processes import clean_env, customevent
-from tests.support.webhooks import RETRY, trigger, until
 from tests.support.http import HEADERS, asgi_client, make_settings, until_waiting
 from tests.support.mqtt import unique_prefix
-from tests.support.webhooks import Receiver, serving
+from tests.support.processes import clean_env, customevent
+from tests.support.webhooks import RETRY, Receiver, serving, trigger, until
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = f"00-{TRACE}-00f067aa0ba902b7-01"
