@@ -17,11 +17,12 @@ from starlette.requests import ClientDisconnect, Request
 from .._client import Client
 from .._event import Event, SendResult
 from .._exceptions import (
+    AdapterError,
     BusError,
     ClientStateError,
     InvalidInput,
     LimitExceeded,
-    PropertiesTooLarge,
+    edge_of,
 )
 from .._names import validate_name, validate_pattern
 from .._settings import Settings
@@ -83,19 +84,25 @@ class HttpError(Exception):
         self.soap_status = soap_status
 
 
+def edge_error(exc: AdapterError) -> HttpError:
+    """The answer to an error of the library, from the one table of them (``EDGES``): its
+    status (400 bad input, 413 too large, 409, 429 with ``Retry-After``, 503 the bus away) and
+    SOAP fault code; a ``Server`` fault is sent with HTTP 500, as SOAP 1.1 sends faults."""
+    edge = edge_of(exc)
+    headers: dict[str, str] = {}
+    detail = str(exc)
+    if isinstance(exc, LimitExceeded):
+        headers["Retry-After"] = str(exc.retry_after)
+    if edge.http == 503:
+        detail = f"the bus cannot take events right now; retry later ({exc})"
+        headers["Retry-After"] = str(BUS_RETRY_AFTER)
+    soap_status = 500 if edge.soap == "Server" else None
+    return HttpError(edge.http, detail, headers=headers, fault=edge.soap, soap_status=soap_status)
+
+
 def bad_input(exc: InvalidInput) -> HttpError:
     """400 for bad input; 413 when the properties are over the per-event limits."""
-    return HttpError(413 if isinstance(exc, PropertiesTooLarge) else 400, str(exc))
-
-
-def unavailable(exc: Exception) -> HttpError:
-    return HttpError(
-        503,
-        f"the bus cannot take events right now; retry later ({exc})",
-        headers={"Retry-After": str(BUS_RETRY_AFTER)},
-        fault="Server",
-        soap_status=500,
-    )
+    return edge_error(exc)
 
 
 def path_name(request: Request, parameter: str) -> str:
@@ -310,12 +317,8 @@ class Gateway:
                 if retain is not None and caller_key is not None:
                     self.shares.retained_failed(caller_key, key)
                 raise
-        except InvalidInput as exc:
-            raise bad_input(exc) from None
-        except (BusError, ClientStateError) as exc:
-            raise unavailable(exc) from None
-        except LimitExceeded as exc:
-            raise HttpError(429, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
+        except (InvalidInput, BusError, ClientStateError, LimitExceeded) as exc:
+            raise edge_error(exc) from None
         PUBLISH_SECONDS.observe(time.perf_counter() - started)
         return result
 

@@ -26,7 +26,14 @@ from starlette.types import Receive, Scope, Send
 from .._bus import check_wait_id
 from .._cloudevents import STRUCTURED_CONTENT_TYPE, to_structured_json
 from .._event import Event
-from .._exceptions import BusError, ClientStateError, InvalidInput, LimitExceeded, WaitConflict
+from .._exceptions import (
+    BusError,
+    ClientStateError,
+    InvalidInput,
+    LimitExceeded,
+    WaitConflict,
+    edge_of,
+)
 from .._names import Kind
 from .._times import parse_deadline_text
 from ._gateway import BUS_RETRY_AFTER, Gateway, HttpError
@@ -134,10 +141,11 @@ class WaitResponse(Response):
                 await self._wait(receive, send)
         except WaitConflict as exc:
             WAITS.labels("refused").inc()
-            await self._finish(send, 409, {"detail": str(exc)})
+            await self._finish(send, edge_of(exc).http, {"detail": str(exc)})
         except LimitExceeded as exc:
             WAITS.labels("refused").inc()
-            await self._finish(send, 429, {"detail": str(exc)}, retry_after=exc.retry_after)
+            status = edge_of(exc).http
+            await self._finish(send, status, {"detail": str(exc)}, retry_after=exc.retry_after)
         except _Interrupted as stop:
             if stop.args:
                 WAITS.labels("interrupted").inc()
@@ -145,7 +153,7 @@ class WaitResponse(Response):
         except (BusError, ClientStateError) as exc:
             WAITS.labels("error").inc()
             await self._finish(
-                send, 503, {"detail": f"the bus cannot serve waits right now ({exc})"}
+                send, edge_of(exc).http, {"detail": f"the bus cannot serve waits right now ({exc})"}
             )
 
     @contextlib.contextmanager
