@@ -431,6 +431,25 @@ def test_triggers_take_their_signing_keys_from_secrets_by_reference(
     validate_all(result)
 
 
+def test_a_triggers_filters_reach_the_daemons_settings(chart: helm.Chart) -> None:
+    filters = [{"prefix": {"name": "vm."}}, {"exact": {"env": "prod"}}]
+    triggers = [
+        {
+            "name": "reload",
+            "pattern": "vm.#",
+            "url": "https://reloader.example.com/events",
+            "secretRef": {"name": "reloader-webhook"},
+            "filters": filters,
+        }
+    ]
+    result = render(chart, with_amqp({"triggers": triggers}))
+    (trigger,) = result.config()["triggers"]
+    assert trigger["filters"] == filters
+    settings = Settings.model_validate(result.config())
+    assert settings.triggers[0].filters is not None
+    validate_all(result)
+
+
 def test_chart_lints_clean() -> None:
     for values in (None, yaml.safe_load(PRODUCTION_VALUES.read_text()), with_amqp(OPERATED)):
         report = helm.lint(CHART_DIR, values, strict=True, kube_version=f"v{KUBE_VERSION}.0")

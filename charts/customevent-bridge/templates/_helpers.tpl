@@ -185,6 +185,7 @@ when several pods run).
 {{- if .timeout }}{{ $_ := set $trigger "timeout" .timeout }}{{ end }}
 {{- if .maxAttempts }}{{ $_ := set $trigger "max_attempts" .maxAttempts }}{{ end }}
 {{- if .maxInFlight }}{{ $_ := set $trigger "max_in_flight" .maxInFlight }}{{ end }}
+{{- if .filters }}{{ $_ := set $trigger "filters" .filters }}{{ end }}
 {{- $triggers = append $triggers $trigger }}
 {{- end }}
 {{- $_ := set $config "triggers" (concat ($config.triggers | default list) $triggers) }}
