@@ -5,14 +5,16 @@ the outage (None at the deadline, without hanging on the way out). Library, HTTP
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
 
-from adapter import BusUnavailable, Client, load_settings
+from adapter import BusUnavailable, Client, GroupNotFound, load_settings
 from tests.support.broker import connection_channels
+from tests.support.groups import take
 from tests.support.http import HEADERS, asgi_client, make_settings
 from tests.support.processes import clean_env, customevent
 from tests.support.proxy import Proxy
@@ -183,3 +185,28 @@ async def test_set_ups_cut_by_an_outage_leave_no_channel_behind(
         await asyncio.sleep(3)  # reconnected, restored, the resumable waits' queues gone
         after = await connection_channels(name)
     assert after == before
+
+
+async def test_a_delivery_cut_off_by_an_outage_comes_again_and_is_not_taken_for_a_duplicate(
+    proxy: Proxy, client: Client, unique_name: str
+) -> None:
+    """A group delivery under way when the link is cut cannot be settled any more (its channel is
+    gone), so RabbitMQ's copy of it is the live one: it was acked as a duplicate of the delivery
+    still in hand, and the event was lost when that one's retry then failed (seen in the soak)."""
+    group = f"cut-{unique_name}"
+    try:
+        async with client.subscribe(unique_name, group=group, kind="internal") as deliveries:
+            await client.send_custom_event(unique_name, {"n": "1"})
+            first = await take(deliveries)
+            proxy.cut()
+            again = await take(deliveries, 30)
+            assert again.event.event_id == first.event.event_id
+            await again.ack()
+    finally:
+        for _ in range(50):  # the probe connection may still be coming back
+            try:
+                with contextlib.suppress(GroupNotFound):
+                    await client.delete_group(group, force=True)
+                break
+            except BusUnavailable:
+                await asyncio.sleep(0.2)

@@ -230,7 +230,8 @@ class _AmqpGroupSubscription(GroupSubscription):
         self._tag: str | None = None
         self._inbox: asyncio.Queue[_AmqpDelivery] = asyncio.Queue()
         self._seen = SeenIds(options.dedup_window, options.dedup_max)
-        self._in_flight: set[str] = set()
+        # The message of each delivery handed out and not settled yet, by its dedup key.
+        self._in_flight: dict[str, AbstractIncomingMessage] = {}
         self._policy = RetryPolicy(options.retry_initial, options.retry_max)
 
     async def __aenter__(self) -> Self:
@@ -290,18 +291,31 @@ class _AmqpGroupSubscription(GroupSubscription):
             return
         event = decoded.event
         key = dedup_key(event)
-        if self.options.dedup and (key in self._seen or key in self._in_flight):
+        if self.options.dedup and (key in self._seen or self._handling(key)):
             # A copy of an event this (the only active) consumer handled or is handling.
             await self._ack_quietly(message)
             return
-        self._in_flight.add(key)
+        self._in_flight[key] = message
         self._inbox.put_nowait(_AmqpDelivery(self, message, decoded))
+
+    def _handling(self, key: str) -> bool:
+        """Whether a delivery of ``key`` is under way and can still be settled. One whose channel
+        is gone cannot be: RabbitMQ hands its message out again, and that copy is the one to
+        deliver (acking it as a duplicate would lose the event if the first then fails)."""
+        message = self._in_flight.get(key)
+        if message is None:
+            return False
+        try:
+            return not message.channel.is_closed
+        except aiormq.exceptions.ChannelInvalidStateError:  # aio-pika's word for a closed one
+            return False
 
     # -- settling (called by the deliveries) ---------------------------------------------
 
     async def _settle(self, message: AbstractIncomingMessage, event: Event, *, acked: bool) -> None:
         key = dedup_key(event)
-        self._in_flight.discard(key)
+        if self._in_flight.get(key) is message:
+            del self._in_flight[key]
         if acked and self.options.dedup:
             # Handled, whether or not the broker hears the ack: when the ack is lost with the
             # channel, the copy that comes again is a duplicate to drop.
