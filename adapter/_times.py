@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from ._exceptions import InvalidDeadline, InvalidInput
 
 __all__ = [
+    "OutsideUtc",
     "check_retain",
     "in_utc",
     "parse_deadline_text",
@@ -33,13 +34,17 @@ _RFC3339 = re.compile(_LOCAL + r"(?:[Zz]|[+-]\d{2}:\d{2})", re.ASCII)
 _NO_ZONE = re.compile(_LOCAL, re.ASCII)
 
 
+class OutsideUtc(ValueError):
+    """A time whose zone offset takes it past the year 9999 or before the year 1 in UTC."""
+
+
 def in_utc(moment: datetime) -> datetime:
     """``moment`` in UTC; ``ValueError`` when its offset takes it past the year 9999 or before
     the year 1 (``9999-12-31T23:59:59-14:00``), which ``astimezone`` reports as an overflow."""
     try:
         return moment.astimezone(UTC)
     except OverflowError:
-        raise ValueError(
+        raise OutsideUtc(
             f"time {moment.isoformat()} is outside the years 1 to 9999 once in UTC"
         ) from None
 
@@ -114,11 +119,11 @@ def parse_deadline_text(text: str, what: str = "the deadline") -> datetime:
         raise InvalidInput(f"{what} {text!r} has no time zone offset (add Z or +01:00)")
     try:
         moment = parse_rfc3339(text)
-    except ValueError as exc:
-        if "outside the years" in str(exc):
-            raise InvalidDeadline(
-                f"{what} {text!r} is outside the years 1 to 9999 once in UTC"
-            ) from None
+    except OutsideUtc:
+        raise InvalidDeadline(
+            f"{what} {text!r} is outside the years 1 to 9999 once in UTC"
+        ) from None
+    except ValueError:
         raise InvalidInput(
             f"{what} {text!r} is neither a duration (30s, 5m, 1h) nor an RFC 3339 time "
             "(2026-01-02T15:04:05Z)"

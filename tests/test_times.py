@@ -67,3 +67,10 @@ def test_a_deadline_from_a_duration_is_from_now() -> None:
     before = datetime.now(UTC)
     deadline = parse_deadline_text("30s")
     assert timedelta(seconds=29) < deadline - before < timedelta(seconds=31)
+
+
+def test_a_huge_fraction_is_read_in_linear_time_and_cut_to_microseconds() -> None:
+    text = "2026-01-02T15:04:05." + "9" * 100_000 + "Z"
+    assert parse_rfc3339(text).microsecond == 999_999
+    with pytest.raises(ValueError, match="not an RFC 3339 time"):
+        parse_rfc3339("2026-01-02T15:04:05." + "9" * 100_000)  # no zone, however long
