@@ -27,7 +27,7 @@ from typing import Any, NoReturn, TextIO
 from opentelemetry import context as otel_context
 
 from ._bus import Bus, check_wait_id
-from ._bus._base import BROKER_SCHEMES, DAEMON_SCHEMES, seconds_until
+from ._bus._base import BROKER_SCHEMES, DAEMON_SCHEMES, scheme_of, seconds_until
 from ._client import Client, make_bus
 from ._cloudevents import to_structured_json
 from ._event import Event
@@ -341,7 +341,7 @@ def _bus_for(args: argparse.Namespace, settings: Settings) -> tuple[Bus, str]:
     if args.url:
         url, origin = args.url, "--url"
         schemes = (*BROKER_SCHEMES, *DAEMON_SCHEMES)
-        if not url.startswith(tuple(f"{scheme}://" for scheme in schemes)):
+        if scheme_of(url) not in schemes:
             raise ConfigurationError(
                 f"--url must be {', '.join(f'{scheme}://' for scheme in schemes)}, not {url!r}"
             )

@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from ._bus import Bus, MemoryBus, Subscription
-from ._bus._base import BUS_SCHEMES, DAEMON_SCHEMES, seconds_until
+from ._bus._base import BROKER_SCHEMES, BUS_SCHEMES, DAEMON_SCHEMES, scheme_of, seconds_until
 from ._event import Event, SendResult, check_event_id
 from ._exceptions import (
     BusUnavailable,
@@ -40,7 +40,7 @@ _BIND_MARGIN = 1.0
 
 
 def _check_bus_url(url: str) -> str:
-    if not url.startswith(tuple(f"{scheme}://" for scheme in BUS_SCHEMES)):
+    if scheme_of(url) not in BUS_SCHEMES:
         raise ConfigurationError(
             "a bus URL is amqp://, amqps:// (RabbitMQ), http://, https:// (a bridge daemon) or "
             f"memory:// (in-process), not {url.split(':')[0]!r}"
@@ -48,24 +48,20 @@ def _check_bus_url(url: str) -> str:
     return url
 
 
-def _scheme(url: str | None) -> str:
-    return (url or "").partition("://")[0].lower() if "://" in (url or "") else ""
-
-
 def make_bus(settings: Settings, url: str | None = None, *, token: str | None = None) -> Bus:
     """The bus for ``url``: ``amqp(s)://`` RabbitMQ, ``http(s)://`` a bridge daemon (``token``
     a bearer token, default ``$CUSTOMEVENT_TOKEN``), ``memory://`` in-process. Without a URL, the
     bus the settings ask for: RabbitMQ when ``amqp.url`` is set, else in-process."""
     url = _check_bus_url(url) if url is not None else settings.amqp.url
-    if token is not None and _scheme(url) not in DAEMON_SCHEMES:
+    if token is not None and scheme_of(url) not in DAEMON_SCHEMES:
         raise ConfigurationError("a token is for a bridge daemon: give an http(s):// URL with it")
-    if url is None or _scheme(url) == "memory":
+    if url is None or scheme_of(url) == "memory":
         return MemoryBus(
             wait_grace=settings.amqp.wait_grace,
             limits=settings.limits,
             max_retained_names=settings.amqp.max_retained_names,
         )
-    if _scheme(url) in DAEMON_SCHEMES:
+    if scheme_of(url) in DAEMON_SCHEMES:
         from ._bus._http import HttpBus
 
         if token is None:
@@ -147,7 +143,8 @@ class Client:
         url = None
         if isinstance(settings, str):
             url = _check_bus_url(settings)
-            settings = load_settings(amqp={"url": url if url.startswith("amqp") else None})
+            broker = scheme_of(url) in BROKER_SCHEMES
+            settings = load_settings(amqp={"url": url if broker else None})
         self.settings = settings if settings is not None else load_settings()
         self.bus = bus if bus is not None else make_bus(self.settings, url, token=token)
         self._state = "unopened"

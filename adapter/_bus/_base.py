@@ -28,6 +28,7 @@ __all__ = [
     "Subscription",
     "SubscriptionIndex",
     "check_wait_id",
+    "scheme_of",
     "seconds_until",
 ]
 
@@ -35,6 +36,13 @@ __all__ = [
 BROKER_SCHEMES = ("amqp", "amqps")
 DAEMON_SCHEMES = ("http", "https")
 BUS_SCHEMES = (*BROKER_SCHEMES, *DAEMON_SCHEMES, "memory")
+
+
+def scheme_of(url: str | None) -> str:
+    """The scheme of a bus URL as written (``amqp`` of ``amqp://...``); empty when it has none."""
+    scheme, sep, _ = (url or "").partition("://")
+    return scheme if sep else ""
+
 
 MAX_WAIT_ID = 128
 _WAIT_ID = re.compile(r"[A-Za-z0-9_.:-]+")
