@@ -23,7 +23,7 @@ from .._cloudevents import (
 )
 from .._event import Event, SendResult
 from .._exceptions import InvalidInput
-from ._gateway import Gateway, HttpError, bad_input, caller_key, read_body, retain_parameter
+from ._gateway import Gateway, HttpError, caller_key, edge_error, read_body, retain_parameter
 
 __all__ = [
     "CLOUDEVENTS_PATH",
@@ -99,7 +99,7 @@ def _events(gateway: Gateway, request: Request, body: bytes, caller: Any) -> lis
     try:
         cloudevents = from_http(request.headers.items(), body, admit=admit)
     except InvalidInput as exc:
-        raise bad_input(exc) from None
+        raise edge_error(exc) from None
     events = []
     for index, cloudevent in enumerate(cloudevents):
         where = batch_item(index, len(cloudevents)) + ": " if batch else ""
@@ -114,7 +114,7 @@ def _events(gateway: Gateway, request: Request, body: bytes, caller: Any) -> lis
             )
             gateway.authorize(caller, event.name)
         except InvalidInput as exc:
-            refusal = bad_input(exc)
+            refusal = edge_error(exc)
             raise HttpError(refusal.status, where + refusal.detail) from None
         except HttpError as exc:
             raise HttpError(exc.status, where + exc.detail, headers=exc.headers) from None

@@ -100,11 +100,6 @@ def edge_error(exc: AdapterError) -> HttpError:
     return HttpError(edge.http, detail, headers=headers, fault=edge.soap, soap_status=soap_status)
 
 
-def bad_input(exc: InvalidInput) -> HttpError:
-    """400 for bad input; 413 when the properties are over the per-event limits."""
-    return edge_error(exc)
-
-
 def path_name(request: Request, parameter: str) -> str:
     """An event name from the path, refused (400) when its percent-encoding is not UTF-8: the
     server decodes such bytes to U+FFFD, which would send (or wait on) another name."""
@@ -220,7 +215,7 @@ class Gateway:
         try:
             checked = validate_name(name)
         except InvalidInput as exc:
-            raise bad_input(exc) from None
+            raise edge_error(exc) from None
         if not caller.may_use(checked):
             raise HttpError(403, f"{_who(caller)} may not use the event name {checked!r}")
         return checked
@@ -233,7 +228,7 @@ class Gateway:
         try:
             checked = validate_pattern(pattern)
         except InvalidInput as exc:
-            raise bad_input(exc) from None
+            raise edge_error(exc) from None
         if caller.may_read(kind, checked):
             return checked
         if kind != "internal":
@@ -280,7 +275,7 @@ class Gateway:
                 principal=caller.name,
             )
         except InvalidInput as exc:
-            raise bad_input(exc) from None
+            raise edge_error(exc) from None
         return await self.publish(event, retain=retain, caller_key=caller_key(request, caller))
 
     def take_rate(self, request: Request, caller: Caller, sends: int = 1) -> None:
