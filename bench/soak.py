@@ -251,11 +251,13 @@ def _json_or_none(body: bytes) -> Any:
 
 def _soak_of(body: bytes) -> str | None:
     """The ``soak`` property of a structured CloudEvent delivery, if it has one."""
-    try:
-        data = json.loads(body).get("data")
-    except (ValueError, AttributeError, RecursionError):
-        return None
-    soak = data.get("soak") if isinstance(data, dict) else None
+    event = _json_or_none(body)
+    return _soak_in(event.get("data") if isinstance(event, dict) else None)
+
+
+def _soak_in(properties: Any) -> str | None:
+    """The ``soak`` property of an event's properties (a JSON object), if it has one."""
+    soak = properties.get("soak") if isinstance(properties, dict) else None
     return soak if isinstance(soak, str) else None
 
 
@@ -648,12 +650,12 @@ class Soak:
                 f"customevent/customevents/group/soak-{self.word}/dead", passive=True
             )
             while (message := await queue.get(no_ack=False, fail=False, timeout=5)) is not None:
-                soak = _soak_of(json.dumps({"data": _json_or_none(message.body)}).encode())
+                soak = _soak_in(_json_or_none(message.body))
                 if soak in missing:
                     headers = message.headers or {}
                     print(
-                        f"soak: {soak} dead-lettered after {headers.get('x-deadletter-attempts')}"
-                        f" attempts: {headers.get('x-deadletter-reason')}",
+                        f"soak: {soak} dead-lettered after {headers.get('x-deadletter-attempts')!r}"
+                        f" attempts: {headers.get('x-deadletter-reason')!r}",
                         flush=True,
                     )
 
