@@ -117,6 +117,17 @@ class EventOut(BaseModel):
     tracestate: str | None = None
 
 
+class StreamOutcome(BaseModel):
+    """``stream=true``: the JSON object the body ends with (after heartbeat newlines), whose
+    ``status`` is what the wait would have answered without ``stream``."""
+
+    status: int
+    event: EventOut | None = None
+    cloudevent: dict[str, Any] | None = None
+    detail: str | None = None
+    unmatched: int | None = None
+
+
 #: What a send may be answered besides its success.
 SEND_STATUSES = (400, 401, 403, 413, 429, 503)
 _PROBLEMS = {
@@ -313,7 +324,7 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
     @app.get(
         "/api/v1/events/{name:anything}/wait",
         summary="Wait for an event until a deadline (long poll)",
-        response_model=EventOut,
+        response_model=EventOut | StreamOutcome,
         responses={
             200: {
                 "description": "the event (stream=true: bound; the outcome follows in the "
