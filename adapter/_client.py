@@ -79,6 +79,8 @@ class Expectation:
     """A wait bound before the event can be triggered: ``async with client.expect(...) as w``,
     trigger, then ``event = await w`` (None at the deadline)."""
 
+    __slots__ = ("_client", "_done", "_result", "_subscription")
+
     def __init__(self, client: Client, subscription: Subscription | None) -> None:
         self._client = client
         self._subscription = subscription

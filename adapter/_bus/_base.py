@@ -134,7 +134,31 @@ class Subscription(abc.ABC):
 
     ``async with`` binds (events sent after ``__aenter__`` returns are caught) and unbinds on exit.
     ``await sub.get()`` gives the next event, or None once the deadline has passed.
+
+    A process may hold a hundred thousand of these at once, so a subscription is slotted and
+    makes its mailbox and its list of the ids it handed out on its first event, not before.
     """
+
+    __slots__ = (
+        "__weakref__",
+        "_answered_unmatched",
+        "_events",
+        "_getter",
+        "_hits",
+        "_loop_deadline",
+        "_refused",
+        "_seen",
+        "_tally",
+        "_tally_base",
+        "binding_key",
+        "deadline",
+        "kind",
+        "literal",
+        "match",
+        "match_keys",
+        "match_values",
+        "pattern",
+    )
 
     def __init__(
         self,
@@ -162,11 +186,12 @@ class Subscription(abc.ABC):
         self._hits = 0
         self._refused = 0
         self._answered_unmatched: int | None = None  # the count when its first event came
-        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._events: deque[Event] | None = None  # handed to it, not yet taken
+        self._getter: asyncio.Future[None] | None = None  # set when an event is handed to it
         self._loop_deadline = asyncio.get_running_loop().time() + seconds_until(deadline)
         # The ids last handed out, on an exact name: a retained event can come twice, from the
         # wait's own binding and from the retained events (adapter/_bus/_retained.py).
-        self._seen: deque[str] | None = deque(maxlen=16) if self.literal else None
+        self._seen: deque[str] | None = None
 
     def matches(self, event: Event) -> bool:
         """True if the event carries every property value of ``match``."""
@@ -203,15 +228,28 @@ class Subscription(abc.ABC):
         it was handed the same event (by id) just before, or it does not match."""
         if self.match is not None and not self.matches(event):
             return False
-        seen = self._seen
-        if seen is not None:
-            if event.event_id in seen:
+        if self.literal:
+            seen = self._seen
+            if seen is None:
+                seen = self._seen = deque(maxlen=16)
+            elif event.event_id in seen:
                 return False
             seen.append(event.event_id)
-        self._events.put_nowait(event)
+        events = self._events
+        if events is None:
+            events = self._events = deque()
+        events.append(event)
+        getter = self._getter
+        if getter is not None and not getter.done():
+            getter.set_result(None)
         if self._answered_unmatched is None and self.match is not None:
             self._answered_unmatched = self.unmatched
         return True
+
+    def take_all(self) -> list[Event]:
+        """The events handed to it and not yet taken, now taken."""
+        events, self._events = self._events, None
+        return list(events) if events else []
 
     @property
     def expired(self) -> bool:
@@ -219,17 +257,18 @@ class Subscription(abc.ABC):
 
     async def get(self) -> Event | None:
         """The next event, or None at the deadline."""
-        if not self._events.empty():
-            return self._take(self._events.get_nowait())
-        remaining = self._loop_deadline - asyncio.get_running_loop().time()
-        if remaining <= 0:
-            return None
-        try:
-            async with asyncio.timeout(remaining):
-                event = await self._events.get()
-        except TimeoutError:
-            return None
-        return self._take(event)
+        loop = asyncio.get_running_loop()
+        while not self._events:
+            remaining = self._loop_deadline - loop.time()
+            if remaining <= 0:
+                return None
+            getter = self._getter
+            if getter is None or getter.done():
+                getter = self._getter = loop.create_future()
+            # asyncio.wait, not a timeout around the future: a second caller of get() shares
+            # the future, and neither one's deadline or cancellation may cancel it.
+            await asyncio.wait((getter,), timeout=remaining)
+        return self._take(self._events.popleft())
 
     def _take(self, event: Event) -> Event:
         """Hook for subscriptions that must acknowledge what they hand out."""
@@ -277,7 +316,9 @@ class SubscriptionIndex:
 
     def __init__(self, *, counting: bool = True) -> None:
         self._counting = counting
-        self._literal: dict[str, _Slot] = {}
+        # A key that one wait without a match holds maps to that wait, not to a slot: most
+        # waits are alone on their name, and a slot with its set costs several hundred bytes.
+        self._literal: dict[str, _Slot | Subscription] = {}
         self._patterns: set[Subscription] = set()
 
     def add(self, sub: Subscription) -> None:
@@ -286,7 +327,13 @@ class SubscriptionIndex:
             return
         slot = self._literal.get(sub.binding_key)
         if slot is None:
+            if sub.match is None:
+                self._literal[sub.binding_key] = sub
+                return
             slot = self._literal[sub.binding_key] = _Slot()
+        elif isinstance(slot, Subscription):
+            alone = slot
+            slot = self._literal[sub.binding_key] = _Slot(plain={alone}, size=1)
         slot.size += 1
         if sub.match is None:
             slot.plain.add(sub)
@@ -302,6 +349,10 @@ class SubscriptionIndex:
             return
         slot = self._literal.get(sub.binding_key)
         if slot is None:
+            return
+        if isinstance(slot, Subscription):
+            if slot is sub:
+                del self._literal[sub.binding_key]
             return
         if sub.match is None:
             if sub not in slot.plain:
@@ -333,7 +384,9 @@ class SubscriptionIndex:
         ``match`` it satisfies; the waits that it does not satisfy count it as unmatched."""
         subs: list[Subscription] = []
         slot = self._literal.get(key)
-        if slot is not None:
+        if isinstance(slot, Subscription):
+            subs.append(slot)
+        elif slot is not None:
             subs.extend(slot.plain)
             if slot.by_match and event is not None:
                 counting = self._counting
@@ -363,7 +416,9 @@ class SubscriptionIndex:
         self._patterns.clear()
 
     def __len__(self) -> int:
-        return len(self._patterns) + sum(slot.size for slot in self._literal.values())
+        return len(self._patterns) + sum(
+            1 if isinstance(slot, Subscription) else slot.size for slot in self._literal.values()
+        )
 
 
 class Bus(abc.ABC):

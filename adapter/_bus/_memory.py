@@ -222,7 +222,6 @@ class MemoryBus(Bus):
         if keep:
             # The waiter went away without finishing: keep what it had not taken yet.
             box.attached = None
-            while not sub._events.empty():
-                box.events.append(sub._events.get_nowait())
+            box.events.extend(sub.take_all())
         else:
             del self._mailboxes[wait_id]

@@ -21,22 +21,21 @@ import itertools
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Protocol, Self, cast
+from typing import Protocol, Self
 
 import aiormq
 from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustChannel,
-    AbstractRobustQueue,
 )
 
 from ..._event import Event
-from ..._exceptions import BusUnavailable
+from ..._exceptions import BusError, BusUnavailable
 from ..._names import Kind
 from ..._settings import LimitsSettings
 from .._base import ResumableWaits, Subscription, SubscriptionIndex, seconds_until
@@ -72,13 +71,15 @@ class _WaitQueue:
         self.queue: AbstractQueue | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.subscriptions = SubscriptionIndex()
-        self.keys: dict[str, _Key] = {}
+        # How many waits hold each key (bound, or being bound), and the bind under way for a
+        # key whose first wait is being set up (the key's later waits await the same one).
+        self.keys: dict[str, int] = {}
+        self.binding: dict[str, asyncio.Future[None]] = {}
         self.members = 0
         self.consumer_tag: str | None = None
-        # The queue on every wait channel: a channel answers one method at a time, so binds
-        # spread over all of them run side by side.
-        self.handles: list[AbstractRobustQueue] = []
-        self._turn = itertools.count()
+        # A key's binds and unbinds go, in order, over the lane its key hashes to (one per wait
+        # channel), so an unbind can never overtake a bind of the same key, with no lock per key.
+        self.lanes = [_Lane(self, channel) for channel in waits.channels]
 
     async def open(
         self, channels: Sequence[AbstractRobustChannel], home: int, expires_ms: int
@@ -92,13 +93,7 @@ class _WaitQueue:
                 auto_delete=False,
                 arguments=wait_queue_arguments(expires_ms),
             )
-            self.handles = [
-                queue
-                if i == home
-                else cast(AbstractRobustQueue, await channel.get_queue(self.name, ensure=False))
-                for i, channel in enumerate(channels)
-            ]
-            self.consumer_tag = await self.queue.consume(self._on_message, no_ack=True)
+            self.consumer_tag = await queue.consume(self._on_message, no_ack=True)
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
                 self.ready.cancel()  # the waits sharing this queue see it as unavailable
@@ -121,64 +116,132 @@ class _WaitQueue:
         for sub in self.subscriptions.matching(key, event):
             sub.deliver(event)
 
-    def _handle(self) -> AbstractRobustQueue:
-        return self.handles[next(self._turn) % len(self.handles)]
-
-    @contextlib.asynccontextmanager
-    async def _key(self, key: str) -> AsyncIterator[_Key]:
-        """The key's state, locked: its broker bind or unbind is answered before anyone else
-        changes the key (a bind on another channel cannot overtake an unbind still in flight).
-        The state lives while a wait holds the key or anyone waits for its lock."""
-        state = self.keys.get(key)
-        if state is None:
-            state = self.keys[key] = _Key()
-        state.users += 1
-        try:
-            async with state.lock:
-                yield state
-        finally:
-            state.users -= 1
-            if state.users == 0 and state.count == 0:
-                del self.keys[key]
+    def _lane(self, key: str) -> _Lane:
+        return self.lanes[hash(key) % len(self.lanes)]
 
     async def bind(self, key: str) -> None:
-        async with self._key(key) as state:
-            if state.count == 0:
-                # Not robust: aio-pika would keep a list of the bindings that it scans on every
-                # unbind (quadratic in the waits held); ``self.keys`` is the record instead.
-                await self._handle().bind(self.waits.link.exchange, key, robust=False)
-            state.count += 1
+        """Hold the key for one more wait; bound at the broker when this returns."""
+        held = self.keys.get(key, 0)
+        self.keys[key] = held + 1
+        bound: asyncio.Future[None] | None
+        if held == 0:
+            bound = self.binding[key] = self._lane(key).push(key, bind=True)
+        else:
+            # None: bound already. A failed bind stays here until its waits have all left, so
+            # one that comes meanwhile hears of the failure too instead of taking it for bound.
+            bound = self.binding.get(key)
+        if bound is None:
+            return
+        try:
+            # Shielded: one wait's deadline or cancellation must not call off the others' bind.
+            await asyncio.shield(bound)
+        except BaseException:
+            failed = bound.done() and not bound.cancelled() and bound.exception() is not None
+            self.release(key, at_broker=not failed)
+            raise
+
+    def release(self, key: str, *, at_broker: bool) -> asyncio.Future[None] | None:
+        """One wait less on the key; the last one unbinds it: the unbind's future (the lane
+        orders it before any later bind of the key)."""
+        held = self.keys[key] - 1
+        if held > 0:
+            self.keys[key] = held
+            return None
+        del self.keys[key]
+        bound = self.binding.pop(key, None)
+        if bound is not None and bound.done() and not bound.cancelled():
+            bound.exception()  # seen: every wait that awaited it has left
+        if at_broker and self.queue is not None and self.members > 1:
+            return self._lane(key).push(key, bind=False)
+        return None
 
     async def rebind(self) -> None:
         """Bind every key again after a reconnect. A queue that outlived the outage kept its
         bindings (binding again changes nothing); one the broker lost (a restart, or an outage
         longer than its expiry) came back empty from aio-pika's re-declare."""
-
-        async def again(key: str) -> None:
-            async with self._key(key) as state:
-                if state.count > 0:
-                    await self._handle().bind(self.waits.link.exchange, key, robust=False)
-
-        await asyncio.gather(*(again(key) for key in list(self.keys)))
-
-    async def unbind(self, key: str, *, at_broker: bool) -> None:
-        async with self._key(key) as state:
-            state.count -= 1
-            if state.count == 0 and at_broker and self.handles and self.members > 1:
-                handle = self._handle()
-                await self.waits.link.tidy(
-                    f"unbind {key!r}", lambda: handle.unbind(self.waits.link.exchange, key)
-                )
+        again = [self._lane(key).push(key, bind=True) for key in list(self.keys)]
+        await asyncio.gather(*again)
 
 
-@dataclass(eq=False)
-class _Key:
-    """A binding key of a wait queue: how many waits hold it, and the lock that orders its
-    broker binds and unbinds."""
+_LANE_BATCH = 256  # binds sent before the call that says they all took effect
 
-    count: int = 0
-    users: int = 0
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+class _Lane:
+    """The binds and unbinds of a wait queue that go over one wait channel, in order.
+
+    A bind is sent with ``nowait`` (RabbitMQ sends no answer), many in a row; the answer to the
+    next synchronous call on the channel says they all took effect, since RabbitMQ handles a
+    channel's methods in order and closes the channel at the first that fails. One round trip
+    then sets up a batch of waits instead of one, and a burst of them queues here (bounded by
+    the waits' own deadlines) instead of timing out at the broker.
+    """
+
+    def __init__(self, wq: _WaitQueue, channel: AbstractRobustChannel) -> None:
+        self.wq = wq
+        self.channel = channel
+        self.todo: deque[_Op] = deque()
+        self.pump: asyncio.Task[None] | None = None
+
+    def push(self, key: str, *, bind: bool) -> asyncio.Future[None]:
+        """Queue a bind (its future fails if the bind did) or an unbind (a clean-up: its future
+        is answered when it is done or failed, and a failure is only logged)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.todo.append((key, done, bind))
+        if self.pump is None:
+            self.pump = asyncio.create_task(self._run())
+        return done
+
+    async def _run(self) -> None:
+        try:
+            while self.todo:
+                batch = [self.todo.popleft() for _ in range(min(len(self.todo), _LANE_BATCH))]
+                await self._send(batch)
+        finally:
+            self.pump = None
+            if self.todo:  # cancelled with work left (the bus closing)
+                _settle(list(self.todo), BusUnavailable("the bus closed; the wait was not bound"))
+                self.todo.clear()
+
+    async def _send(self, batch: list[_Op]) -> None:
+        wq = self.wq
+        link = wq.waits.link
+        exchange = link.exchange
+        try:
+            async with link.call("the wait was not bound"):
+                channel = await self.channel.get_underlay_channel()
+                for key, _, bind in batch:
+                    if bind:
+                        await channel.queue_bind(wq.name, exchange, key, nowait=True)
+                    else:
+                        await channel.queue_unbind(wq.name, exchange, key)
+                if batch[-1][2]:
+                    # The call that says the binds took effect (an unbind's answer says so too).
+                    await channel.queue_declare(wq.name, passive=True)
+        except BaseException as exc:
+            error = exc if isinstance(exc, BusError) else BusUnavailable("the wait was not bound")
+            _settle(batch, error)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            log.debug("binds and unbinds of %s failed: %s", wq.name, exc)
+            return
+        _settle(batch, None)
+        for key, done, bind in batch:
+            if bind and wq.binding.get(key) is done:
+                del wq.binding[key]  # bound: the key's later waits need not wait
+
+
+_Op = tuple[str, asyncio.Future[None], bool]  # a key, its future, and bind (True) or unbind
+
+
+def _settle(ops: list[_Op], error: BaseException | None) -> None:
+    for _, done, bind in ops:
+        if done.done():
+            continue
+        if error is None or not bind:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+            done.exception()  # a bind nobody awaits any more must not be logged as lost
 
 
 async def _drop(queue: AbstractQueue, consumer_tag: str | None) -> None:
@@ -189,6 +252,8 @@ async def _drop(queue: AbstractQueue, consumer_tag: str | None) -> None:
 
 
 class _AmqpSubscription(Subscription):
+    __slots__ = ("_wq", "waits")
+
     def __init__(
         self,
         waits: Waits,
@@ -204,15 +269,14 @@ class _AmqpSubscription(Subscription):
     async def __aenter__(self) -> Self:
         waits = self.waits
         waits.check_open()
-        async with waits.link.call("the wait was not bound"):
-            wq = await waits._wait_queue_for(self.deadline)
-            wq.subscriptions.add(self)
-            try:
-                await wq.bind(self.binding_key)
-            except BaseException:
-                wq.subscriptions.remove(self)
-                await waits._leave(wq)
-                raise
+        wq = await waits.join(self.deadline)
+        wq.subscriptions.add(self)
+        try:
+            await wq.bind(self.binding_key)
+        except BaseException:
+            wq.subscriptions.remove(self)
+            await waits._leave(wq)
+            raise
         self._wq = wq
         await waits.retained.watch(self)
         return self
@@ -228,9 +292,12 @@ class _AmqpSubscription(Subscription):
             return
         self.waits.retained.unwatch(self)
         wq.subscriptions.remove(self)
+        # Past the deadline the whole bucket's queue goes soon: skip the round trip.
+        unbound = wq.release(self.binding_key, at_broker=not self.expired)
         try:
-            # Past the deadline the whole bucket's queue goes soon: skip the round trip.
-            await wq.unbind(self.binding_key, at_broker=not self.expired)
+            if unbound is not None:
+                # Shielded: a cancelled waiter's unbind is still done, in its lane's order.
+                await asyncio.shield(unbound)
         finally:
             await self.waits._leave(wq)
 
@@ -304,18 +371,18 @@ class _ResumableSubscription(Subscription):
             event = decode(message, self.waits.policy).event
         except BadMessage as exc:
             refused("resumable", self.queue_name, exc)
-            await _settle(message.ack())
+            await _settle_message(message.ack())
             return
         if self.offer(event):
             self._pending[event.event_id] = message
         else:
             # Not its own (its match), or a copy of one it was handed already.
-            await _settle(message.ack())
+            await _settle_message(message.ack())
 
     def _take(self, event: Event) -> Event:
         message = self._pending.pop(event.event_id, None)
         if message is not None:
-            task = asyncio.ensure_future(_settle(message.ack()))
+            task = asyncio.ensure_future(_settle_message(message.ack()))
             task.add_done_callback(lambda t: t.exception())
         return event
 
@@ -346,7 +413,12 @@ class _ResumableSubscription(Subscription):
             self._release(kept=kept)
 
 
-async def _settle(acking: object) -> None:
+def _bucket(deadline: datetime) -> int:
+    """The wait-queue bucket of a deadline: the epoch second its bucket ends."""
+    return int(math.ceil(deadline.timestamp() / BUCKET_SECONDS) * BUCKET_SECONDS)
+
+
+async def _settle_message(acking: object) -> None:
     with contextlib.suppress(*UNAVAILABLE, aiormq.exceptions.AMQPError):
         await acking  # type: ignore[misc]
 
@@ -372,14 +444,14 @@ class Waits:
         self.resumable = ResumableWaits(limits.max_resumable_waits, self.grace)
         self.setups = asyncio.Semaphore(_RESUMABLE_SETUPS)
         self._client_id = uuid.uuid4().hex[:12]
-        self._channels: list[AbstractRobustChannel] = []
+        self.channels: list[AbstractRobustChannel] = []
         self._next_channel = itertools.count()
         self._wait_queues: dict[int, _WaitQueue] = {}
         self._generation = itertools.count()
 
     async def open(self) -> None:
         for _ in range(self.link.settings.channels):
-            self._channels.append(await self.link.new_channel())
+            self.channels.append(await self.link.new_channel())
 
     def subscribe(
         self,
@@ -404,40 +476,52 @@ class Waits:
     def active_wait_queues(self) -> int:
         return len(self._wait_queues)
 
+    async def join(self, deadline: datetime) -> _WaitQueue:
+        """The wait queue for the deadline, joined. Only the wait that opens it makes a broker
+        call, bounded; the others of a burst (a hundred thousand, say) wait for it to be ready
+        with no timer each, since the opener's bound answers them all."""
+        wq = self._wait_queues.get(_bucket(deadline))
+        if wq is None:
+            async with self.link.call("the wait was not bound"):
+                return await self._wait_queue_for(deadline)
+        if not self.link.connected:
+            raise BusUnavailable("RabbitMQ is not connected; the wait was not bound")
+        wq.members += 1
+        if wq.ready.done() and not wq.ready.cancelled() and wq.ready.exception() is None:
+            return wq
+        try:
+            await asyncio.shield(wq.ready)
+        except BaseException as exc:
+            wq.members -= 1
+            task = asyncio.current_task()
+            if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
+                raise  # this wait's own cancellation
+            # The wait that was opening the queue failed or gave up.
+            raise BusUnavailable(
+                "the wait queue could not be set up; the wait was not bound"
+            ) from None
+        return wq
+
     async def _wait_queue_for(self, deadline: datetime) -> _WaitQueue:
-        end_epoch = math.ceil(deadline.timestamp() / BUCKET_SECONDS) * BUCKET_SECONDS
-        bucket = int(end_epoch)
+        bucket = _bucket(deadline)
+        end_epoch = float(bucket)
         wq = self._wait_queues.get(bucket)
         if wq is None:
             name = wait_queue(self._client_id, bucket, next(self._generation))
             wq = _WaitQueue(self, name, end_epoch)
             self._wait_queues[bucket] = wq
-            home = next(self._next_channel) % len(self._channels)
+            home = next(self._next_channel) % len(self.channels)
             expires = end_epoch - datetime.now().timestamp() + self.grace
             wq.members += 1
             try:
-                await wq.open(self._channels, home, max(int(expires * 1000), 1000))
+                await wq.open(self.channels, home, max(int(expires * 1000), 1000))
             except BaseException:
                 wq.members -= 1
                 if self._wait_queues.get(bucket) is wq:
                     del self._wait_queues[bucket]
                 raise
             return wq
-        wq.members += 1
-        try:
-            await asyncio.shield(wq.ready)
-        except BaseException as exc:
-            wq.members -= 1
-            task = asyncio.current_task()
-            if (
-                isinstance(exc, asyncio.CancelledError)
-                and task is not None
-                and not task.cancelling()
-            ):
-                # Not this wait's cancellation: the wait that was opening the queue gave up.
-                raise BusUnavailable("the wait queue could not be set up") from None
-            raise
-        return wq
+        return await self.join(deadline)  # another wait opened it meanwhile
 
     async def _leave(self, wq: _WaitQueue) -> None:
         wq.members -= 1
