@@ -204,8 +204,9 @@ async def retry_after_first_failure(
     retrying: AsyncRetrying, failure: BaseException, fn: Callable[..., Any], *args: Any
 ) -> T:
     """Go on with ``retrying`` as though its first attempt had been made and raised ``failure``:
-    the caller made that attempt bare, because the retry machinery costs about 80 µs a call
-    (tenacity 9, measured here), more than a publish, and nearly every first attempt succeeds."""
+    the caller made that attempt bare, because building and entering an ``AsyncRetrying`` costs
+    30 to 110 µs (tenacity 9.2, a loaded 2-core machine; a bare await well under 1 µs) and nearly
+    every first attempt succeeds."""
     replayed = False
 
     async def attempt() -> T:
