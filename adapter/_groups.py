@@ -30,7 +30,6 @@ __all__ = [
     "GroupInfo",
     "GroupOptions",
     "GroupSubscription",
-    "RetryPolicy",
     "SeenIds",
     "check_group_name",
     "dedup_key",
@@ -71,26 +70,6 @@ class GroupOptions:
     @property
     def dedup(self) -> bool:
         return self.dedup_window > 0
-
-
-class RetryPolicy:
-    """The delay before a retried delivery comes again: an exponential backoff from
-    ``retry_initial``, doubling up to ``retry_max``, in whole milliseconds (each distinct delay is
-    a queue at the broker, so the ladder is short)."""
-
-    def __init__(self, initial: float, maximum: float) -> None:
-        self.initial = initial
-        self.maximum = maximum
-
-    def delay_ms(self, attempt: int, *, at_least: float = 0.0) -> int:
-        """The delay after failed attempt ``attempt`` (1-based), and not less than ``at_least``
-        seconds (a receiver's ``Retry-After``), rounded up to a step of the ladder."""
-        step = max(attempt, 1)
-        while True:
-            seconds = min(self.initial * (1 << min(step - 1, 62)), self.maximum)
-            if seconds >= at_least or seconds >= self.maximum:
-                return round(seconds * 1000)
-            step += 1
 
 
 class SeenIds:

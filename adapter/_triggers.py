@@ -48,13 +48,13 @@ from urllib.parse import quote
 import httpx
 from prometheus_client import Counter, Gauge, Histogram
 from standardwebhooks import Webhook
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from ._client import Client
 from ._cloudevents import to_http
 from ._event import Event
 from ._exceptions import AdapterError, BusError, InvalidInput
 from ._groups import Delivery
+from ._retry import failure_of, trigger_join_retrying, trigger_restart_retrying
 from ._settings import Settings, Trigger
 from ._tracing import consuming, requesting, span_trace, trace_headers
 from ._version import __version__
@@ -266,14 +266,12 @@ class _Runner:
 
     async def run(self) -> None:
         """Deliver the group's events, joining it again after losing the broker."""
-        retrying = AsyncRetrying(
-            wait=wait_exponential(multiplier=0.5, max=30),
-            retry=retry_if_exception_type(BusError),
-            before_sleep=lambda state: log.warning(
+        retrying = trigger_join_retrying(
+            lambda state: log.warning(
                 "trigger %r: cannot deliver (%s); trying again",
                 self.trigger.name,
-                state.outcome.exception() if state.outcome else "?",
-            ),
+                failure_of(state) or "?",
+            )
         )
         async for attempt in retrying:
             with attempt:
@@ -506,13 +504,16 @@ class Triggers:
                 await asyncio.wait_for(self._stopping.wait(), self._gauge_seconds)
 
     async def _supervise(self, runner: _Runner) -> None:
-        # A bug in one trigger must not end the others, nor go unnoticed.
-        while True:
-            try:
-                await runner.run()
-            except Exception:
-                log.exception("trigger %r stopped on an error; restarting", runner.trigger.name)
-                await asyncio.sleep(5)
+        # A bug in one trigger must not end the others, nor go unnoticed. ``run`` returns only
+        # by raising: its group subscription is read for good.
+        retrying = trigger_restart_retrying(
+            lambda state: log.error(
+                "trigger %r stopped on an error; restarting",
+                runner.trigger.name,
+                exc_info=failure_of(state),
+            )
+        )
+        await retrying(runner.run)
 
     async def __aexit__(
         self,

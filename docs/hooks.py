@@ -695,6 +695,19 @@ def dashboard() -> str:
     )
 
 
+# -- Retries ---------------------------------------------------------------------------------------
+
+
+def retries() -> str:
+    """The table of every retry policy, from ``adapter._retry``."""
+    from adapter._retry import POLICIES
+
+    if not POLICIES:
+        raise GenerationError("adapter._retry.POLICIES is empty")
+    rows = [(row.use, row.retried, row.pauses, row.stop) for row in POLICIES]
+    return _table(("Retried", "On", "Pauses", "Gives up"), rows)
+
+
 GENERATORS: dict[str, Callable[[], str]] = {
     "asyncapi": asyncapi_reference,
     "alerts": alerts,
@@ -704,6 +717,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "http-api": http_reference,
     "metrics": metrics_reference,
     "performance": performance,
+    "retries": retries,
 }
 
 

@@ -29,11 +29,11 @@ from .._groups import (
     GroupInfo,
     GroupOptions,
     GroupSubscription,
-    RetryPolicy,
     SeenIds,
     dedup_key,
 )
 from .._names import pattern_matches
+from .._retry import RetryPolicy
 
 __all__ = ["MemoryGroups"]
 

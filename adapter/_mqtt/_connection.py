@@ -21,15 +21,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    wait_exponential,
-    wait_random,
-)
+from tenacity import RetryCallState
 
 from .._nodes import redact_url
+from .._retry import MQTT_AFTER_LOSS, failure_of, mqtt_reconnect_retrying
 from .._settings import MqttSettings
 from .._tls import client_tls_context
 from ._driver import BufferedPaho, PahoDriver
@@ -41,9 +36,6 @@ __all__ = ["MqttLink"]
 log = logging.getLogger("adapter.mqtt")
 
 _CONNACK_TIMEOUT = 10.0
-_AFTER_LOSS = 1.0  # seconds between a lost connection and the first attempt to connect again
-# Between connection attempts: 1 s, doubling up to 30 s, plus jitter so replicas spread out.
-_RECONNECT_WAIT = wait_exponential(multiplier=1, min=1, max=30) + wait_random(0, 1)
 
 
 class _ConnectFailed(Exception):
@@ -154,18 +146,13 @@ class MqttLink:
         while True:
             # Every failure is retried: a broker that is down, a refusal, a TLS error alike; each
             # is logged, and the wait grows to 30 s. A new connection starts the waits afresh.
-            retrying = AsyncRetrying(
-                wait=_RECONNECT_WAIT,
-                retry=retry_if_exception_type(Exception),
-                before_sleep=self._attempt_failed,
-            )
-            async for attempt in retrying:
+            async for attempt in mqtt_reconnect_retrying(self._attempt_failed):
                 with attempt:
                     await self._connect_once()
             await self._lost.wait()
             # Not at once: a broker that ends every connection (two bridges with one client id
             # take it over from each other) is not hammered.
-            await asyncio.sleep(_AFTER_LOSS)
+            await asyncio.sleep(MQTT_AFTER_LOSS)
 
     async def _connect_once(self) -> None:
         self.driver.drop()
@@ -194,8 +181,7 @@ class MqttLink:
             raise _ConnectFailed("no CONNACK from the broker") from None
 
     def _attempt_failed(self, state: RetryCallState) -> None:
-        outcome = state.outcome
-        error = outcome.exception() if outcome is not None else None
+        error = failure_of(state)
         pause = state.next_action.sleep if state.next_action is not None else 0.0
         log.warning(
             "MQTT broker at %s: connection attempt %d failed (%s); retrying in %.1fs",

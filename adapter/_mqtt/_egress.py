@@ -20,17 +20,11 @@ from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 
 import paho.mqtt.client as mqtt
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    wait_exponential,
-    wait_random,
-)
+from tenacity import RetryCallState
 
 from .._client import Client
 from .._event import Event
-from .._exceptions import BusUnavailable
+from .._retry import egress_bind_retrying, egress_restart_retrying, failure_of
 from .._settings import MqttSettings
 from ._connection import MqttLink
 from ._mapping import egress_message, egress_problem
@@ -43,10 +37,6 @@ log = logging.getLogger("adapter.mqtt")
 EGRESS_SPAN = timedelta(hours=1)
 EGRESS_OVERLAP = timedelta(minutes=1)
 _SEEN = 4096  # event ids remembered to drop the copies the overlap delivers twice
-# Binding while the bus is down: again after 0.1 s, doubling up to 2 s.
-_BIND_WAIT = wait_exponential(multiplier=0.1, max=2.0)
-# Restarting a failed task: after 0.5 s, doubling up to 30 s, with jitter.
-_RESTART_WAIT = wait_exponential(multiplier=0.5, max=30.0) + wait_random(0, 0.5)
 
 
 class Egress:
@@ -81,17 +71,13 @@ class Egress:
         self._running.clear()
 
     async def _supervised(self, pattern: str) -> None:
-        retrying = AsyncRetrying(
-            wait=_RESTART_WAIT,
-            retry=retry_if_exception_type(Exception),
-            before_sleep=lambda state: self._failed(pattern, state),
-        )
+        retrying = egress_restart_retrying(lambda state: self._failed(pattern, state))
         await retrying(self._serve, pattern)
 
     def _failed(self, pattern: str, state: RetryCallState) -> None:
         self._set_running(pattern, False)
         EGRESS_RESTARTS.labels(pattern=pattern).inc()
-        error = state.outcome.exception() if state.outcome is not None else None
+        error = failure_of(state)
         pause = state.next_action.sleep if state.next_action is not None else 0.0
         log.error(
             "MQTT egress %r failed; restarting in %.1fs",
@@ -125,15 +111,11 @@ class Egress:
     async def _read(
         self, pattern: str, deadline: datetime, bound: asyncio.Event, seen: OrderedDict[str, None]
     ) -> None:
-        retrying = AsyncRetrying(
-            wait=_BIND_WAIT,
-            retry=retry_if_exception_type(BusUnavailable),
-            before_sleep=lambda state: self._cannot_bind(pattern, state),
-        )
+        retrying = egress_bind_retrying(lambda state: self._cannot_bind(pattern, state))
         await retrying(self._read_once, pattern, deadline, bound, seen)
 
     def _cannot_bind(self, pattern: str, state: RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome is not None else None
+        error = failure_of(state)
         log.warning("MQTT egress %r: cannot bind (%s); retrying", pattern, error)
 
     async def _read_once(

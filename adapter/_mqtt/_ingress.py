@@ -18,10 +18,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from .._client import Client
-from .._exceptions import BusUnavailable, InvalidProperties, LimitExceeded, PublishRejected
+from .._exceptions import InvalidProperties, LimitExceeded
+from .._retry import (
+    INGRESS_RETRIED,
+    failure_of,
+    ingress_publish_retrying,
+    retry_after_first_failure,
+)
 from .._settings import MqttSettings
 from ._connection import MqttLink
 from ._mapping import (
@@ -48,11 +53,6 @@ from ._metrics import (
 __all__ = ["Ingress"]
 
 log = logging.getLogger("adapter.mqtt")
-
-_RETRIED = (BusUnavailable, PublishRejected)
-# A message the bus did not confirm is tried again after 0.1 s, then 0.2 s, doubling up to 2 s.
-_FIRST_RETRY = 0.1
-_RETRY_WAIT = wait_exponential(multiplier=0.2, max=2.0)
 
 
 @dataclass(slots=True, eq=False)
@@ -224,20 +224,18 @@ class Ingress:
         """Retry until the bus confirms; False if the broker will redeliver the message anyway."""
         try:
             await attempt()  # the common case, without the retry machinery
-        except _RETRIED as exc:
-            self._unconfirmed(exc)
+        except INGRESS_RETRIED as exc:
+            failure = exc
         else:
             self._confirmed()
             return True
-        await asyncio.sleep(_FIRST_RETRY)
-        retrying = AsyncRetrying(
-            wait=_RETRY_WAIT,
-            retry=retry_if_exception_type(_RETRIED),
-            stop=lambda _: self._abandoned(delivery),
-            before_sleep=lambda state: self._unconfirmed(_failure(state)),
-            retry_error_callback=lambda _: False,
+        retrying = ingress_publish_retrying(
+            abandoned=lambda: self._abandoned(delivery),
+            before_sleep=lambda state: self._unconfirmed(failure_of(state)),
         )
-        result: bool = await retrying(self._confirm, delivery, attempt)
+        result: bool = await retry_after_first_failure(
+            retrying, failure, self._confirm, delivery, attempt
+        )
         return result
 
     async def _confirm(self, delivery: _Delivery, attempt: Callable[[], Awaitable[object]]) -> bool:
@@ -262,7 +260,3 @@ class Ingress:
         if self._outage_logged:
             self._outage_logged = False
             log.warning("MQTT bridge: the bus confirms again")
-
-
-def _failure(state: RetryCallState) -> BaseException | None:
-    return state.outcome.exception() if state.outcome is not None else None

@@ -62,12 +62,12 @@ from ..._groups import (
     GroupInfo,
     GroupOptions,
     GroupSubscription,
-    RetryPolicy,
     SeenIds,
     check_group_name,
     dedup_key,
 )
 from ..._names import Kind, routing_key, validate_kind, validate_pattern
+from ..._retry import RetryPolicy
 from ..._times import parse_rfc3339
 from ._codec import H_ORIGINAL_ROUTING_KEY, BadMessage, Decoded, Policy, decode, message_headers
 from ._link import BrokerLink

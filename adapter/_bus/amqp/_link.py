@@ -28,14 +28,7 @@ from urllib.parse import unquote, urlsplit
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractRobustChannel
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_not_exception_type,
-    stop_after_attempt,
-    wait_exponential,
-    wait_random,
-)
+from tenacity import RetryCallState
 
 from ..._exceptions import (
     BrokerAuthenticationError,
@@ -45,6 +38,7 @@ from ..._exceptions import (
     PublishRejected,
 )
 from ..._nodes import redact_url, split_nodes
+from ..._retry import broker_connect_retrying
 from ..._settings import AmqpSettings
 from ..._tls import client_tls_context
 from ..._version import APP_ID
@@ -275,15 +269,11 @@ class BrokerLink:
             assert last is not None
             raise last
 
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.settings.connect_attempts),
-            wait=wait_exponential(multiplier=0.5, max=self.settings.connect_backoff_max)
-            + wait_random(0, 0.5),
-            retry=retry_if_not_exception_type(
-                (aiormq.exceptions.ProbableAuthenticationError, _Refused)
-            ),
+        retrying = broker_connect_retrying(
+            self.settings.connect_attempts,
+            self.settings.connect_backoff_max,
+            fatal=(aiormq.exceptions.ProbableAuthenticationError, _Refused),
             before_sleep=announce,
-            reraise=True,
         )
         try:
             async for attempt in retrying:
