@@ -6,17 +6,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
 import aiormq
+import pamqp.frame
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pamqp import commands as spec
+from pamqp.header import ContentHeader
 
 from adapter import BusUnavailable, Client, PublishRejected, load_settings
 from adapter._bus.amqp import AmqpBus
+from adapter._bus.amqp._batching import content_header_frame
+from adapter._version import APP_ID
 from tests.support.proxy import Proxy
-
-pytestmark = pytest.mark.rabbitmq
 
 
 async def _underlay(client: Client) -> aiormq.Channel:
@@ -65,6 +71,7 @@ async def _drain(queue: aio_pika.abc.AbstractQueue, expected: int) -> list[str]:
     return ids
 
 
+@pytest.mark.rabbitmq
 async def test_concurrent_sends_leave_in_one_write_and_unroutable_ones_are_told_apart(
     amqp_url: str,
     unique_name: str,
@@ -92,6 +99,7 @@ async def test_concurrent_sends_leave_in_one_write_and_unroutable_ones_are_told_
         assert len(writes) == 2
 
 
+@pytest.mark.rabbitmq
 async def test_a_nack_fails_exactly_the_sends_the_broker_refused(
     amqp_url: str, unique_name: str
 ) -> None:
@@ -123,6 +131,7 @@ async def test_a_nack_fails_exactly_the_sends_the_broker_refused(
     assert kinds == ["routed", "none", "routed", "rejected", "none", "rejected"]
 
 
+@pytest.mark.rabbitmq
 async def test_a_link_cut_mid_batch_fails_the_unconfirmed_sends_and_loses_no_confirm(
     amqp_url: str,
     unique_name: str,
@@ -162,3 +171,55 @@ async def test_a_link_cut_mid_batch_fails_the_unconfirmed_sends_and_loses_no_con
         assert message.message_id is not None
         delivered.add(message.message_id)
     assert confirmed <= delivered
+
+
+_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
+
+
+@given(
+    headers=st.dictionaries(
+        st.sampled_from(["x-event-name", "ce-id", "ce-time", "traceparent", "x-a", "é"]) | _text,
+        _text | st.integers(-(2**40), 2**40) | st.booleans(),
+        max_size=12,
+    ),
+    content_type=st.sampled_from(["application/json", "application/octet-stream"]),
+    message_id=_text.filter(bool),
+    user_id=st.none() | st.sampled_from(["", "bridge", "ü-user"]),
+    seconds=st.integers(0, 2**34),
+    naive=st.booleans(),
+    body_size=st.integers(0, 2**40),
+    number=st.integers(1, 2047),
+)
+def test_the_content_header_frame_is_the_one_pamqp_marshals(
+    headers: dict[str, Any],
+    content_type: str,
+    message_id: str,
+    user_id: str | None,
+    seconds: int,
+    naive: bool,
+    body_size: int,
+    number: int,
+) -> None:
+    moment = datetime.fromtimestamp(seconds, UTC)
+    if naive:
+        moment = moment.replace(tzinfo=None)
+    properties = spec.Basic.Properties(
+        content_type=content_type,
+        message_id=message_id,
+        timestamp=moment,
+        app_id=APP_ID,
+        delivery_mode=2,
+        user_id=user_id,
+        headers=headers,
+    )
+    theirs = pamqp.frame.marshal(ContentHeader(properties=properties, body_size=body_size), number)
+    ours = content_header_frame(
+        number,
+        body_size,
+        content_type=content_type,
+        message_id=message_id,
+        timestamp=moment,
+        headers=headers,
+        user_id=user_id,
+    )
+    assert ours == theirs

@@ -11,26 +11,34 @@ of a mandatory message (by ``message_id``, before its ack), and the channel's or
 connection's close (every pending confirmation fails). Those attributes are aiormq's internals:
 ``tests/test_dependency_seams.py`` checks them, and pyproject.toml caps aiormq below its next
 major.
+
+The frames are marshalled here rather than by pamqp's ``Basic.Properties``, which encoded the
+same headers again for every message (a sixth of a forwarder's time): an entry of the header
+table that is the same for every event of a name (``x-event-name``, ``ce-type``, ...) is
+encoded once and kept (``_entry``); the bytes are pamqp's own, which a test compares.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+import struct
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from functools import partial
+from datetime import UTC, datetime
+from functools import lru_cache, partial
 from typing import Any
 
 import aiormq
 import pamqp.frame
 from aiormq.abc import ChannelFrame
 from pamqp import commands as spec
-from pamqp.base import Frame
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
-__all__ = ["MAX_BATCH", "PublishBatcher"]
+from ..._version import APP_ID
+
+__all__ = ["MAX_BATCH", "PublishBatcher", "content_header_frame"]
 
 # Messages per write at most: a burst larger than this leaves in several writes, so that one
 # write (and the broker's reading of it) stays short beside the heartbeats and other channels.
@@ -46,7 +54,11 @@ class _Outgoing:
     exchange: str
     key: str
     body: bytes
-    properties: spec.Basic.Properties
+    content_type: str
+    message_id: str
+    timestamp: datetime
+    headers: Mapping[str, Any]
+    user_id: str | None
     # The caller's own future: cancelled when the caller stops waiting, and then skipped if
     # it was not written yet.
     done: asyncio.Future[Result]
@@ -65,15 +77,31 @@ class PublishBatcher:
         self._writer: asyncio.Task[None] | None = None
 
     async def publish(
-        self, exchange: str, key: str, body: bytes, properties: spec.Basic.Properties
+        self,
+        exchange: str,
+        key: str,
+        body: bytes,
+        *,
+        content_type: str,
+        message_id: str,
+        timestamp: datetime,
+        headers: Mapping[str, Any],
+        user_id: str | None,
     ) -> Result:
-        """The broker's answer: a ``Basic.Ack``, or the returned message when no queue was
-        bound; a nack raises ``aiormq.exceptions.DeliveryError``, a lost channel or connection
-        the exception aiormq fails its confirmations with."""
+        """Publish a persistent message of the bridge (``app_id`` ours). The broker's answer: a
+        ``Basic.Ack``, or the returned message when no queue was bound; a nack raises
+        ``aiormq.exceptions.DeliveryError``, a lost channel or connection the exception aiormq
+        fails its confirmations with."""
         if len(key) > _KEY_MAX:
             raise ValueError("Routing key too long (max 255 bytes)")
+        if not message_id:
+            raise ValueError("a message needs its message_id (the confirm is found by it)")
         done: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._outbox.append(_Outgoing(exchange, key, body, properties, done))
+        self._outbox.append(
+            _Outgoing(
+                exchange, key, body, content_type, message_id, timestamp, headers, user_id, done
+            )
+        )
         if self._writer is None:
             # Started now, it runs once every caller of this turn of the loop has queued.
             self._writer = asyncio.create_task(self._write_all(), name="amqp publish batcher")
@@ -123,7 +151,8 @@ class PublishBatcher:
             if channel.is_closed:
                 raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
             first_tag = channel.delivery_tag
-            frames: list[Frame | ContentHeader | ContentBody] = []
+            frames: list[bytes] = []
+            number = channel.number
             pending: list[tuple[int, _Outgoing, asyncio.Future[Any]]] = []
             for item in batch:
                 if item.done.done():  # its caller stopped waiting: not sent
@@ -132,38 +161,39 @@ class PublishBatcher:
                 tag = channel.delivery_tag
                 confirmation = channel.create_future()
                 channel.confirmations[tag] = confirmation
-                channel.message_id_delivery_tag[_message_id(item)] = tag
+                channel.message_id_delivery_tag[item.message_id] = tag
                 pending.append((tag, item, confirmation))
+                frames.append(_publish_frame(item.exchange, item.key, number))
                 frames.append(
-                    spec.Basic.Publish(exchange=item.exchange, routing_key=item.key, mandatory=True)
+                    content_header_frame(
+                        number,
+                        len(item.body),
+                        content_type=item.content_type,
+                        message_id=item.message_id,
+                        timestamp=item.timestamp,
+                        headers=item.headers,
+                        user_id=item.user_id,
+                    )
                 )
-                frames.append(ContentHeader(properties=item.properties, body_size=len(item.body)))
-                frames.extend(_body_frames(item.body, channel.max_content_size))
+                most = channel.max_content_size
+                for at in range(0, len(item.body), most):
+                    piece = ContentBody(item.body[at : at + most])
+                    frames.append(pamqp.frame.marshal(piece, number))
             if not pending:
                 return
             try:
-                payload = b"".join(pamqp.frame.marshal(frame, channel.number) for frame in frames)
+                payload = b"".join(frames)
                 await channel.write_queue.put(ChannelFrame(payload=payload, should_close=False))
             except BaseException:
                 # Nothing of the batch reached the broker: give its delivery tags back.
                 channel.delivery_tag = first_tag
                 for tag, item, confirmation in pending:
                     channel.confirmations.pop(tag, None)
-                    _forget(channel, _message_id(item), tag)
+                    _forget(channel, item.message_id, tag)
                     confirmation.cancel()
                 raise
         for tag, item, confirmation in pending:
             confirmation.add_done_callback(partial(_settle, channel, tag, item))
-
-
-def _message_id(item: _Outgoing) -> str:
-    message_id = item.properties.message_id
-    assert message_id, "the link gives every message its message_id"
-    return message_id
-
-
-def _body_frames(body: bytes, most: int) -> list[ContentBody]:
-    return [ContentBody(body[at : at + most]) for at in range(0, len(body), most)]
 
 
 def _forget(channel: aiormq.Channel, message_id: str, tag: int) -> None:
@@ -174,7 +204,7 @@ def _forget(channel: aiormq.Channel, message_id: str, tag: int) -> None:
 def _settle(
     channel: aiormq.Channel, tag: int, item: _Outgoing, answer: asyncio.Future[Any]
 ) -> None:
-    _forget(channel, _message_id(item), tag)
+    _forget(channel, item.message_id, tag)
     if item.done.done():
         return
     if answer.cancelled():
@@ -183,3 +213,96 @@ def _settle(
         item.done.set_exception(exc)
     else:
         item.done.set_result(answer.result())
+
+
+# -- frames ---------------------------------------------------------------------------------------
+
+_FRAME = struct.Struct(">BHI")
+_FRAME_END = b"\xce"
+_HEADER_START = struct.Struct(">HxxQH")
+_TIMESTAMP = struct.Struct(">Q")
+_LONG = struct.Struct(">I")
+_PERSISTENT = b"\x02"
+# Basic.Properties flags, as pamqp has them: the properties every message of the bridge carries,
+# and user_id when the link knows its user.
+_FLAGS = sum(
+    spec.Basic.Properties.flags[name]
+    for name in ("content_type", "headers", "delivery_mode", "message_id", "timestamp", "app_id")
+)
+_USER_FLAG = spec.Basic.Properties.flags["user_id"]
+# The headers that differ from one event to the next: not worth keeping.
+_VARYING = frozenset({"ce-id", "ce-time", "traceparent", "tracestate"})
+_KEPT_ENTRIES = 4096
+
+
+def _short(text: str) -> bytes:
+    data = text.encode("utf-8")
+    if len(data) > 255:
+        raise TypeError("string exceeds maximum length of 255 bytes")
+    return bytes((len(data),)) + data
+
+
+def _encode_entry(key: str, value: str) -> bytes:
+    data = value.encode("utf-8")
+    return _short(key) + b"S" + _LONG.pack(len(data)) + data
+
+
+_entry = lru_cache(maxsize=_KEPT_ENTRIES)(_encode_entry)
+_app_id = _short(APP_ID)
+
+
+@lru_cache(maxsize=_KEPT_ENTRIES)
+def _publish_frame(exchange: str, key: str, number: int) -> bytes:
+    return pamqp.frame.marshal(
+        spec.Basic.Publish(exchange=exchange, routing_key=key, mandatory=True), number
+    )
+
+
+def content_header_frame(
+    number: int,
+    body_size: int,
+    *,
+    content_type: str,
+    message_id: str,
+    timestamp: datetime,
+    headers: Mapping[str, Any],
+    user_id: str | None,
+) -> bytes:
+    """The content header frame of a persistent message of the bridge on channel ``number``:
+    the bytes pamqp would marshal."""
+    if not all(type(value) is str and len(key) <= 128 for key, value in headers.items()):
+        # Other header values (numbers, tables) and keys pamqp would cut are rare: its way.
+        properties = spec.Basic.Properties(
+            content_type=content_type,
+            message_id=message_id,
+            timestamp=timestamp,
+            app_id=APP_ID,
+            delivery_mode=2,
+            user_id=user_id,
+            headers=dict(headers),
+        )
+        header = ContentHeader(properties=properties, body_size=body_size)
+        return pamqp.frame.marshal(header, number)
+    # pamqp writes a table sorted by key.
+    table = b"".join(
+        _encode_entry(key, headers[key]) if key in _VARYING else _entry(key, headers[key])
+        for key in sorted(headers)
+    )
+    if timestamp.tzinfo is None:  # as pamqp: a naive time is UTC
+        timestamp = timestamp.replace(tzinfo=UTC)
+    parts = [
+        _HEADER_START.pack(
+            spec.Basic.Properties.frame_id, body_size, _FLAGS | _USER_FLAG * bool(user_id)
+        ),
+        _short(content_type),
+        _LONG.pack(len(table)),
+        table,
+        _PERSISTENT,
+        _short(message_id),
+        _TIMESTAMP.pack(int(timestamp.timestamp())),
+    ]
+    if user_id:
+        parts.append(_short(user_id))
+    parts.append(_app_id)
+    payload = b"".join(parts)
+    return _FRAME.pack(2, number, len(payload)) + payload + _FRAME_END

@@ -48,7 +48,6 @@ from ..._exceptions import (
 from ..._nodes import redact_url, split_nodes
 from ..._settings import AmqpSettings
 from ..._tls import client_tls_context
-from ..._version import APP_ID
 from .._failover import NodeConnection, Nodes, shown
 from ._batching import PublishBatcher
 
@@ -96,26 +95,6 @@ def _user(settings: AmqpSettings) -> str | None:
     if settings.username is not None:
         return settings.username
     return unquote(parts.username or "guest")  # aio-pika's default user
-
-
-def _message_properties(
-    *,
-    content_type: str,
-    message_id: str,
-    timestamp: datetime,
-    headers: Mapping[str, Any],
-    user_id: str | None,
-) -> aiormq.spec.Basic.Properties:
-    """The AMQP properties of a persistent message of the bridge."""
-    return aiormq.spec.Basic.Properties(
-        content_type=content_type,
-        message_id=message_id,
-        timestamp=timestamp,
-        app_id=APP_ID,
-        delivery_mode=2,
-        user_id=user_id,
-        headers=headers,  # type: ignore[arg-type]
-    )
 
 
 class BrokerLink:
@@ -456,17 +435,17 @@ class BrokerLink:
         """
         if not self.connected or self._confirm_channel is None:
             raise BusUnavailable(f"RabbitMQ is not connected; {what} was not sent")
-        properties = _message_properties(
-            content_type=content_type,
-            message_id=message_id,
-            timestamp=timestamp,
-            headers=headers,
-            user_id=self.user,
-        )
         try:
             async with asyncio.timeout(self.settings.publish_timeout):
                 result = await self._batcher.publish(
-                    self.exchange if exchange is None else exchange, key, body, properties
+                    self.exchange if exchange is None else exchange,
+                    key,
+                    body,
+                    content_type=content_type,
+                    message_id=message_id,
+                    timestamp=timestamp,
+                    headers=headers,
+                    user_id=self.user,
                 )
         except aiormq.exceptions.DeliveryError as exc:
             raise PublishRejected(f"RabbitMQ refused {what}: {exc}") from None
