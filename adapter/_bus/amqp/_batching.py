@@ -230,8 +230,10 @@ _FLAGS = sum(
     for name in ("content_type", "headers", "delivery_mode", "message_id", "timestamp", "app_id")
 )
 _USER_FLAG = spec.Basic.Properties.flags["user_id"]
-# The headers that differ from one event to the next: not worth keeping.
-_VARYING = frozenset({"ce-id", "ce-time", "traceparent", "tracestate"})
+# The headers that differ from one event to the next: kept, they would only push out the others.
+_VARYING = frozenset(
+    {"ce-id", "ce-time", "traceparent", "tracestate", "ce-traceparent", "ce-tracestate"}
+)
 _KEPT_ENTRIES = 4096
 
 
