@@ -1,15 +1,17 @@
 """The library internals the code leans on, checked against the installed versions.
 
-Three seams are not public API: paho-mqtt's ``_sock_recv``/``_sock_send``
+Four seams are not public API: paho-mqtt's ``_sock_recv``/``_sock_send``
 (adapter/_mqtt/_driver.py), aio-pika's ``RobustConnection._on_connection_close`` and
-``_close_called`` (adapter/_bus/_failover.py), and uvicorn's httptools protocol
-(adapter/_http/_protocol.py). Argparse's internals are no longer used (adapter/_cli.py keeps the
+``_close_called`` (adapter/_bus/_failover.py), uvicorn's httptools protocol
+(adapter/_http/_protocol.py), and aiormq's confirm bookkeeping of a channel
+(adapter/_bus/amqp/_batching.py). Argparse's internals are no longer used (adapter/_cli.py keeps the
 action ``add_subparsers`` returns). Each of those libraries is capped below its next major in
 pyproject.toml; within the cap, a release that renames a seam fails here rather than in production.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import tomllib
 from importlib.metadata import version
@@ -25,6 +27,7 @@ LEANED_ON = {
     "paho-mqtt": "adapter/_mqtt/_driver.py",
     "aio-pika": "adapter/_bus/_failover.py",
     "uvicorn": "adapter/_http/_protocol.py",
+    "aiormq": "adapter/_bus/amqp/_batching.py",
 }
 
 
@@ -90,3 +93,29 @@ def test_uvicorn_still_has_the_httptools_hooks_the_bounded_protocol_overrides() 
     for name in overridden:
         theirs = getattr(HttpToolsProtocol, name)
         assert _parameters(getattr(ours, name)) == _parameters(theirs), name
+
+
+def test_aiormq_still_keeps_a_channels_confirms_where_the_batcher_registers_them() -> None:
+    from aiormq import Channel
+    from aiormq.abc import ChannelFrame
+
+    # The batcher registers each message as basic_publish does; aiormq's readers settle it.
+    publish = inspect.getsource(Channel.basic_publish)
+    for line in (
+        "async with self.lock:",
+        "self.delivery_tag += 1",
+        "self.confirmations[delivery_tag] = confirmation",
+        "self.message_id_delivery_tag[message_id] = delivery_tag",
+        "await self.write_queue.put(",
+    ):
+        assert line in publish, line
+    assert "self.message_id_delivery_tag.get(message_id)" in inspect.getsource(
+        Channel._on_return_frame
+    )
+    assert "self.confirmations" in inspect.getsource(Channel._on_confirm_frame)
+    assert "self.max_content_size" in inspect.getsource(Channel.__init__)
+    assert [field.name for field in dataclasses.fields(ChannelFrame)] == [
+        "payload",
+        "should_close",
+        "drain_future",
+    ]

@@ -291,6 +291,7 @@ async def test_a_bug_is_not_mistaken_for_an_outage(
         confirm = bus.link._confirm_channel
         assert confirm is not None
         channel = await confirm.get_underlay_channel()
-        monkeypatch.setattr(channel, "basic_publish", broken)
+        # Where the link hands a batch of publishes to the connection (amqp/_batching.py).
+        monkeypatch.setattr(channel.write_queue, "put", broken)
         with pytest.raises(RuntimeError, match="a bug"):
             await client.send_custom_event(unique_name)

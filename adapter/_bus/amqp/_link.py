@@ -1,9 +1,10 @@
 """``BrokerLink``: the RabbitMQ connection of one bus, and everything that talks over it at the
-lowest level. Imports no sibling.
+lowest level. Imports no sibling but ``_batching``.
 
 - the nodes of ``amqp.url`` and the failover between them (``adapter/_bus/_failover.py``), the
   first connection with tenacity's retries, and reconnection callbacks;
-- the confirm channel and ``publish_raw``: persistent messages, ``mandatory``, a confirm;
+- the confirm channel and ``publish_raw``: persistent messages, ``mandatory``, a confirm; the
+  publishes of one turn of the event loop leave in one write (``_batching.PublishBatcher``);
 - channels: opened with numbers this link chooses, going round every number the connection
   allows before one comes back, so a number is never reused while the broker may still hold it
   open (aiormq frees a number the moment the broker asks to close it, before our close-ok is
@@ -41,8 +42,8 @@ from ..._nodes import redact_url, split_nodes
 from ..._retry import broker_connect_retrying
 from ..._settings import AmqpSettings
 from ..._tls import client_tls_context
-from ..._version import APP_ID
 from .._failover import NodeConnection, Nodes, shown
+from ._batching import PublishBatcher
 
 __all__ = ["UNAVAILABLE", "BrokerLink"]
 
@@ -90,26 +91,6 @@ def _user(settings: AmqpSettings) -> str | None:
     return unquote(parts.username or "guest")  # aio-pika's default user
 
 
-def _message_properties(
-    *,
-    content_type: str,
-    message_id: str,
-    timestamp: datetime,
-    headers: Mapping[str, Any],
-    user_id: str | None,
-) -> aiormq.spec.Basic.Properties:
-    """The AMQP properties of a persistent message of the bridge."""
-    return aiormq.spec.Basic.Properties(
-        content_type=content_type,
-        message_id=message_id,
-        timestamp=timestamp,
-        app_id=APP_ID,
-        delivery_mode=2,
-        user_id=user_id,
-        headers=headers,  # type: ignore[arg-type]
-    )
-
-
 class BrokerLink:
     """The connection of one bus to RabbitMQ: ``await link.open()``, ``await link.close()``."""
 
@@ -129,6 +110,9 @@ class BrokerLink:
         self._connection_name = connection_name
         self._connection: NodeConnection | None = None
         self._confirm_channel: AbstractRobustChannel | None = None
+        self._batcher = PublishBatcher(
+            self._underlay_confirm_channel, timeout=settings.publish_timeout
+        )
         self._next_number = 0
         self._probe: aiormq.abc.AbstractConnection | None = None
         self._probe_lock = asyncio.Lock()
@@ -180,6 +164,7 @@ class BrokerLink:
             raise
 
     async def close(self) -> None:
+        await self._batcher.close()
         probe, self._probe = self._probe, None
         if probe is not None:
             with contextlib.suppress(*UNAVAILABLE, aiormq.exceptions.AMQPError, OSError):
@@ -414,6 +399,12 @@ class BrokerLink:
 
     # -- publishing ------------------------------------------------------------------------
 
+    async def _underlay_confirm_channel(self) -> aiormq.abc.AbstractChannel:
+        channel = self._confirm_channel
+        if channel is None:
+            raise aiormq.exceptions.ChannelInvalidStateError("no confirm channel")
+        return await channel.get_underlay_channel()
+
     async def publish_raw(
         self,
         key: str,
@@ -434,29 +425,18 @@ class BrokerLink:
         """
         if not self.connected or self._confirm_channel is None:
             raise BusUnavailable(f"RabbitMQ is not connected; {what} was not sent")
-        properties = _message_properties(
-            content_type=content_type,
-            message_id=message_id,
-            timestamp=timestamp,
-            headers=headers,
-            user_id=self.user,
-        )
         try:
-            # A robust channel waits for a reconnection here: bound it like the confirm.
             async with asyncio.timeout(self.settings.publish_timeout):
-                channel = await self._confirm_channel.get_underlay_channel()
-            # wait=False: release the channel as soon as the frames are queued; the confirm is
-            # still awaited. Waiting for each socket drain under the channel lock halves the
-            # rate of concurrent publishes (bench/bench_core.py).
-            result = await channel.basic_publish(
-                body,
-                exchange=self.exchange if exchange is None else exchange,
-                routing_key=key,
-                properties=properties,
-                mandatory=True,
-                timeout=self.settings.publish_timeout,
-                wait=False,  # type: ignore[call-arg]
-            )
+                result = await self._batcher.publish(
+                    self.exchange if exchange is None else exchange,
+                    key,
+                    body,
+                    content_type=content_type,
+                    message_id=message_id,
+                    timestamp=timestamp,
+                    headers=headers,
+                    user_id=self.user,
+                )
         except aiormq.exceptions.DeliveryError as exc:
             raise PublishRejected(f"RabbitMQ refused {what}: {exc}") from None
         except (*UNAVAILABLE, TimeoutError) as exc:
