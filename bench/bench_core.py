@@ -51,6 +51,7 @@ import adapter  # noqa: E402
 from adapter._settings import load_settings  # noqa: E402
 
 WAIT_SECONDS = 60.0  # every wait's deadline: long enough to outlast the round
+HOLD_SECONDS = 600.0  # the deadline of the waits held at once
 GRACE_SECONDS = 5.0  # the library's default wait_grace; the naive queues get the same
 POOL_CHANNELS = 16  # the "queue per wait over a pool of channels" variant
 SAMPLE = 50  # waits checked per round by publishing to them
@@ -201,7 +202,9 @@ async def hold(url: str, exchange: str, count: int, *, match: bool = False) -> l
     each matching its own value of the property ``i`` (correlation), instead of one name each."""
     rid = run_id()
     names = [f"bench.hold.{rid}" if match else f"bench.hold.{rid}.w{i}" for i in range(count)]
-    until = timedelta(seconds=WAIT_SECONDS)
+    # RabbitMQ binds a few thousand keys a second: 100,000 waits take most of a minute to set
+    # up, and a wait's deadline must outlast its set-up.
+    until = timedelta(seconds=HOLD_SECONDS)
     async with _client(url, exchange) as client:
         baseline = peak_rss_mib()
         waits = [

@@ -295,3 +295,69 @@ async def test_a_bug_is_not_mistaken_for_an_outage(
         monkeypatch.setattr(channel.write_queue, "put", broken)
         with pytest.raises(RuntimeError, match="a bug"):
             await client.send_custom_event(unique_name)
+
+
+async def test_a_burst_of_waits_queues_behind_its_binds_instead_of_timing_out(
+    amqp_url: str, unique_name: str
+) -> None:
+    # 5,000 waits set up at once with a 1 s broker bound: RabbitMQ binds a few thousand keys a
+    # second, so when every bind was bounded from the moment its wait began, the last ones timed
+    # out ("RabbitMQ did not answer within 1s; the wait was not bound"). Bounded per batch in
+    # flight, none fails, and each one is really bound.
+    settings = load_settings(amqp={"url": amqp_url, "publish_timeout": 1.0})
+    deadline = datetime.now(UTC) + timedelta(seconds=60)
+    names = [f"{unique_name}.w{i}" for i in range(5000)]
+    async with Client(settings) as client:
+        waits = [client.expect("internal", name, until=deadline) for name in names]
+        results = await asyncio.gather(*(w.__aenter__() for w in waits), return_exceptions=True)
+        try:
+            assert [r for r in results if isinstance(r, BaseException)] == []
+            assert client.active_waits == len(names)
+            for i in range(0, len(names), 250):
+                assert (await client.send_custom_event(names[i], {"i": str(i)})).routed
+                async with asyncio.timeout(10):
+                    event = await waits[i]
+                assert event is not None and event.properties == {"i": str(i)}
+        finally:
+            await asyncio.gather(*(w.__aexit__(None, None, None) for w in waits))
+        assert client.active_waits == 0
+
+
+async def test_a_bind_the_broker_refuses_fails_its_waits_and_later_waits_are_bound(
+    amqp_url: str, unique_name: str
+) -> None:
+    # Binds go without an answer each; the broker refuses one by closing the channel. Every
+    # wait of that batch must hear of it (none may be taken for bound), and the lane must go
+    # on with the reopened channel.
+    exchange = f"test.{uuid.uuid4().hex}"
+    settings = load_settings(amqp={"url": amqp_url, "exchange": exchange, "channels": 1})
+    deadline = datetime.now(UTC) + timedelta(seconds=60)
+    connection = await aio_pika.connect(amqp_url)
+    async with connection, Client(settings) as client:
+        channel = await connection.channel()
+        async with client.expect("internal", f"{unique_name}.anchor", until=deadline):
+            await channel.exchange_delete(exchange)  # every bind to it is now refused (404)
+            refused = [
+                client.expect("internal", f"{unique_name}.r{i}", until=deadline) for i in range(20)
+            ]
+            results = await asyncio.gather(
+                *(w.__aenter__() for w in refused), return_exceptions=True
+            )
+            assert all(isinstance(r, BusUnavailable) for r in results), results
+            assert client.active_waits == 1
+            await channel.declare_exchange(exchange, "topic", durable=True)
+            async with asyncio.timeout(20):
+                while True:  # the robust channel is reopened in the background
+                    try:
+                        later = client.expect("internal", f"{unique_name}.later", until=deadline)
+                        await later.__aenter__()
+                        break
+                    except BusUnavailable:
+                        await asyncio.sleep(0.2)
+            try:
+                assert (await client.send_custom_event(f"{unique_name}.later")).routed
+                async with asyncio.timeout(10):
+                    assert await later is not None
+            finally:
+                await later.__aexit__(None, None, None)
+        await channel.exchange_delete(exchange)

@@ -163,7 +163,10 @@ class _WaitQueue:
         await asyncio.gather(*again)
 
 
-_LANE_BATCH = 256  # binds sent before the call that says they all took effect
+# Binds in flight at once over all the lanes of a wait queue: a batch must be answered within
+# ``amqp.publish_timeout``, and RabbitMQ binds a few thousand keys a second (docs/waits.md), so
+# the lanes share a budget that it answers in a fraction of a second even when loaded.
+_BINDS_IN_FLIGHT = 256
 
 
 class _Lane:
@@ -181,6 +184,7 @@ class _Lane:
         self.channel = channel
         self.todo: deque[_Op] = deque()
         self.pump: asyncio.Task[None] | None = None
+        self.batch = max(8, _BINDS_IN_FLIGHT // len(wq.waits.channels))
 
     def push(self, key: str, *, bind: bool) -> asyncio.Future[None]:
         """Queue a bind (its future fails if the bind did) or an unbind (a clean-up: its future
@@ -194,7 +198,7 @@ class _Lane:
     async def _run(self) -> None:
         try:
             while self.todo:
-                batch = [self.todo.popleft() for _ in range(min(len(self.todo), _LANE_BATCH))]
+                batch = [self.todo.popleft() for _ in range(min(len(self.todo), self.batch))]
                 await self._send(batch)
         finally:
             self.pump = None
