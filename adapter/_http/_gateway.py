@@ -35,7 +35,6 @@ from ._auth import (
     NotAuthenticated,
     TooManyFailures,
 )
-from ._metrics import PUBLISH_SECONDS, SENDS
 from ._ratelimit import RateLimiter
 from ._shares import Shares
 
@@ -177,6 +176,7 @@ class Gateway:
     def __init__(self, settings: Settings, client: Client) -> None:
         self.settings = settings
         self.client = client
+        self.metrics = client.metrics
         self.auth = Authenticator(settings.auth)
         self.limiter = RateLimiter(settings.http.rate_limit, settings.http.rate_burst)
         self.waits = WaitCounter(settings.http.max_waits, settings.http.max_waits_per_caller)
@@ -247,9 +247,9 @@ class Gateway:
         try:
             yield
         except HttpError as exc:
-            SENDS.labels(ingress, _OUTCOMES.get(exc.status, "error")).inc()
+            self.metrics.sends.labels(ingress, _OUTCOMES.get(exc.status, "error")).inc()
             raise
-        SENDS.labels(ingress, "ok").inc()
+        self.metrics.sends.labels(ingress, "ok").inc()
 
     async def send(
         self,
@@ -314,7 +314,7 @@ class Gateway:
                 raise
         except (InvalidInput, BusError, ClientStateError, LimitExceeded) as exc:
             raise edge_error(exc) from None
-        PUBLISH_SECONDS.observe(time.perf_counter() - started)
+        self.metrics.publish_seconds.observe(time.perf_counter() - started)
         return result
 
 

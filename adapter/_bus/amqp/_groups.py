@@ -71,7 +71,7 @@ from ..._names import Kind, routing_key, validate_kind, validate_pattern
 from ..._times import parse_rfc3339
 from ._codec import H_ORIGINAL_ROUTING_KEY, BadMessage, Decoded, Policy, decode, message_headers
 from ._link import BrokerLink
-from ._metrics import refused
+from ._metrics import Refusals
 from ._queues import (
     dead_arguments,
     dead_queue,
@@ -286,7 +286,7 @@ class _AmqpGroupSubscription(GroupSubscription):
         try:
             decoded = decode(message, self._groups.policy, copies_to=self._queue_name)
         except BadMessage as exc:
-            refused("group", repr(self.group), exc)
+            self._groups.refused("group", repr(self.group), exc)
             await self._bury_raw(message, f"not an event: {exc.reason}")
             return
         event = decoded.event
@@ -437,8 +437,16 @@ def _dead_original_key(message: AbstractIncomingMessage, exchange: str) -> str |
 class AmqpGroups:
     """The groups of one RabbitMQ bus: their queues, declared once each per process."""
 
-    def __init__(self, link: BrokerLink, policy: Policy, *, check_open: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        link: BrokerLink,
+        policy: Policy,
+        *,
+        check_open: Callable[[], None],
+        refused: Refusals,
+    ) -> None:
         self.link = link
+        self.refused = refused
         self.policy = policy
         self.check_open = check_open
         self._retry_queues: dict[tuple[str, int], str] = {}

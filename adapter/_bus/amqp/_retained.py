@@ -46,7 +46,7 @@ from .._base import Subscription
 from .._retained import RetainedEvents
 from ._codec import H_ORIGINAL_ROUTING_KEY, BadMessage, Policy, decode, encode_body, message_headers
 from ._link import BrokerLink
-from ._metrics import refused
+from ._metrics import Refusals
 from ._queues import retained_arguments, retained_stream
 
 __all__ = ["RETAIN_UNTIL_HEADER", "RetainedStream"]
@@ -76,8 +76,10 @@ class RetainedStream:
         *,
         max_names: int,
         is_open: Callable[[], bool],
+        refused: Refusals,
     ) -> None:
         self.link = link
+        self._refused = refused
         self.policy = policy
         self.name = retained_stream(link.exchange)
         self.view = RetainedEvents(max_names)
@@ -190,13 +192,15 @@ class RetainedStream:
         try:
             event = decode(message, self.policy, copies_to=self.name, original_key=original).event
         except BadMessage as exc:
-            refused("retained", self.name, exc)
+            self._refused("retained", self.name, exc)
             return
         try:
             ends = until / 1000
             time.gmtime(ends)  # an end no clock can reach is a refusal, not an error later
         except (OverflowError, OSError, ValueError):
-            refused("retained", self.name, BadMessage(f"{RETAIN_UNTIL_HEADER} is out of range"))
+            self._refused(
+                "retained", self.name, BadMessage(f"{RETAIN_UNTIL_HEADER} is out of range")
+            )
             return
         self.view.put(routing_key(event.kind, event.name), event, ends, order)
 
