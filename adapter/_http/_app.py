@@ -18,6 +18,7 @@ from starlette.routing import Route
 from .. import __version__
 from .._asyncapi import asyncapi_document
 from .._client import Client
+from .._clock import SYSTEM_CLOCK, Clock
 from .._cloudevents import STRUCTURED_CONTENT_TYPE
 from .._exceptions import InvalidInput
 from .._match import parse_match_items
@@ -252,9 +253,10 @@ def _properties_text(request: Request, body: bytes, query: str | None) -> str | 
     return values[0] if values else None
 
 
-def create_app(settings: Settings, client: Client) -> FastAPI:
-    """The daemon's ASGI application, sending through ``client`` (opened by the caller)."""
-    gateway = Gateway(settings, client)
+def create_app(settings: Settings, client: Client, *, clock: Clock = SYSTEM_CLOCK) -> FastAPI:
+    """The daemon's ASGI application, sending through ``client`` (opened by the caller);
+    ``clock`` is what its rate limits, refusal memory and callers' shares read."""
+    gateway = Gateway(settings, client, clock)
     figures = gateway.metrics
     limit = settings.http.max_body_bytes
     app = _App(

@@ -15,6 +15,7 @@ from urllib.parse import unquote_to_bytes
 from starlette.requests import ClientDisconnect, Request
 
 from .._client import Client
+from .._clock import SYSTEM_CLOCK, Clock
 from .._event import Event, SendResult
 from .._exceptions import (
     AdapterError,
@@ -173,16 +174,18 @@ class WaitCounter:
 class Gateway:
     """Authentication, authorization, rate limiting and publishing for the HTTP front ends."""
 
-    def __init__(self, settings: Settings, client: Client) -> None:
+    def __init__(self, settings: Settings, client: Client, clock: Clock = SYSTEM_CLOCK) -> None:
         self.settings = settings
+        self._clock = clock
         self.client = client
         self.metrics = client.metrics
-        self.auth = Authenticator(settings.auth)
-        self.limiter = RateLimiter(settings.http.rate_limit, settings.http.rate_burst)
+        self.auth = Authenticator(settings.auth, clock)
+        self.limiter = RateLimiter(settings.http.rate_limit, settings.http.rate_burst, clock)
         self.waits = WaitCounter(settings.http.max_waits, settings.http.max_waits_per_caller)
         self.shares = Shares(
             settings.http.max_resumable_waits_per_caller,
             settings.http.max_retained_names_per_caller,
+            clock,
         )
         # Set when the daemon begins to stop: open waits end, readiness turns false.
         self.stopping = asyncio.Event()
@@ -304,7 +307,7 @@ class Gateway:
         key = f"{event.kind}.{event.name}"
         try:
             if retain is not None and caller_key is not None:
-                ends = time.time() + retain.total_seconds()
+                ends = self._clock.time() + retain.total_seconds()
                 self.shares.hold_retained(caller_key, key, ends)
             try:
                 result = await self.client.send_event(event, retain=retain)

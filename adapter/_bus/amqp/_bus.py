@@ -11,11 +11,11 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 
+from ..._clock import SYSTEM_CLOCK, Clock
 from ..._event import Event
 from ..._groups import DeadLetter, GroupInfo, GroupOptions, GroupSubscription
 from ..._metrics import Metrics, default_metrics
@@ -46,8 +46,10 @@ class AmqpBus(Bus):
         connection_name: str = APP_ID,
         limits: LimitsSettings | None = None,
         metrics: Metrics | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.settings = settings
+        self._clock = clock
         # Refusals count on the owner's registry: the daemon's, or the process's for a library.
         refused = Refusals((metrics if metrics is not None else default_metrics()).bus_refused)
         self.limits = limits if limits is not None else LimitsSettings()
@@ -67,6 +69,7 @@ class AmqpBus(Bus):
             max_names=settings.max_retained_names,
             is_open=lambda: self._state == "opened",
             refused=refused,
+            clock=clock,
         )
         self.waits = Waits(
             self.link,
@@ -77,7 +80,7 @@ class AmqpBus(Bus):
             refused=refused,
         )
         self._groups = AmqpGroups(
-            self.link, self.policy, check_open=self._check_open, refused=refused
+            self.link, self.policy, check_open=self._check_open, refused=refused, clock=clock
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self.link.on_reconnect.append(self._reconnected)
@@ -134,7 +137,7 @@ class AmqpBus(Bus):
             return await self._publish_event(event)
         view = await self._retained.caught_up()
         key = routing_key(event.kind, event.name)
-        reserved = view.reserve(key, time.time() + retain.total_seconds())
+        reserved = view.reserve(key, self._clock.time() + retain.total_seconds())
         try:
             routed, _ = await asyncio.gather(
                 self._publish_event(event), self._retained.retain(event, retain)

@@ -46,6 +46,7 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 
+from ..._clock import SYSTEM_CLOCK, Clock
 from ..._event import Event
 from ..._exceptions import (
     AdapterError,
@@ -229,7 +230,7 @@ class _AmqpGroupSubscription(GroupSubscription):
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._inbox: asyncio.Queue[_AmqpDelivery] = asyncio.Queue()
-        self._seen = SeenIds(options.dedup_window, options.dedup_max)
+        self._seen = SeenIds(options.dedup_window, options.dedup_max, groups.clock)
         # The message of each delivery handed out and not settled yet, by its dedup key.
         self._in_flight: dict[str, AbstractIncomingMessage] = {}
         self._policy = RetryPolicy(options.retry_initial, options.retry_max)
@@ -444,9 +445,11 @@ class AmqpGroups:
         *,
         check_open: Callable[[], None],
         refused: Refusals,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.link = link
         self.refused = refused
+        self.clock = clock
         self.policy = policy
         self.check_open = check_open
         self._retry_queues: dict[tuple[str, int], str] = {}

@@ -39,6 +39,7 @@ from typing import Any
 import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 
+from ..._clock import SYSTEM_CLOCK, Clock
 from ..._event import Event
 from ..._exceptions import BusUnavailable
 from ..._names import routing_key
@@ -77,12 +78,14 @@ class RetainedStream:
         max_names: int,
         is_open: Callable[[], bool],
         refused: Refusals,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.link = link
         self._refused = refused
+        self._clock = clock
         self.policy = policy
         self.name = retained_stream(link.exchange)
-        self.view = RetainedEvents(max_names)
+        self.view = RetainedEvents(max_names, clock)
         self._is_open = is_open
         self._marker = uuid.uuid4().hex
         self._starting: asyncio.Task[None] | None = None
@@ -112,7 +115,7 @@ class RetainedStream:
             return  # stopped with its bus: nothing to warn about
         error = task.exception()
         if error is not None:
-            self._failed_at = time.monotonic()
+            self._failed_at = self._clock.monotonic()
             log.warning(
                 "retained events are unavailable: cannot read the stream %s (%s)",
                 self.name,
@@ -128,7 +131,7 @@ class RetainedStream:
             exists = await self.link.probe(lambda probe: probe.queue_declare(name, passive=True))
             if not exists and not create:
                 # Nothing was ever retained on this exchange: nothing to read, yet.
-                self._absent_at = time.monotonic()
+                self._absent_at = self._clock.monotonic()
                 self.view.mark_ready()
                 return
             self._absent_at = None
@@ -210,7 +213,7 @@ class RetainedStream:
         the stream costs the wait its retained event, not its answer."""
         if not sub.literal:
             return
-        now = time.monotonic()
+        now = self._clock.monotonic()
         absent = self._absent_at is not None and now - self._absent_at >= _ABSENT_SECONDS
         if self._starting is None or absent or now - self._failed_at >= _RETRY_SECONDS:
             self._start(create=False)
@@ -243,7 +246,7 @@ class RetainedStream:
 
     async def retain(self, event: Event, retain: timedelta) -> None:
         """Write the event's copy to the stream, retained for ``retain`` from now."""
-        until = int((time.time() + retain.total_seconds()) * 1000)
+        until = int((self._clock.time() + retain.total_seconds()) * 1000)
         headers: dict[str, Any] = {
             **message_headers(event),
             H_ORIGINAL_ROUTING_KEY: routing_key(event.kind, event.name),
