@@ -11,14 +11,17 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+import adapter._http._auth as auth_module
 from adapter import Client, ConfigurationError, LimitExceeded, MemoryBus, load_settings
 from adapter._groups import SeenIds
+from adapter._http._auth import Authenticator, NotAuthenticated
 from adapter._http._ratelimit import RateLimiter
 from adapter._http._shares import Shares
 from adapter._settings import Settings
 from adapter.testing import BridgeDaemon
 from tests.support.clock import FakeClock
 from tests.support.groups import nothing, take
+from tests.support.http import basic, make_settings
 from tests.support.metrics import sample
 
 SENT = "customevent_sends_total"
@@ -158,3 +161,29 @@ async def test_the_dedup_window_of_an_in_process_group_follows_the_bus_clock(
         again = await take(deliveries)  # past it: handed out again
         assert again.event.event_id == "once"
         await again.ack()
+
+
+async def test_a_refused_credential_is_remembered_until_the_clock_passes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    checks: list[str] = []
+    real = auth_module.verify_secret
+
+    def counting(secret: str, hashed: str) -> bool:
+        checks.append(secret)
+        return real(secret, hashed)
+
+    monkeypatch.setattr(auth_module, "verify_secret", counting)
+    clock = FakeClock()
+    authenticator = Authenticator(make_settings().auth, clock)
+    bad = basic("ops", "guess")["Authorization"]
+    for seconds in (0.0, 4.9):
+        clock.advance(seconds)
+        with pytest.raises(NotAuthenticated):
+            await authenticator.authenticate(bad)
+    assert len(checks) == 1  # remembered: not checked again within 5 s
+    clock.advance(0.2)
+    with pytest.raises(NotAuthenticated):
+        await authenticator.authenticate(bad)
+    assert len(checks) == 2  # forgotten: checked again
+    authenticator.close()
