@@ -141,7 +141,8 @@ class Client:
     ``https://`` for a bridge daemon (``http://user:password@host:8280``, or ``token=`` for a
     bearer token; only external events over HTTP); ``Client(settings)`` takes settings.
     ``Client(bus=...)`` uses that bus, and without settings reads none: every key at its default.
-    ``metrics`` is where it counts (the daemon's own; default ``default_metrics()``, the process's).
+    ``metrics`` is where it counts (a daemon gives its own); by default the process's, on
+    prometheus_client's default registry.
     Use it as ``async with Client(...) as client``; a client is opened once.
     """
 
