@@ -21,9 +21,10 @@ from ._exceptions import (
 from ._filters import EventFilter, FilteredSubscription, parse_filters
 from ._groups import DeadLetter, GroupInfo, GroupOptions, GroupSubscription, check_group_name
 from ._match import check_match
+from ._metrics import Metrics, default_metrics
 from ._names import Kind, validate_kind, validate_name, validate_pattern
 from ._properties import check_limits, check_properties, parse_properties
-from ._settings import Settings, load_settings
+from ._settings import Settings, default_settings, load_settings
 from ._times import check_retain, resolve_deadline
 from ._tracing import consuming, enabled, publishing, with_current_trace
 
@@ -48,10 +49,17 @@ def _check_bus_url(url: str) -> str:
     return url
 
 
-def make_bus(settings: Settings, url: str | None = None, *, token: str | None = None) -> Bus:
+def make_bus(
+    settings: Settings,
+    url: str | None = None,
+    *,
+    token: str | None = None,
+    metrics: Metrics | None = None,
+) -> Bus:
     """The bus for ``url``: ``amqp(s)://`` RabbitMQ, ``http(s)://`` a bridge daemon (``token``
     a bearer token, default ``$CUSTOMEVENT_TOKEN``), ``memory://`` in-process. Without a URL, the
-    bus the settings ask for: RabbitMQ when ``amqp.url`` is set, else in-process."""
+    bus the settings ask for: RabbitMQ when ``amqp.url`` is set, else in-process. RabbitMQ counts
+    the messages it refuses on ``metrics`` (default ``default_metrics()``)."""
     url = _check_bus_url(url) if url is not None else settings.amqp.url
     if token is not None and scheme_of(url) not in DAEMON_SCHEMES:
         raise ConfigurationError("a token is for a bridge daemon: give an http(s):// URL with it")
@@ -72,7 +80,9 @@ def make_bus(settings: Settings, url: str | None = None, *, token: str | None = 
     amqp = settings.amqp
     if url != amqp.url:
         amqp = amqp.model_copy(update={"url": url})
-    return AmqpBus(amqp, connection_name=amqp.connection_name, limits=settings.limits)
+    return AmqpBus(
+        amqp, connection_name=amqp.connection_name, limits=settings.limits, metrics=metrics
+    )
 
 
 class Expectation:
@@ -132,6 +142,9 @@ class Client:
     an ``amqp://`` URL for RabbitMQ, ``memory://`` for the in-process bus, or ``http://`` /
     ``https://`` for a bridge daemon (``http://user:password@host:8280``, or ``token=`` for a
     bearer token; only external events over HTTP); ``Client(settings)`` takes settings.
+    ``Client(bus=...)`` uses that bus, and without settings reads none: every key at its default.
+    ``metrics`` is where it counts (a daemon gives its own); by default the process's, on
+    prometheus_client's default registry.
     Use it as ``async with Client(...) as client``; a client is opened once.
     """
 
@@ -141,14 +154,22 @@ class Client:
         *,
         bus: Bus | None = None,
         token: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         url = None
         if isinstance(settings, str):
             url = _check_bus_url(settings)
             broker = scheme_of(url) in BROKER_SCHEMES
             settings = load_settings(amqp={"url": url if broker else None})
-        self.settings = settings if settings is not None else load_settings()
-        self.bus = bus if bus is not None else make_bus(self.settings, url, token=token)
+        if settings is None:
+            # A given bus needs nothing from the environment: a test or an embedding passes it
+            # all, and a stray CUSTOMEVENT_* variable must not change (or break) that client.
+            settings = default_settings() if bus is not None else load_settings()
+        self.settings = settings
+        self.metrics = metrics if metrics is not None else default_metrics()
+        self.bus = (
+            bus if bus is not None else make_bus(settings, url, token=token, metrics=self.metrics)
+        )
         self._state = "unopened"
         self._active_waits = 0
 
@@ -353,7 +374,7 @@ class Client:
         )
         if event_filter is None:
             return subscription
-        return FilteredSubscription(subscription, event_filter)
+        return FilteredSubscription(subscription, event_filter, self.metrics.filtered)
 
     async def dead_letters(self, group: str) -> list[DeadLetter]:
         """The dead letters of ``group``, oldest first (they stay where they are)."""

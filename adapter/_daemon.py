@@ -26,6 +26,7 @@ from ._exceptions import ConfigurationError
 from ._http import create_app
 from ._http._logging import configure_logging
 from ._http._protocol import bounded_protocol, raise_file_limit
+from ._metrics import Metrics
 from ._nodes import redact_url
 from ._settings import HttpSettings, Settings
 
@@ -139,7 +140,9 @@ async def _run(settings: Settings) -> None:
 
 
 async def _serve(settings: Settings, sockets: list[socket.socket]) -> None:
-    async with Client(settings) as client, contextlib.AsyncExitStack() as stack:
+    # The daemon's own registry: /metrics shows this daemon's counts, not the process's.
+    metrics = Metrics.own()
+    async with Client(settings, metrics=metrics) as client, contextlib.AsyncExitStack() as stack:
         if settings.mqtt.url:
             from ._mqtt import MqttBridge
 

@@ -29,7 +29,6 @@ from ._properties import check_property
 
 __all__ = [
     "DIALECTS",
-    "FILTERED",
     "MAX_FILTER_DEPTH",
     "MAX_FILTER_NODES",
     "MAX_FILTER_VALUE_BYTES",
@@ -48,12 +47,6 @@ MAX_FILTER_VALUE_BYTES: Final = 1024
 DIALECTS: Final = ("exact", "prefix", "suffix", "all", "any", "not")
 ATTRIBUTES: Final = ("name", "kind", "source")
 _PROPERTY_PREFIX = "properties."
-
-FILTERED = Counter(
-    "customevent_filtered",
-    "Events a group's consumer acknowledged without handling: its filters left them out.",
-    ["group"],
-)
 
 
 def attribute(event: Event, key: str) -> str | None:
@@ -231,13 +224,16 @@ def parse_filter_items(items: Iterable[str], what: str = "--filter") -> EventFil
 
 class FilteredSubscription(GroupSubscription):
     """A group consumer that hands out only what its filter takes, and acknowledges (and
-    counts) the rest."""
+    counts on ``left_out``) the rest."""
 
-    def __init__(self, inner: GroupSubscription, event_filter: EventFilter) -> None:
+    def __init__(
+        self, inner: GroupSubscription, event_filter: EventFilter, left_out: Counter
+    ) -> None:
         super().__init__(inner.group, inner.kind, inner.pattern, inner.options)
         self._inner = inner
         self._filter = event_filter
         self.filtered = 0
+        self._left_out_counter = left_out
 
     async def __aenter__(self) -> Self:
         await self._inner.__aenter__()
@@ -256,7 +252,7 @@ class FilteredSubscription(GroupSubscription):
 
     def _left_out(self) -> None:
         self.filtered += 1
-        FILTERED.labels(self.group).inc()
+        self._left_out_counter.labels(self.group).inc()
 
 
 class _Taken:

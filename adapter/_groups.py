@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import abc
 import re
-import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
+from ._clock import SYSTEM_CLOCK, Clock
 from ._event import Event
 from ._exceptions import ClientStateError, InvalidInput
 
@@ -76,17 +76,18 @@ class SeenIds:
     """Event ids acknowledged within the last ``window`` seconds, at most ``limit`` of them (the
     oldest go first: past the limit, de-duplication forgets early)."""
 
-    def __init__(self, window: float, limit: int) -> None:
+    def __init__(self, window: float, limit: int, clock: Clock = SYSTEM_CLOCK) -> None:
         self.window = window
         self.limit = limit
+        self._clock = clock
         self._until: OrderedDict[str, float] = OrderedDict()
 
     def __contains__(self, event_id: object) -> bool:
         until = self._until.get(event_id)  # type: ignore[call-overload]
-        return until is not None and until > time.monotonic()
+        return until is not None and until > self._clock.monotonic()
 
     def add(self, event_id: str) -> None:
-        now = time.monotonic()
+        now = self._clock.monotonic()
         self._until[event_id] = now + self.window
         self._until.move_to_end(event_id)
         while self._until:

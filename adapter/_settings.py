@@ -792,6 +792,24 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
+class _Defaults(Settings):
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def default_settings() -> Settings:
+    """The settings with every key at its default, read from no environment, file or secret."""
+    return _Defaults()
+
+
 def load_settings(
     config_file: str | os.PathLike[str] | None = None,
     *,

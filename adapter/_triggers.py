@@ -46,7 +46,6 @@ from typing import Protocol, Self
 from urllib.parse import quote
 
 import httpx
-from prometheus_client import Counter, Gauge, Histogram
 from standardwebhooks import Webhook
 
 from ._client import Client
@@ -90,37 +89,6 @@ GAUGE_SECONDS = 15.0
 # At start, how long the daemon waits for its triggers to have joined their groups (so that the
 # events sent once it is up are caught), before it goes on and they keep trying on their own.
 _JOIN_SECONDS = 10.0
-
-DELIVERIES = Counter(
-    "customevent_trigger_deliveries",
-    "Webhook deliveries by trigger and outcome (ok, retry, dead_letter).",
-    ["trigger", "outcome"],
-)
-SECONDS = Histogram(
-    "customevent_trigger_seconds",
-    "Time from a webhook POST to its answer, by trigger.",
-    ["trigger"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
-)
-IN_FLIGHT = Gauge(
-    "customevent_trigger_in_flight", "Webhook deliveries under way, by trigger.", ["trigger"]
-)
-RUNNING = Gauge(
-    "customevent_trigger_running",
-    "1 while the trigger has joined its group and delivers, else 0.",
-    ["trigger"],
-)
-GROUP_DEPTH = Gauge(
-    "customevent_group_depth",
-    "Events waiting in a group (not those out with a consumer or waiting for a retry), for "
-    "the groups of the daemon's triggers.",
-    ["group"],
-)
-GROUP_DEAD_LETTERS = Gauge(
-    "customevent_group_dead_letters",
-    "Dead letters kept for a group, for the groups of the daemon's triggers.",
-    ["group"],
-)
 
 
 def attributes_id(headers: Iterable[tuple[str, str]]) -> str:
@@ -250,6 +218,7 @@ class _Runner:
         self.trigger = trigger
         self.client = client
         self.clock = clock
+        self.metrics = client.metrics
         self.target = _target(trigger)
         given = trigger.max_attempts
         self.max_attempts = given if given is not None else client.settings.groups.max_attempts
@@ -289,7 +258,7 @@ class _Runner:
         )
         async with subscription as deliveries:
             self.joined.set()
-            RUNNING.labels(trigger.name).set(1)
+            self.metrics.trigger_running.labels(trigger.name).set(1)
             log.info(
                 "trigger %r: delivering %s events matching %r to %s",
                 trigger.name,
@@ -306,7 +275,7 @@ class _Runner:
                     self.tasks.add(task)
                     task.add_done_callback(self.tasks.discard)
             finally:
-                RUNNING.labels(trigger.name).set(0)
+                self.metrics.trigger_running.labels(trigger.name).set(0)
 
     def _lane(self) -> httpx.AsyncClient:
         if self._idle:
@@ -328,11 +297,11 @@ class _Runner:
 
     async def _deliver(self, delivery: Delivery) -> None:
         name = self.trigger.name
-        IN_FLIGHT.labels(name).inc()
+        self.metrics.trigger_in_flight.labels(name).inc()
         lane = self._lane()  # the semaphore bounds the lanes to max_in_flight
         try:
             outcome, reason = await self._traced_post(lane, delivery)
-            DELIVERIES.labels(name, outcome).inc()
+            self.metrics.trigger_deliveries.labels(name, outcome).inc()
             if outcome != "ok":
                 self._log_failure(delivery, outcome, reason)
         except BusError as exc:
@@ -340,7 +309,7 @@ class _Runner:
             log.warning("trigger %r: could not settle %s: %s", name, delivery.event.event_id, exc)
         finally:
             self._idle.append(lane)
-            IN_FLIGHT.labels(name).dec()
+            self.metrics.trigger_in_flight.labels(name).dec()
             self.slots.release()
 
     def _log_failure(self, delivery: Delivery, outcome: str, reason: str) -> None:
@@ -425,7 +394,7 @@ class _Runner:
             reason = f"{url} could not be reached ({cause})"
             return await self._retry(delivery, reason), reason
         finally:
-            SECONDS.labels(trigger.name).observe(time.perf_counter() - started)
+            self.metrics.trigger_seconds.labels(trigger.name).observe(time.perf_counter() - started)
         status = response.status_code
         if 200 <= status < 300:
             await delivery.ack()
@@ -470,7 +439,7 @@ class Triggers:
 
     async def __aenter__(self) -> Self:
         for runner in self._runners:
-            RUNNING.labels(runner.trigger.name).set(0)
+            runner.metrics.trigger_running.labels(runner.trigger.name).set(0)
             self._tasks.append(
                 asyncio.create_task(self._supervise(runner), name=f"trigger-{runner.trigger.name}")
             )
@@ -498,8 +467,8 @@ class Triggers:
                 except AdapterError as exc:
                     log.debug("group %r: gauges not read: %s", name, exc)
                     continue
-                GROUP_DEPTH.labels(name).set(info.depth)
-                GROUP_DEAD_LETTERS.labels(name).set(info.dead_letters)
+                self._client.metrics.group_depth.labels(name).set(info.depth)
+                self._client.metrics.group_dead_letters.labels(name).set(info.dead_letters)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self._gauge_seconds)
 

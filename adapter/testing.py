@@ -24,6 +24,7 @@ from ._bus import MemoryBus
 from ._client import Client
 from ._daemon import _Server, server_config
 from ._http import create_app
+from ._metrics import Metrics
 from ._mqtt._testing import PrivateMosquitto, free_port
 from ._settings import Settings, load_settings
 
@@ -40,14 +41,14 @@ def _in_process(settings: Settings | None, **overrides: Any) -> Settings:
 async def memory_client(settings: Settings | None = None) -> AsyncIterator[Client]:
     """An opened ``Client`` on a ``MemoryBus`` of its own: the same patterns, broadcast,
     deadlines and resumable waits as RabbitMQ, inside this event loop. ``settings`` gives limits
-    (its ``amqp.url`` is ignored)."""
+    (its ``amqp.url`` is ignored). The client counts on metrics of its own (``client.metrics``)."""
     settings = _in_process(settings)
     bus = MemoryBus(
         wait_grace=settings.amqp.wait_grace,
         limits=settings.limits,
         max_retained_names=settings.amqp.max_retained_names,
     )
-    async with Client(settings, bus=bus) as client:
+    async with Client(settings, bus=bus, metrics=Metrics.own()) as client:
         yield client
 
 
@@ -71,6 +72,8 @@ class BridgeDaemon:
         self.url = ""
         self.port = 0
         self.app: Any = None
+        self.metrics = Metrics.own()
+        """This daemon's metrics (what its ``GET /metrics`` serves), apart from any other's."""
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._server: _QuietServer | None = None
@@ -105,7 +108,7 @@ class BridgeDaemon:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         http = self.settings.http
-        async with Client(self.settings) as client:
+        async with Client(self.settings, metrics=self.metrics) as client:
             self.app = create_app(self.settings, client)
             config = server_config(
                 self.app, http, host="127.0.0.1", port=0, timeout_graceful_shutdown=5

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import pkgutil
 import re
 import types
 import typing
@@ -31,7 +30,6 @@ MARKER = re.compile(r"^<!-- generate: (?P<name>[a-z-]+) -->$", re.MULTILINE)
 APP_FACTORIES = (("adapter._http", "create_app"), ("adapter._http._app", "create_app"))
 # The daemon's modules, which must import for the metrics page; then every module of the package
 # is searched for Prometheus metric objects.
-METRIC_MODULES = ("adapter._daemon", "adapter._http", "adapter._mqtt")
 # The benchmark run the Performance page shows: `bench/run.py --plot docs/performance` writes it.
 PERFORMANCE = Path(__file__).resolve().parent / "performance"
 
@@ -329,41 +327,30 @@ def _slug(path: str) -> str:
 # -- metrics --------------------------------------------------------------------------------------
 
 
-def _metric_modules() -> list[types.ModuleType]:
-    for name in METRIC_MODULES:
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            raise GenerationError(f"cannot import {name} for its metrics: {exc}") from exc
-    package = importlib.import_module("adapter")
-    modules = [package]
-    for info in pkgutil.walk_packages(package.__path__, "adapter."):
-        try:
-            modules.append(importlib.import_module(info.name))
-        except ImportError as exc:
-            raise GenerationError(f"cannot import {info.name} for its metrics: {exc}") from exc
-    return modules
-
-
 def metrics() -> list[tuple[str, str, str, tuple[str, ...], str]]:
-    """(scraped name, type, help, labels, module) of every metric the package defines."""
+    """(scraped name, type, help, labels, module) of every metric the package defines: those
+    of a fresh ``Metrics``, the object a daemon serves ``/metrics`` from."""
+    from prometheus_client import CollectorRegistry
     from prometheus_client.metrics import MetricWrapperBase
 
+    try:
+        from adapter._metrics import Metrics
+    except ImportError as exc:
+        raise GenerationError(f"cannot import adapter._metrics for its metrics: {exc}") from exc
     found: dict[str, tuple[str, str, str, tuple[str, ...], str]] = {}
-    for module in _metric_modules():
-        for value in vars(module).values():
-            if not isinstance(value, MetricWrapperBase):
-                continue
-            family = next(iter(value.describe()))
-            scraped = family.name + ("_total" if family.type == "counter" else "")
-            labels = tuple(getattr(value, "_labelnames", ()))
-            found[family.name] = (
-                scraped,
-                family.type,
-                family.documentation,
-                labels,
-                module.__name__,
-            )
+    for value in vars(Metrics(CollectorRegistry())).values():
+        if not isinstance(value, MetricWrapperBase):
+            continue
+        family = next(iter(value.describe()))
+        scraped = family.name + ("_total" if family.type == "counter" else "")
+        labels = tuple(getattr(value, "_labelnames", ()))
+        found[family.name] = (
+            scraped,
+            family.type,
+            family.documentation,
+            labels,
+            Metrics.__module__,
+        )
     if not found:
         raise GenerationError("no Prometheus metrics found in the adapter package")
     return sorted(found.values())

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from prometheus_client import REGISTRY
 
 from adapter import Client, ConfigurationError, InvalidInput, load_settings
 from adapter._event import Event
@@ -27,6 +26,7 @@ from adapter._filters import (
     parse_filters,
 )
 from tests.support.groups import GROUPS, nothing, take
+from tests.support.metrics import own_metrics, sample
 from tests.support.webhooks import Receiver, delete_group_queues, running, serving
 from tests.support.webhooks import trigger as _trigger
 from tests.support.webhooks import until as _until
@@ -130,12 +130,13 @@ def group() -> Iterator[str]:
 @pytest.fixture
 async def groups_client(bus_kind: str, request: pytest.FixtureRequest) -> AsyncIterator[Client]:
     url = request.getfixturevalue("amqp_url") if bus_kind == "rabbitmq" else None
-    async with Client(load_settings(amqp={"url": url}, groups=GROUPS)) as client:
+    settings = load_settings(amqp={"url": url}, groups=GROUPS)
+    async with Client(settings, metrics=own_metrics()) as client:
         yield client
 
 
-def _filtered(group: str) -> float:
-    return REGISTRY.get_sample_value("customevent_filtered_total", {"group": group}) or 0.0
+def _filtered(client: Client, group: str) -> float:
+    return sample(client.metrics, "customevent_filtered_total", group=group)
 
 
 async def test_a_filtered_group_takes_its_events_and_acks_the_rest_uncounted_as_failures(
@@ -143,7 +144,6 @@ async def test_a_filtered_group_takes_its_events_and_acks_the_rest_uncounted_as_
 ) -> None:
     client = groups_client
     filters = [{"exact": {"env": "prod"}}]
-    before = _filtered(group)
     sub = client.subscribe(f"{unique_name}.*", group=group, filters=filters, dedup_window=0)
     assert isinstance(sub, FilteredSubscription)
     async with sub as deliveries:
@@ -154,7 +154,7 @@ async def test_a_filtered_group_takes_its_events_and_acks_the_rest_uncounted_as_
         await delivery.ack()
         await nothing(deliveries, 1.0)  # the dev event is not retried
     assert sub.filtered == 1
-    assert _filtered(group) == before + 1
+    assert _filtered(client, group) == 1
     assert await client.dead_letters(group) == []
     # Acknowledged, not held back: a consumer without filters finds the group empty.
     async with client.subscribe(f"{unique_name}.*", group=group, dedup_window=0) as deliveries:
@@ -183,7 +183,6 @@ async def test_a_filtered_trigger_posts_only_matching_events(
 ) -> None:
     name = f"t-filter-{unique_name.replace('.', '-')[-30:]}"
     filters = [{"prefix": {"name": f"{unique_name}.vm."}}, {"exact": {"env": "prod"}}]
-    before = _filtered(name)
     try:
         async with serving(Receiver()) as receiver:
             hook = _trigger(name, f"{unique_name}.#", receiver.url, filters=filters)
@@ -195,7 +194,7 @@ async def test_a_filtered_trigger_posts_only_matching_events(
                 ]
                 for event_name, properties in sends:
                     await client.send_custom_event(event_name, properties)
-                await _until(lambda: _filtered(name) == before + 2, "two left out")
+                await _until(lambda: _filtered(client, name) == 2, "two left out")
                 await _until(lambda: len(receiver.received) == 1, "one delivery")
                 await asyncio.sleep(0.5)
                 dead = await client.dead_letters(name)

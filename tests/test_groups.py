@@ -16,10 +16,12 @@ from adapter import (
     DeadLetterNotFound,
     GroupSubscription,
     InvalidInput,
+    MemoryBus,
     PublishRejected,
     load_settings,
 )
 from adapter._bus.amqp._queues import group_queue
+from tests.support.clock import FakeClock
 from tests.support.groups import GROUPS, nothing, take
 
 
@@ -281,11 +283,17 @@ async def test_the_dedup_window_forgets(bus_kind: str, request: pytest.FixtureRe
     group = f"{_tag(request.node.name)}-{uuid.uuid4().hex[:8]}"
     name = f"t.window.{uuid.uuid4().hex[:8]}"
     settings = load_settings(amqp={"url": url}, groups={**GROUPS, "dedup_window": 0.5})
+    # In process, the bus's clock is moved past the window; RabbitMQ's consumer keeps real time.
+    clock = FakeClock() if url is None else None
+    bus = MemoryBus(clock=clock) if clock is not None else None
     try:
-        async with Client(settings) as client, client.subscribe(name, group=group) as sub:
+        async with Client(settings, bus=bus) as client, client.subscribe(name, group=group) as sub:
             await client.send_custom_event(name, event_id=f"{group}-w")
             await (await take(sub)).ack()
-            await asyncio.sleep(0.7)
+            if clock is not None:
+                clock.advance(0.7)
+            else:
+                await asyncio.sleep(0.7)
             await client.send_custom_event(name, event_id=f"{group}-w")
             late = await take(sub)  # past the window: handed out again
             assert late.event.event_id == f"{group}-w"

@@ -13,7 +13,6 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from prometheus_client import REGISTRY
 
 from adapter import Client, InvalidEventName, InvalidProperties, load_settings
 from adapter._exceptions import ClientStateError, ConfigurationError, PropertiesTooLarge
@@ -25,6 +24,7 @@ from adapter._mqtt import (
     principal_from_name,
 )
 from adapter._mqtt._testing import PrivateMosquitto
+from tests.support.metrics import sample
 from tests.support.mqtt import (
     Collector,
     Device,
@@ -112,10 +112,6 @@ def test_bridge_needs_a_url() -> None:
 # -- the shared Mosquitto and RabbitMQ ---------------------------------------------------------
 
 
-def _poison_count(reason: str) -> float:
-    return REGISTRY.get_sample_value("customevent_mqtt_poison_total", {"reason": reason}) or 0.0
-
-
 @pytest.mark.mosquitto
 @pytest.mark.rabbitmq
 async def test_paho_and_mosquitto_pub_devices_reach_rabbitmq(amqp_url: str, mqtt_url: str) -> None:
@@ -159,8 +155,7 @@ async def test_malformed_message_between_two_good_ones(amqp_url: str, mqtt_url: 
     dead = Collector(amqp_url, "customevents", [DEADLETTER_ROUTING_KEY])
     await collector.declare()
     await dead.declare()
-    before_payload, before_topic = _poison_count("payload"), _poison_count("topic")
-    async with running_bridge(settings) as (_, bridge):
+    async with running_bridge(settings) as (client, bridge):
         device = Device(_port(mqtt_url))
         try:
             device.publish(f"{prefix}/external/good/one", "i=0")
@@ -182,8 +177,8 @@ async def test_malformed_message_between_two_good_ones(amqp_url: str, mqtt_url: 
     assert reasons[f"{prefix}/external/bad"].body == b"\xff not text"
     assert reasons[f"{prefix}/external/bad"].headers["x-deadletter-reason"] == "payload"
     assert reasons[f"{prefix}/external/bad.level"].headers["x-deadletter-reason"] == "topic"
-    assert _poison_count("payload") == before_payload + 1
-    assert _poison_count("topic") == before_topic + 1
+    assert sample(client.metrics, "customevent_mqtt_poison_total", reason="payload") == 1
+    assert sample(client.metrics, "customevent_mqtt_poison_total", reason="topic") == 1
 
 
 @pytest.mark.mosquitto

@@ -20,11 +20,11 @@ from adapter._event import Event
 from adapter._exceptions import BusError
 from adapter._mqtt._testing import PrivateMosquitto
 from adapter._names import Kind
+from tests.support.metrics import sample
 from tests.support.mqtt import (
     Device,
     StuckBus,
     bridge_settings,
-    metric,
     running_bridge,
     unique_prefix,
 )
@@ -40,8 +40,7 @@ async def test_qos0_held_is_bounded_and_qos1_is_never_dropped() -> None:
         prefix = unique_prefix()
         settings = bridge_settings(None, broker.url, prefix, max_inflight=8, max_inflight_qos0=50)
         bus = StuckBus()
-        dropped_before = metric("customevent_mqtt_qos0_dropped_total")
-        async with running_bridge(settings, bus) as (_, bridge):
+        async with running_bridge(settings, bus) as (client, bridge):
             device = Device(broker.port)
             try:
                 for i in range(500):
@@ -51,7 +50,7 @@ async def test_qos0_held_is_bounded_and_qos1_is_never_dropped() -> None:
                 await device.wait_acked(520)
 
                 def dropped() -> float:
-                    return metric("customevent_mqtt_qos0_dropped_total") - dropped_before
+                    return sample(client.metrics, "customevent_mqtt_qos0_dropped_total")
 
                 async with asyncio.timeout(20):
                     while dropped() + bridge.held_qos0 < 500:
@@ -82,8 +81,7 @@ async def test_poison_messages_are_kept_on_the_in_process_bus(mqtt_url: str) -> 
     settings = bridge_settings(None, mqtt_url, prefix)
     bus = StuckBus()
     bus.gate.set()
-    before = metric("customevent_mqtt_poison_total", reason="payload")
-    async with running_bridge(settings, bus) as (_, bridge):
+    async with running_bridge(settings, bus) as (client, bridge):
         device = Device(int(mqtt_url.rsplit(":", 1)[1]))
         try:
             device.publish(f"{prefix}/external/good", "i=0")
@@ -108,7 +106,7 @@ async def test_poison_messages_are_kept_on_the_in_process_bus(mqtt_url: str) -> 
     assert "UTF-8" in bad.headers["x-deadletter-detail"]
     level = letters[f"{prefix}/external/bad.level"]
     assert level.headers["x-deadletter-reason"] == "topic"
-    assert metric("customevent_mqtt_poison_total", reason="payload") == before + 1
+    assert sample(client.metrics, "customevent_mqtt_poison_total", reason="payload") == 1
 
 
 async def test_the_in_process_bus_keeps_the_latest_refused_messages() -> None:
@@ -166,7 +164,7 @@ async def test_a_failed_egress_is_logged_counted_and_restarted(
     word = f"w{uuid.uuid4().hex[:10]}"
     pattern = f"{word}.#"
     settings = bridge_settings(None, mqtt_url, prefix, egress=[pattern])
-    restarts = metric("customevent_mqtt_egress_restarts_total", pattern=pattern)
+    restarts = "customevent_mqtt_egress_restarts_total"
     device = Device(int(mqtt_url.rsplit(":", 1)[1]))
     try:
         device.client.subscribe(f"{prefix}/out/#", qos=1)
@@ -176,19 +174,19 @@ async def test_a_failed_egress_is_logged_counted_and_restarted(
                 while pattern not in bridge.egress_running:
                     await asyncio.sleep(0.02)
                 await client.send_custom_event(f"{word}.first", {"n": "1"})
-            while metric("customevent_mqtt_egress_restarts_total", pattern=pattern) == restarts:
+            while not sample(client.metrics, restarts, pattern=pattern):
                 await asyncio.sleep(0.02)
-            assert metric("customevent_mqtt_egress_running", pattern=pattern) == 0
+            assert sample(client.metrics, "customevent_mqtt_egress_running", pattern=pattern) == 0
             while pattern not in bridge.egress_running:
                 await asyncio.sleep(0.05)
-            assert metric("customevent_mqtt_egress_running", pattern=pattern) == 1
+            assert sample(client.metrics, "customevent_mqtt_egress_running", pattern=pattern) == 1
             await client.send_custom_event(f"{word}.after", {"n": "2"})
             async with asyncio.timeout(10):
                 while not any(m.topic.endswith("/after") for m in device.received):
                     await asyncio.sleep(0.05)
     finally:
         device.close()
-    assert metric("customevent_mqtt_egress_restarts_total", pattern=pattern) == restarts + 1
+    assert sample(client.metrics, restarts, pattern=pattern) == 1
     failures = [r for r in caplog.records if "MQTT egress" in r.getMessage()]
     assert failures and failures[0].levelno == logging.ERROR
     assert failures[0].exc_info is not None  # the traceback is logged, not discarded
@@ -204,8 +202,7 @@ async def test_a_dropped_connection_comes_back_and_redelivers(mqtt_url: str) -> 
     prefix = unique_prefix()
     settings = bridge_settings(None, mqtt_url, prefix)
     bus = StuckBus()
-    redelivered = metric("customevent_mqtt_redelivered_total")
-    async with running_bridge(settings, bus) as (_, bridge):
+    async with running_bridge(settings, bus) as (client, bridge):
         device = Device(int(mqtt_url.rsplit(":", 1)[1]))
         try:
             device.publish(f"{prefix}/external/again", "i=7")
@@ -226,4 +223,4 @@ async def test_a_dropped_connection_comes_back_and_redelivers(mqtt_url: str) -> 
     # Published twice (at least once): the copy in hand when the link dropped, and the copy the
     # broker sent again on the resumed session, which the bridge then acknowledged.
     assert [e.properties["i"] for e in bus.events] == ["7", "7"]
-    assert metric("customevent_mqtt_redelivered_total") == redelivered + 1
+    assert sample(client.metrics, "customevent_mqtt_redelivered_total") == 1

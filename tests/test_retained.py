@@ -13,10 +13,11 @@ from datetime import UTC, datetime, timedelta
 import aio_pika
 import pytest
 
-from adapter import Client, InvalidInput, LimitExceeded, load_settings
+from adapter import Client, InvalidInput, LimitExceeded, MemoryBus, load_settings
 from adapter.testing import memory_client
 from tests.support.broker import rabbitmqctl
 from tests.support.buses import over_http
+from tests.support.clock import FakeClock
 
 SOON = timedelta(seconds=10)
 BRIEF = timedelta(milliseconds=500)
@@ -132,14 +133,19 @@ async def test_retain_is_checked(client: Client, unique_name: str, kind: str) ->
 
 
 @pytest.fixture
-async def capped(bus_kind: str, request: pytest.FixtureRequest) -> AsyncIterator[Client]:
+async def capped(
+    bus_kind: str, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[Client, FakeClock | None]]:
     """A client allowed 2 retained names, on an exchange (and so a retained-events stream) of
-    its own: the cap counts every name retained on the broker."""
+    its own: the cap counts every name retained on the broker. In process, with the clock of
+    its bus (RabbitMQ keeps real time)."""
     url = request.getfixturevalue("amqp_url") if bus_kind == "rabbitmq" else None
     exchange = f"customevents.test.{uuid.uuid4().hex[:10]}"
     settings = load_settings(amqp={"url": url, "exchange": exchange, "max_retained_names": 2})
-    async with Client(settings) as opened:
-        yield opened
+    clock = FakeClock() if url is None else None
+    bus = MemoryBus(max_retained_names=2, clock=clock) if clock is not None else None
+    async with Client(settings, bus=bus) as opened:
+        yield opened, clock
     if url is not None:
         connection = await aio_pika.connect(url)
         async with connection:
@@ -151,23 +157,29 @@ async def capped(bus_kind: str, request: pytest.FixtureRequest) -> AsyncIterator
 @pytest.mark.parametrize(
     "bus_kind", ["memory", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)]
 )
-async def test_the_number_of_retained_names_is_capped(capped: Client, unique_name: str) -> None:
+async def test_the_number_of_retained_names_is_capped(
+    capped: tuple[Client, FakeClock | None], unique_name: str
+) -> None:
+    client, clock = capped
     minute = timedelta(minutes=1)
     # Long enough for the checks below on a busy machine (300 ms was not, in CI), short enough
     # to wait out at the end.
     short = timedelta(seconds=5)
-    await capped.send_custom_event(f"{unique_name}.a", retain=minute)
-    await capped.send_custom_event(f"{unique_name}.b", retain=short)
+    await client.send_custom_event(f"{unique_name}.a", retain=minute)
+    await client.send_custom_event(f"{unique_name}.b", retain=short)
     b_expires = time.monotonic() + short.total_seconds()
     with pytest.raises(LimitExceeded, match=r"amqp\.max_retained_names"):
-        await capped.send_custom_event(f"{unique_name}.c", retain=minute)
+        await client.send_custom_event(f"{unique_name}.c", retain=minute)
     # A name already retained may be retained again, and a plain send is never refused.
-    await capped.send_custom_event(f"{unique_name}.a", retain=minute)
-    await capped.send_custom_event(f"{unique_name}.c")
-    # An expired name makes room.
-    await asyncio.sleep(b_expires - time.monotonic() + 0.2)
-    await capped.send_custom_event(f"{unique_name}.c", retain=minute)
-    event = await capped.wait_custom_event_until("internal", f"{unique_name}.c", SOON)
+    await client.send_custom_event(f"{unique_name}.a", retain=minute)
+    await client.send_custom_event(f"{unique_name}.c")
+    # An expired name makes room: in process, the bus's clock is moved past its end.
+    if clock is not None:
+        clock.advance(short.total_seconds() + 0.2)
+    else:
+        await asyncio.sleep(b_expires - time.monotonic() + 0.2)
+    await client.send_custom_event(f"{unique_name}.c", retain=minute)
+    event = await client.wait_custom_event_until("internal", f"{unique_name}.c", SOON)
     assert event is not None
 
 
@@ -175,13 +187,14 @@ async def test_the_number_of_retained_names_is_capped(capped: Client, unique_nam
     "bus_kind", ["memory", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)]
 )
 async def test_the_cap_counts_retained_sends_still_under_way(
-    capped: Client, unique_name: str
+    capped: tuple[Client, FakeClock | None], unique_name: str
 ) -> None:
+    client, _ = capped
     # On RabbitMQ a send's copy reaches this process's view only after its confirm: sends at
     # once must still not retain more names than the cap.
     results = await asyncio.gather(
         *(
-            capped.send_custom_event(f"{unique_name}.{n}", retain=timedelta(minutes=1))
+            client.send_custom_event(f"{unique_name}.{n}", retain=timedelta(minutes=1))
             for n in range(6)
         ),
         return_exceptions=True,

@@ -21,7 +21,6 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client import REGISTRY
 from standardwebhooks import Webhook
 
 from adapter import Client, ConfigurationError, GroupNotFound, load_settings
@@ -29,6 +28,7 @@ from adapter._bus.amqp._queues import dead_queue, group_queue
 from adapter._http._logging import JsonFormatter
 from adapter._triggers import Triggers, attributes_id
 from adapter.testing import free_port, memory_client
+from tests.support.metrics import own_metrics, sample
 from tests.support.processes import Daemon
 from tests.support.webhooks import (
     RETRY,
@@ -341,7 +341,7 @@ async def _triggers_on(
 ) -> AsyncIterator[Client]:
     url = request.getfixturevalue("amqp_url") if bus_kind == "rabbitmq" else None
     settings = load_settings(amqp={"url": url}, groups=RETRY, triggers=list(hooks))
-    opened = Client(settings) if url is not None else memory_client(settings)
+    opened = Client(settings, metrics=own_metrics()) if url is not None else memory_client(settings)
     async with opened as client:
         try:
             async with Triggers(settings, client, gauge_seconds=0.1):
@@ -350,10 +350,6 @@ async def _triggers_on(
             for hook in hooks:
                 with contextlib.suppress(GroupNotFound):
                     await client.delete_group(hook["name"], force=True)
-
-
-def _sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def test_a_retry_that_spends_the_attempts_counts_and_logs_as_a_dead_letter(
@@ -371,17 +367,19 @@ async def test_a_retry_that_spends_the_attempts_counts_and_logs_as_a_dead_letter
             await client.send_custom_event(unique_name, event_id=f"{name}-x")
             await _until(lambda: len(receiver.received) == 2, "two attempts")
             await _until(
-                lambda: _sample("customevent_group_dead_letters", group=name) == 1.0,
+                lambda: sample(client.metrics, "customevent_group_dead_letters", group=name) == 1.0,
                 "the dead-letter gauge",
             )
             dead = await client.dead_letters(name)
     assert [d.event.event_id for d in dead] == [f"{name}-x"]
     counted = {
-        outcome: _sample("customevent_trigger_deliveries_total", trigger=name, outcome=outcome)
+        outcome: sample(
+            client.metrics, "customevent_trigger_deliveries_total", trigger=name, outcome=outcome
+        )
         for outcome in ("retry", "dead_letter", "ok")
     }
     assert counted == {"retry": 1.0, "dead_letter": 1.0, "ok": 0.0}
-    assert _sample("customevent_group_depth", group=name) == 0.0
+    assert sample(client.metrics, "customevent_group_depth", group=name) == 0.0
     mine = [r for r in caplog.records if getattr(r, "trigger", None) == name]
     assert [(r.event_id, r.attempt, r.outcome) for r in mine] == [  # type: ignore[attr-defined]
         (f"{name}-x", 1, "retry"),
@@ -443,7 +441,13 @@ async def test_the_gauges_follow_the_depth_of_a_trigger_group(
             for n in range(4):
                 await client.send_custom_event(unique_name, event_id=f"{name}-{n}")
             # One is out with the trigger, three wait in the group.
-            await _until(lambda: _sample("customevent_group_depth", group=name) == 3.0, "depth 3")
+            await _until(
+                lambda: sample(client.metrics, "customevent_group_depth", group=name) == 3.0,
+                "depth 3",
+            )
             release.set()
-            await _until(lambda: _sample("customevent_group_depth", group=name) == 0.0, "depth 0")
+            await _until(
+                lambda: sample(client.metrics, "customevent_group_depth", group=name) == 0.0,
+                "depth 0",
+            )
             await _until(lambda: len(receiver.received) == 4, "all four delivered")

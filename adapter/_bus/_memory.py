@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Self
 
+from .._clock import SYSTEM_CLOCK, Clock
 from .._event import Event
 from .._groups import DeadLetter, GroupInfo, GroupOptions, GroupSubscription
 from .._names import Kind, pattern_matches, routing_key
@@ -84,14 +84,16 @@ class MemoryBus(Bus):
         limits: LimitsSettings | None = None,
         max_retained_names: int = 10000,
         max_refused: int = 1000,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._grace = wait_grace
+        self._clock = clock
         self.limits = limits if limits is not None else LimitsSettings()
         self._subscriptions = SubscriptionIndex()
         self._mailboxes: dict[str, _Mailbox] = {}
         self._resumable = ResumableWaits(self.limits.max_resumable_waits, wait_grace)
-        self._groups = MemoryGroups()
-        self.retained = RetainedEvents(max_retained_names)
+        self._groups = MemoryGroups(clock)
+        self.retained = RetainedEvents(max_retained_names, clock)
         self.retained.mark_ready()  # nothing was retained before this bus existed
         self._retained_order = itertools.count()
         self.refused: deque[RefusedMessage] = deque(maxlen=max_refused)
@@ -132,7 +134,7 @@ class MemoryBus(Bus):
                 box.events.append(event)
                 routed = True
         if retain is not None:
-            until = time.time() + retain.total_seconds()
+            until = self._clock.time() + retain.total_seconds()
             self.retained.put(key, event, until, next(self._retained_order))
         return routed
 

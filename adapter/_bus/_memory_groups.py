@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Self
 
+from .._clock import SYSTEM_CLOCK, Clock
 from .._event import Event
 from .._exceptions import (
     ClientStateError,
@@ -54,14 +55,14 @@ class _Message:
 
 
 class _Group:
-    def __init__(self, name: str, options: GroupOptions) -> None:
+    def __init__(self, name: str, options: GroupOptions, clock: Clock) -> None:
         self.name = name
         self.options = options
         self.bindings: set[str] = set()
         self.queue: deque[_Message] = deque()
         self.consumers: list[_Consumer] = []
         self.dead: deque[DeadLetter] = deque(maxlen=_DEAD_MAX)
-        self.seen = SeenIds(options.dedup_window, options.dedup_max)
+        self.seen = SeenIds(options.dedup_window, options.dedup_max, clock)
         self.in_flight: dict[str, int] = {}  # dedup key -> deliveries of it out now
         self.policy = RetryPolicy(options.retry_initial, options.retry_max)
         self.timers: set[asyncio.TimerHandle] = set()
@@ -281,13 +282,14 @@ def _fixed(options: GroupOptions) -> tuple[bool, int, int]:
 class MemoryGroups:
     """The groups of one in-process bus."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
         self._groups: dict[str, _Group] = {}
+        self._clock = clock
 
     def declare(self, name: str, options: GroupOptions) -> _Group:
         group = self._groups.get(name)
         if group is None:
-            group = self._groups[name] = _Group(name, options)
+            group = self._groups[name] = _Group(name, options, self._clock)
         elif _fixed(group.options) != _fixed(options):
             raise ConfigurationError(
                 f"the group {name!r} exists with other options than this consumer's ([groups]: "

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from dataclasses import dataclass
 
+from .._clock import SYSTEM_CLOCK, Clock
 from .._event import Event
 from .._exceptions import LimitExceeded
 from ._base import Subscription, SubscriptionIndex
@@ -27,7 +27,7 @@ __all__ = ["RetainedEvents"]
 @dataclass(slots=True)
 class _Entry:
     event: Event
-    until: float  # wall-clock time (time.time()) it stops being retained
+    until: float  # wall-clock time (Unix seconds) it stops being retained
     order: int  # position in the sequence of retained sends: a replay never goes back
 
 
@@ -37,8 +37,9 @@ class RetainedEvents:
     confirmed before it started; until then nothing is handed out, since an older event read
     first would be taken for the latest."""
 
-    def __init__(self, max_names: int) -> None:
+    def __init__(self, max_names: int, clock: Clock = SYSTEM_CLOCK) -> None:
         self.max_names = max_names
+        self._clock = clock
         self.ready = asyncio.Event()
         self._latest: dict[str, _Entry] = {}
         # Names this process is retaining that the view has not read back yet (until when): on
@@ -58,7 +59,7 @@ class RetainedEvents:
         return len(self._latest) + sum(1 for key in self._reserved if key not in self._latest)
 
     def _forget_expired(self) -> None:
-        now = time.time()
+        now = self._clock.time()
         for key in [key for key, entry in self._latest.items() if entry.until <= now]:
             del self._latest[key]
         for key in [key for key, until in self._reserved.items() if until <= now]:
@@ -72,12 +73,13 @@ class RetainedEvents:
         if self._names() < self.max_names:
             return
         ends = [entry.until for entry in self._latest.values()] + list(self._reserved.values())
+        now = self._clock.time()
         raise LimitExceeded(
             "too many event names retained at once",
             limit=self.max_names,
             setting="amqp.max_retained_names",
             # Until the first of them stops being retained: then a name is free again.
-            retry_after=max(1, math.ceil(min(ends, default=time.time() + 1) - time.time())),
+            retry_after=max(1, math.ceil(min(ends, default=now + 1) - now)),
         )
 
     def reserve(self, key: str, until: float) -> bool:
@@ -108,14 +110,14 @@ class RetainedEvents:
                 del self._latest[min(self._latest, key=lambda k: self._latest[k].until)]
         self._latest[key] = _Entry(event, until, order)
         self._reserved.pop(key, None)
-        if self.ready.is_set() and until > time.time():
+        if self.ready.is_set() and until > self._clock.time():
             for sub in self._watchers.matching(key, event):
                 sub.deliver(event)
 
     def latest(self, key: str) -> Event | None:
         """The event retained under ``key`` now, if any."""
         entry = self._latest.get(key)
-        if entry is None or entry.until <= time.time():
+        if entry is None or entry.until <= self._clock.time():
             return None
         return entry.event
 

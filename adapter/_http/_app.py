@@ -18,6 +18,7 @@ from starlette.routing import Route
 from .. import __version__
 from .._asyncapi import asyncapi_document
 from .._client import Client
+from .._clock import SYSTEM_CLOCK, Clock
 from .._cloudevents import STRUCTURED_CONTENT_TYPE
 from .._exceptions import InvalidInput
 from .._match import parse_match_items
@@ -40,7 +41,6 @@ from ._gateway import (
     retain_parameter,
 )
 from ._logging import RequestContext
-from ._metrics import BUS_CONNECTED, RECONNECTS
 from ._soap import soap_router
 from ._trace import TraceContext
 from ._wait import WaitResponse, parse_deadline, scoped
@@ -253,9 +253,11 @@ def _properties_text(request: Request, body: bytes, query: str | None) -> str | 
     return values[0] if values else None
 
 
-def create_app(settings: Settings, client: Client) -> FastAPI:
-    """The daemon's ASGI application, sending through ``client`` (opened by the caller)."""
-    gateway = Gateway(settings, client)
+def create_app(settings: Settings, client: Client, *, clock: Clock = SYSTEM_CLOCK) -> FastAPI:
+    """The daemon's ASGI application, sending through ``client`` (opened by the caller);
+    ``clock`` is what its rate limits, refusal memory and callers' shares read."""
+    gateway = Gateway(settings, client, clock)
+    figures = gateway.metrics
     limit = settings.http.max_body_bytes
     app = _App(
         title="customevent-bridge",
@@ -271,8 +273,8 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
     app.add_middleware(RequestContext)
     app.add_middleware(TraceContext)  # outermost: the access line is in the request's trace
     reconnects = getattr(client.bus, "on_reconnect", None)
-    if isinstance(reconnects, list) and RECONNECTS.inc not in reconnects:
-        reconnects.append(RECONNECTS.inc)
+    if isinstance(reconnects, list) and figures.bus_reconnects.inc not in reconnects:
+        reconnects.append(figures.bus_reconnects.inc)
 
     async def vro_send(request: Request) -> Response:
         with gateway.counting("rest"):
@@ -413,8 +415,8 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics() -> Response:
-        BUS_CONNECTED.set(1 if client.bus.connected else 0)
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        figures.bus_connected.set(1 if client.bus.connected else 0)
+        return Response(generate_latest(figures.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
 

@@ -17,12 +17,12 @@ import hmac
 import logging
 import math
 import secrets
-import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
+from .._clock import SYSTEM_CLOCK, Clock
 from .._exceptions import ConfigurationError
 from .._names import pattern_covers as covers
 from .._secrets import hash_secret, is_slow_hash, verify_secret
@@ -97,8 +97,9 @@ class Authenticator:
     per second, given back on success): past them, ``TooManyFailures`` without any check.
     """
 
-    def __init__(self, settings: AuthSettings) -> None:
+    def __init__(self, settings: AuthSettings, clock: Clock = SYSTEM_CLOCK) -> None:
         self._settings = settings
+        self._clock = clock
         self._by_name = {p.name: p for p in settings.principals}
         self._with_token = [p for p in settings.principals if p.token_hash]
         self._anonymous = (
@@ -109,7 +110,7 @@ class Authenticator:
         self._refused: OrderedDict[bytes, float] = OrderedDict()
         self._pending: dict[bytes, asyncio.Future[Caller | None]] = {}
         self._decoy: str | None = None
-        self._failures = RateLimiter(settings.failure_rate, settings.failure_burst)
+        self._failures = RateLimiter(settings.failure_rate, settings.failure_burst, clock)
         self._workers: ThreadPoolExecutor | None = None
         self._slow_checks = 0
         for principal in self._with_token:
@@ -155,7 +156,7 @@ class Authenticator:
             self._verified.move_to_end(key)
             return caller
         refused_until = self._refused.get(key)
-        if refused_until is not None and refused_until > time.monotonic():
+        if refused_until is not None and refused_until > self._clock.monotonic():
             raise NotAuthenticated("invalid credentials")
         pending = self._pending.get(key)
         started = pending is None
@@ -174,7 +175,9 @@ class Authenticator:
             pending.add_done_callback(lambda _: self._pending.pop(key, None))
         found = await asyncio.shield(pending)
         if found is None:
-            self._remember(self._refused, key, time.monotonic() + _REFUSED_SECONDS, _REFUSED_MAX)
+            self._remember(
+                self._refused, key, self._clock.monotonic() + _REFUSED_SECONDS, _REFUSED_MAX
+            )
             raise NotAuthenticated("invalid credentials")
         if started:
             self._failures.refund(peer)

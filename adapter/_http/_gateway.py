@@ -15,6 +15,7 @@ from urllib.parse import unquote_to_bytes
 from starlette.requests import ClientDisconnect, Request
 
 from .._client import Client
+from .._clock import SYSTEM_CLOCK, Clock
 from .._event import Event, SendResult
 from .._exceptions import (
     AdapterError,
@@ -35,7 +36,6 @@ from ._auth import (
     NotAuthenticated,
     TooManyFailures,
 )
-from ._metrics import PUBLISH_SECONDS, SENDS
 from ._ratelimit import RateLimiter
 from ._shares import Shares
 
@@ -174,15 +174,18 @@ class WaitCounter:
 class Gateway:
     """Authentication, authorization, rate limiting and publishing for the HTTP front ends."""
 
-    def __init__(self, settings: Settings, client: Client) -> None:
+    def __init__(self, settings: Settings, client: Client, clock: Clock = SYSTEM_CLOCK) -> None:
         self.settings = settings
+        self._clock = clock
         self.client = client
-        self.auth = Authenticator(settings.auth)
-        self.limiter = RateLimiter(settings.http.rate_limit, settings.http.rate_burst)
+        self.metrics = client.metrics
+        self.auth = Authenticator(settings.auth, clock)
+        self.limiter = RateLimiter(settings.http.rate_limit, settings.http.rate_burst, clock)
         self.waits = WaitCounter(settings.http.max_waits, settings.http.max_waits_per_caller)
         self.shares = Shares(
             settings.http.max_resumable_waits_per_caller,
             settings.http.max_retained_names_per_caller,
+            clock,
         )
         # Set when the daemon begins to stop: open waits end, readiness turns false.
         self.stopping = asyncio.Event()
@@ -247,9 +250,9 @@ class Gateway:
         try:
             yield
         except HttpError as exc:
-            SENDS.labels(ingress, _OUTCOMES.get(exc.status, "error")).inc()
+            self.metrics.sends.labels(ingress, _OUTCOMES.get(exc.status, "error")).inc()
             raise
-        SENDS.labels(ingress, "ok").inc()
+        self.metrics.sends.labels(ingress, "ok").inc()
 
     async def send(
         self,
@@ -304,7 +307,7 @@ class Gateway:
         key = f"{event.kind}.{event.name}"
         try:
             if retain is not None and caller_key is not None:
-                ends = time.time() + retain.total_seconds()
+                ends = self._clock.time() + retain.total_seconds()
                 self.shares.hold_retained(caller_key, key, ends)
             try:
                 result = await self.client.send_event(event, retain=retain)
@@ -314,7 +317,7 @@ class Gateway:
                 raise
         except (InvalidInput, BusError, ClientStateError, LimitExceeded) as exc:
             raise edge_error(exc) from None
-        PUBLISH_SECONDS.observe(time.perf_counter() - started)
+        self.metrics.publish_seconds.observe(time.perf_counter() - started)
         return result
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
+
+from .._clock import SYSTEM_CLOCK, Clock
 
 __all__ = ["RateLimiter"]
 
@@ -19,8 +20,9 @@ class _Bucket:
 class RateLimiter:
     """Token buckets keyed by caller; ``rate`` 0 means unlimited."""
 
-    def __init__(self, rate: float, burst: int) -> None:
+    def __init__(self, rate: float, burst: int, clock: Clock = SYSTEM_CLOCK) -> None:
         self.rate = rate
+        self._clock = clock
         self.burst = float(burst)
         self._buckets: dict[str, _Bucket] = {}
 
@@ -29,7 +31,7 @@ class RateLimiter:
         seconds until they are free."""
         if self.rate <= 0:
             return 0.0
-        now = time.monotonic()
+        now = self._clock.monotonic()
         bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) >= _MAX_BUCKETS:

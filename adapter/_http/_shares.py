@@ -6,8 +6,8 @@ to an hour (``limits.max_resumable_waits``, ``amqp.max_retained_names``). Counte
 from __future__ import annotations
 
 import math
-import time
 
+from .._clock import SYSTEM_CLOCK, Clock
 from .._exceptions import LimitExceeded
 
 __all__ = ["Shares"]
@@ -18,8 +18,9 @@ _MAX_CALLERS = 10_000
 class _Held:
     """What callers hold until a moment (wall-clock seconds), each at most ``limit`` things."""
 
-    def __init__(self, what: str, limit: int, setting: str) -> None:
+    def __init__(self, what: str, limit: int, setting: str, clock: Clock) -> None:
         self.what = what
+        self._clock = clock
         self.limit = limit
         self.setting = setting
         self._held: dict[str, dict[str, float]] = {}
@@ -27,7 +28,7 @@ class _Held:
     def take(self, caller: str, thing: str, until: float) -> None:
         """Count ``thing`` for ``caller`` until ``until``; ``LimitExceeded`` (with the seconds
         until the caller's first thing is let go) past the caller's share."""
-        now = time.time()
+        now = self._clock.time()
         held = self._held.get(caller)
         if held is None:
             if len(self._held) >= _MAX_CALLERS:
@@ -49,7 +50,7 @@ class _Held:
 
     def until(self, caller: str, thing: str) -> float:
         held = self._held.get(caller, {}).get(thing)
-        return held if held is not None and held > time.time() else 0.0
+        return held if held is not None and held > self._clock.time() else 0.0
 
     def keep(self, caller: str, thing: str, until: float) -> None:
         """Hold ``thing`` (already counted) until ``until`` exactly."""
@@ -72,12 +73,14 @@ class Shares:
     """The daemon's per-caller shares (``http.max_resumable_waits_per_caller``,
     ``http.max_retained_names_per_caller``)."""
 
-    def __init__(self, resumable_waits: int, retained_names: int) -> None:
+    def __init__(
+        self, resumable_waits: int, retained_names: int, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.resumable = _Held(
-            "resumable waits", resumable_waits, "http.max_resumable_waits_per_caller"
+            "resumable waits", resumable_waits, "http.max_resumable_waits_per_caller", clock
         )
         self.retained = _Held(
-            "retained event names", retained_names, "http.max_retained_names_per_caller"
+            "retained event names", retained_names, "http.max_retained_names_per_caller", clock
         )
 
     def hold_resumable(self, caller: str, wait_id: str) -> float:

@@ -38,7 +38,6 @@ from .._names import Kind
 from .._times import parse_deadline_text
 from ._gateway import BUS_RETRY_AFTER, Gateway, HttpError
 from ._logging import OUTCOME_STATUS
-from ._metrics import ACTIVE_WAITS, UNMATCHED, WAITS
 
 __all__ = [
     "HEARTBEAT_SECONDS",
@@ -140,18 +139,18 @@ class WaitResponse(Response):
             with self._gateway.waits.holding(self._caller_key), self._resumable_share():
                 await self._wait(receive, send)
         except WaitConflict as exc:
-            WAITS.labels("refused").inc()
+            self._gateway.metrics.http_waits.labels("refused").inc()
             await self._finish(send, edge_of(exc).http, {"detail": str(exc)})
         except LimitExceeded as exc:
-            WAITS.labels("refused").inc()
+            self._gateway.metrics.http_waits.labels("refused").inc()
             status = edge_of(exc).http
             await self._finish(send, status, {"detail": str(exc)}, retry_after=exc.retry_after)
         except _Interrupted as stop:
             if stop.args:
-                WAITS.labels("interrupted").inc()
+                self._gateway.metrics.http_waits.labels("interrupted").inc()
                 await self._finish(send, 503, {"detail": _STOPPING})
         except (BusError, ClientStateError) as exc:
-            WAITS.labels("error").inc()
+            self._gateway.metrics.http_waits.labels("error").inc()
             await self._finish(
                 send, edge_of(exc).http, {"detail": f"the bus cannot serve waits right now ({exc})"}
             )
@@ -186,23 +185,23 @@ class WaitResponse(Response):
             match=self._match,
         )
         async with expectation as waiter:
-            ACTIVE_WAITS.inc()
+            self._gateway.metrics.http_waits_active.inc()
             try:
                 if self._stream:
                     bound = [(b"content-type", b"application/json"), (WAIT_BOUND, b"bound")]
                     await self._start(send, 200, bound)
                 event = await self._race(waiter.get(), receive, send)
             finally:
-                ACTIVE_WAITS.dec()
+                self._gateway.metrics.http_waits_active.dec()
                 if self._match is not None:
                     self._unmatched = waiter.unmatched
-                    UNMATCHED.inc(waiter.unmatched)
+                    self._gateway.metrics.wait_unmatched.inc(waiter.unmatched)
         self._finished = True
         if event is None:
-            WAITS.labels("deadline").inc()
+            self._gateway.metrics.http_waits.labels("deadline").inc()
             await self._finish(send, 204, None)
         else:
-            WAITS.labels("event").inc()
+            self._gateway.metrics.http_waits.labels("event").inc()
             if self._cloudevent and not self._started:
                 body = to_structured_json(event)
                 headers = _content_headers(STRUCTURED_CONTENT_TYPE, len(body))

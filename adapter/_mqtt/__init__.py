@@ -2,7 +2,7 @@
 
 One module per concern: ``_mapping`` (messages to events and back, pure functions),
 ``_connection`` (paho on the event loop), ``_ingress`` (devices to the bus), ``_egress`` (the bus
-to devices), ``_metrics``; ``_bridge`` puts them together.
+to devices); ``_bridge`` puts them together.
 """
 
 from typing import TYPE_CHECKING, Any

@@ -57,6 +57,7 @@ class MqttBridge:
                 self.topic_filter,
                 on_message=ingress.arrived,
                 on_up=ingress.link_up,
+                connected=self._client.metrics.mqtt_connected,
             )
         except BaseException:
             self._state = "closed"

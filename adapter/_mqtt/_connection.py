@@ -21,6 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
+from prometheus_client import Gauge
 from tenacity import RetryCallState
 
 from .._nodes import redact_url
@@ -29,7 +30,6 @@ from .._settings import MqttSettings
 from .._tls import client_tls_context
 from ._driver import BufferedPaho, PahoDriver
 from ._mapping import MQTT_MAX_PACKET, new_properties
-from ._metrics import CONNECTED
 
 __all__ = ["MqttLink"]
 
@@ -56,6 +56,7 @@ class MqttLink:
         *,
         on_message: Callable[[mqtt.MQTTMessage], None],
         on_up: Callable[[bool], None],
+        connected: Gauge,
     ) -> None:
         assert settings.url is not None
         self._settings = settings
@@ -64,6 +65,7 @@ class MqttLink:
         self.topic_filter = topic_filter
         self._on_message = on_message
         self._on_up = on_up
+        self._connected = connected
         self._loop = asyncio.get_running_loop()
         self.paho = self._make_paho()
         self.driver = PahoDriver(
@@ -264,7 +266,7 @@ class MqttLink:
     def _went_down(self) -> None:
         self.up = False
         self.subscribed.clear()
-        CONNECTED.set(0)
+        self._connected.set(0)
         self._lost.set()
         connack = self._connack
         if connack is not None and not connack.done():
@@ -291,7 +293,7 @@ class MqttLink:
             return
         if self.up:
             self.subscribed.set()
-            CONNECTED.set(1)
+            self._connected.set(1)
 
     def _on_paho_message(
         self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage

@@ -28,7 +28,6 @@ from .._retry import egress_bind_retrying, egress_restart_retrying, failure_of
 from .._settings import MqttSettings
 from ._connection import MqttLink
 from ._mapping import egress_message, egress_problem
-from ._metrics import EGRESS_DROPPED, EGRESS_RESTARTS, EGRESS_RUNNING, EGRESS_SENT
 
 __all__ = ["EGRESS_OVERLAP", "EGRESS_SPAN", "Egress"]
 
@@ -45,6 +44,7 @@ class Egress:
     def __init__(self, settings: MqttSettings, client: Client, link: MqttLink) -> None:
         self._settings = settings
         self._client = client
+        self._metrics = client.metrics
         self._link = link
         self._tasks: list[asyncio.Task[None]] = []
         self._running: set[str] = set()
@@ -56,7 +56,7 @@ class Egress:
 
     def start(self) -> None:
         for pattern in self._settings.egress:
-            EGRESS_RUNNING.labels(pattern=pattern).set(0)
+            self._metrics.mqtt_egress_running.labels(pattern=pattern).set(0)
             self._tasks.append(
                 asyncio.create_task(self._supervised(pattern), name=f"mqtt-egress-{pattern}")
             )
@@ -67,7 +67,7 @@ class Egress:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         for pattern in self._running:
-            EGRESS_RUNNING.labels(pattern=pattern).set(0)
+            self._metrics.mqtt_egress_running.labels(pattern=pattern).set(0)
         self._running.clear()
 
     async def _supervised(self, pattern: str) -> None:
@@ -76,7 +76,7 @@ class Egress:
 
     def _failed(self, pattern: str, state: RetryCallState) -> None:
         self._set_running(pattern, False)
-        EGRESS_RESTARTS.labels(pattern=pattern).inc()
+        self._metrics.mqtt_egress_restarts.labels(pattern=pattern).inc()
         error = failure_of(state)
         pause = state.next_action.sleep if state.next_action is not None else 0.0
         log.error(
@@ -91,7 +91,7 @@ class Egress:
             self._running.add(pattern)
         else:
             self._running.discard(pattern)
-        EGRESS_RUNNING.labels(pattern=pattern).set(1 if running else 0)
+        self._metrics.mqtt_egress_running.labels(pattern=pattern).set(1 if running else 0)
 
     async def _serve(self, pattern: str) -> None:
         seen: OrderedDict[str, None] = OrderedDict()
@@ -142,12 +142,12 @@ class Egress:
         rc = link.publish(message.topic, message.payload, qos=1, properties=message.properties)
         # NO_CONN: paho keeps the message and sends it once reconnected.
         if rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-            EGRESS_SENT.inc()
+            self._metrics.mqtt_egress_sent.inc()
         else:
             self._drop(event, "queue", mqtt.error_string(rc))
 
     def _drop(self, event: Event, reason: str, detail: str) -> None:
-        EGRESS_DROPPED.labels(reason=reason).inc()
+        self._metrics.mqtt_egress_dropped.labels(reason=reason).inc()
         log.warning(
             "MQTT egress: event %r (id %r) dropped (%s): %s",
             event.name,

@@ -39,16 +39,6 @@ from ._mapping import (
     retain_from_mqtt,
     with_mqtt_trace,
 )
-from ._metrics import (
-    IN_FLIGHT,
-    OVERRUNS,
-    POISON,
-    PUBLISHED,
-    QOS0_DROPPED,
-    RECEIVED,
-    REDELIVERED,
-    RETRIES,
-)
 
 __all__ = ["Ingress"]
 
@@ -68,6 +58,7 @@ class Ingress:
     def __init__(self, settings: MqttSettings, client: Client) -> None:
         self._settings = settings
         self._client = client
+        self._metrics = client.metrics
         self._link: MqttLink | None = None
         self._abandon_before = 0
         self._unacked: deque[_Delivery] = deque()
@@ -99,7 +90,7 @@ class Ingress:
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers.clear()
         # Messages in hand stay unacknowledged: the persistent session gives them back later.
-        IN_FLIGHT.dec(len(self._unacked))
+        self._metrics.mqtt_in_flight.dec(len(self._unacked))
         self._unacked.clear()
 
     # -- from the connection (event loop) ----------------------------------------------------
@@ -111,22 +102,22 @@ class Ingress:
             self._abandon_before = self._link.session
 
     def arrived(self, message: mqtt.MQTTMessage) -> None:
-        RECEIVED.inc()
+        self._metrics.mqtt_received.inc()
         if message.dup:
-            REDELIVERED.inc()
+            self._metrics.mqtt_redelivered.inc()
         link = self._link
         assert link is not None
         delivery = _Delivery(message, link.session)
         if message.qos > 0:
             unacked = self._unacked
             if len(unacked) >= self._settings.max_inflight:
-                OVERRUNS.inc()
+                self._metrics.mqtt_overruns.inc()
             unacked.append(delivery)
-            IN_FLIGHT.inc()
+            self._metrics.mqtt_in_flight.inc()
             if len(unacked) >= self._settings.max_inflight:
                 link.pause_reading()
         elif self._qos0_held >= self._settings.max_inflight_qos0:
-            QOS0_DROPPED.inc()
+            self._metrics.mqtt_qos0_dropped.inc()
             return
         else:
             self._qos0_held += 1
@@ -162,7 +153,7 @@ class Ingress:
             if link.up and head.session == link.session:
                 link.ack(head.message.mid, head.message.qos)
         if acked:
-            IN_FLIGHT.dec(acked)
+            self._metrics.mqtt_in_flight.dec(acked)
             if len(unacked) < self._settings.max_inflight:
                 link.resume_reading()
 
@@ -190,7 +181,7 @@ class Ingress:
         send = self._client.send_event
         try:
             if await self._until_confirmed(delivery, lambda: send(event, retain=retain)):
-                PUBLISHED.inc()
+                self._metrics.mqtt_published.inc()
         except LimitExceeded as exc:  # retained: the cap on retained names
             await self._refuse(delivery, topic, content_type, "limit", exc)
 
@@ -204,7 +195,7 @@ class Ingress:
     ) -> None:
         """Count, log and dead-letter a message the bridge will not publish as an event; it is
         acknowledged once the dead letter is kept."""
-        POISON.labels(reason=reason).inc()
+        self._metrics.mqtt_poison.labels(reason=reason).inc()
         log.warning(
             "MQTT message on %r refused (%s): %s; acknowledged and dead-lettered",
             topic,
@@ -246,7 +237,7 @@ class Ingress:
         return True
 
     def _unconfirmed(self, exc: BaseException | None) -> None:
-        RETRIES.inc()
+        self._metrics.mqtt_retries.inc()
         if not self._outage_logged:
             self._outage_logged = True
             log.warning(

@@ -17,12 +17,12 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from prometheus_client import REGISTRY
 
 from adapter import Client, MemoryBus, load_settings
 from adapter._event import Event
 from adapter._mqtt import MqttBridge
 from adapter._settings import Settings
+from tests.support.metrics import own_metrics
 
 
 def unique_prefix() -> str:
@@ -44,8 +44,10 @@ def bridge_settings(amqp_url: str | None, mqtt_url: str, prefix: str, **mqtt: An
 async def running_bridge(
     settings: Settings, bus: MemoryBus | None = None
 ) -> AsyncIterator[tuple[Client, MqttBridge]]:
-    """A client (on ``bus`` when given) and a bridge, once the bridge has subscribed."""
-    async with Client(settings, bus=bus) as client, MqttBridge(settings, client) as bridge:
+    """A client (on ``bus`` when given) and a bridge, once the bridge has subscribed; the client
+    counts on metrics of its own (``client.metrics``)."""
+    client = Client(settings, bus=bus, metrics=own_metrics())
+    async with client, MqttBridge(settings, client) as bridge:
         async with asyncio.timeout(20):
             await bridge.wait_connected()
         yield client, bridge
@@ -67,11 +69,6 @@ class StuckBus(MemoryBus):
         await self.gate.wait()
         self.events.append(event)
         return await super().publish(event)
-
-
-def metric(name: str, **labels: str) -> float:
-    """A sample of the bridge's Prometheus metrics (0 before its first use)."""
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 class Device:

@@ -23,6 +23,7 @@ from starlette.responses import Response
 
 from adapter import Client, load_settings
 from adapter._bus.amqp._queues import group_queue
+from adapter._metrics import Metrics
 from adapter._triggers import Triggers
 from adapter.testing import free_port
 
@@ -41,9 +42,11 @@ def trigger(name: str, pattern: str, url: str, **extra: Any) -> dict[str, Any]:
 async def running(
     amqp_url: str | None, *triggers: dict[str, Any], clock: Callable[[], float] = time.time
 ) -> AsyncIterator[Client]:
-    """A client on RabbitMQ (or the in-process bus for ``None``) with the triggers running."""
+    """A client on RabbitMQ (or the in-process bus for ``None``) with the triggers running,
+    counting on metrics of its own."""
     settings = load_settings(amqp={"url": amqp_url}, groups=RETRY, triggers=list(triggers))
-    async with Client(settings) as client, Triggers(settings, client, clock=clock):
+    client = Client(settings, metrics=Metrics.own())
+    async with client, Triggers(settings, client, clock=clock):
         yield client
 
 

@@ -11,13 +11,14 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 
+from ..._clock import SYSTEM_CLOCK, Clock
 from ..._event import Event
 from ..._groups import DeadLetter, GroupInfo, GroupOptions, GroupSubscription
+from ..._metrics import Metrics, default_metrics
 from ..._names import Kind, routing_key
 from ..._settings import AmqpSettings, LimitsSettings
 from ..._version import APP_ID
@@ -25,6 +26,7 @@ from .._base import Bus, Subscription, check_wait_id
 from ._codec import Policy, encode_body, message_headers
 from ._groups import AmqpGroups
 from ._link import BrokerLink
+from ._metrics import Refusals
 from ._retained import RetainedStream
 from ._waits import Waits
 
@@ -43,8 +45,13 @@ class AmqpBus(Bus):
         *,
         connection_name: str = APP_ID,
         limits: LimitsSettings | None = None,
+        metrics: Metrics | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.settings = settings
+        self._clock = clock
+        # Refusals count on the owner's registry: the daemon's, or the process's for a library.
+        refused = Refusals((metrics if metrics is not None else default_metrics()).bus_refused)
         self.limits = limits if limits is not None else LimitsSettings()
         self.link = BrokerLink(settings, connection_name=connection_name)
         trusted = set(settings.trusted_publishers)
@@ -61,6 +68,8 @@ class AmqpBus(Bus):
             self.policy,
             max_names=settings.max_retained_names,
             is_open=lambda: self._state == "opened",
+            refused=refused,
+            clock=clock,
         )
         self.waits = Waits(
             self.link,
@@ -68,8 +77,11 @@ class AmqpBus(Bus):
             limits=self.limits,
             retained=self._retained,
             check_open=self._check_open,
+            refused=refused,
         )
-        self._groups = AmqpGroups(self.link, self.policy, check_open=self._check_open)
+        self._groups = AmqpGroups(
+            self.link, self.policy, check_open=self._check_open, refused=refused, clock=clock
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self.link.on_reconnect.append(self._reconnected)
 
@@ -125,7 +137,7 @@ class AmqpBus(Bus):
             return await self._publish_event(event)
         view = await self._retained.caught_up()
         key = routing_key(event.kind, event.name)
-        reserved = view.reserve(key, time.time() + retain.total_seconds())
+        reserved = view.reserve(key, self._clock.time() + retain.total_seconds())
         try:
             routed, _ = await asyncio.gather(
                 self._publish_event(event), self._retained.retain(event, retain)

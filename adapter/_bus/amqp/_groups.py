@@ -46,6 +46,7 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 
+from ..._clock import SYSTEM_CLOCK, Clock
 from ..._event import Event
 from ..._exceptions import (
     AdapterError,
@@ -71,7 +72,7 @@ from ..._retry import RetryPolicy
 from ..._times import parse_rfc3339
 from ._codec import H_ORIGINAL_ROUTING_KEY, BadMessage, Decoded, Policy, decode, message_headers
 from ._link import BrokerLink
-from ._metrics import refused
+from ._metrics import Refusals
 from ._queues import (
     dead_arguments,
     dead_queue,
@@ -229,7 +230,7 @@ class _AmqpGroupSubscription(GroupSubscription):
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._inbox: asyncio.Queue[_AmqpDelivery] = asyncio.Queue()
-        self._seen = SeenIds(options.dedup_window, options.dedup_max)
+        self._seen = SeenIds(options.dedup_window, options.dedup_max, groups.clock)
         # The message of each delivery handed out and not settled yet, by its dedup key.
         self._in_flight: dict[str, AbstractIncomingMessage] = {}
         self._policy = RetryPolicy(options.retry_initial, options.retry_max)
@@ -286,7 +287,7 @@ class _AmqpGroupSubscription(GroupSubscription):
         try:
             decoded = decode(message, self._groups.policy, copies_to=self._queue_name)
         except BadMessage as exc:
-            refused("group", repr(self.group), exc)
+            self._groups.refused("group", repr(self.group), exc)
             await self._bury_raw(message, f"not an event: {exc.reason}")
             return
         event = decoded.event
@@ -437,8 +438,18 @@ def _dead_original_key(message: AbstractIncomingMessage, exchange: str) -> str |
 class AmqpGroups:
     """The groups of one RabbitMQ bus: their queues, declared once each per process."""
 
-    def __init__(self, link: BrokerLink, policy: Policy, *, check_open: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        link: BrokerLink,
+        policy: Policy,
+        *,
+        check_open: Callable[[], None],
+        refused: Refusals,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         self.link = link
+        self.refused = refused
+        self.clock = clock
         self.policy = policy
         self.check_open = check_open
         self._retry_queues: dict[tuple[str, int], str] = {}

@@ -39,6 +39,7 @@ from typing import Any
 import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 
+from ..._clock import SYSTEM_CLOCK, Clock
 from ..._event import Event
 from ..._exceptions import BusUnavailable
 from ..._names import routing_key
@@ -46,7 +47,7 @@ from .._base import Subscription
 from .._retained import RetainedEvents
 from ._codec import H_ORIGINAL_ROUTING_KEY, BadMessage, Policy, decode, encode_body, message_headers
 from ._link import BrokerLink
-from ._metrics import refused
+from ._metrics import Refusals
 from ._queues import retained_arguments, retained_stream
 
 __all__ = ["RETAIN_UNTIL_HEADER", "RetainedStream"]
@@ -76,11 +77,15 @@ class RetainedStream:
         *,
         max_names: int,
         is_open: Callable[[], bool],
+        refused: Refusals,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.link = link
+        self._refused = refused
+        self._clock = clock
         self.policy = policy
         self.name = retained_stream(link.exchange)
-        self.view = RetainedEvents(max_names)
+        self.view = RetainedEvents(max_names, clock)
         self._is_open = is_open
         self._marker = uuid.uuid4().hex
         self._starting: asyncio.Task[None] | None = None
@@ -110,7 +115,7 @@ class RetainedStream:
             return  # stopped with its bus: nothing to warn about
         error = task.exception()
         if error is not None:
-            self._failed_at = time.monotonic()
+            self._failed_at = self._clock.monotonic()
             log.warning(
                 "retained events are unavailable: cannot read the stream %s (%s)",
                 self.name,
@@ -126,7 +131,7 @@ class RetainedStream:
             exists = await self.link.probe(lambda probe: probe.queue_declare(name, passive=True))
             if not exists and not create:
                 # Nothing was ever retained on this exchange: nothing to read, yet.
-                self._absent_at = time.monotonic()
+                self._absent_at = self._clock.monotonic()
                 self.view.mark_ready()
                 return
             self._absent_at = None
@@ -190,13 +195,15 @@ class RetainedStream:
         try:
             event = decode(message, self.policy, copies_to=self.name, original_key=original).event
         except BadMessage as exc:
-            refused("retained", self.name, exc)
+            self._refused("retained", self.name, exc)
             return
         try:
             ends = until / 1000
             time.gmtime(ends)  # an end no clock can reach is a refusal, not an error later
         except (OverflowError, OSError, ValueError):
-            refused("retained", self.name, BadMessage(f"{RETAIN_UNTIL_HEADER} is out of range"))
+            self._refused(
+                "retained", self.name, BadMessage(f"{RETAIN_UNTIL_HEADER} is out of range")
+            )
             return
         self.view.put(routing_key(event.kind, event.name), event, ends, order)
 
@@ -206,7 +213,7 @@ class RetainedStream:
         the stream costs the wait its retained event, not its answer."""
         if not sub.literal:
             return
-        now = time.monotonic()
+        now = self._clock.monotonic()
         absent = self._absent_at is not None and now - self._absent_at >= _ABSENT_SECONDS
         if self._starting is None or absent or now - self._failed_at >= _RETRY_SECONDS:
             self._start(create=False)
@@ -239,7 +246,7 @@ class RetainedStream:
 
     async def retain(self, event: Event, retain: timedelta) -> None:
         """Write the event's copy to the stream, retained for ``retain`` from now."""
-        until = int((time.time() + retain.total_seconds()) * 1000)
+        until = int((self._clock.time() + retain.total_seconds()) * 1000)
         headers: dict[str, Any] = {
             **message_headers(event),
             H_ORIGINAL_ROUTING_KEY: routing_key(event.kind, event.name),

@@ -41,7 +41,7 @@ from ..._settings import LimitsSettings
 from .._base import ResumableWaits, Subscription, SubscriptionIndex, seconds_until
 from ._codec import BadMessage, Policy, decode
 from ._link import UNAVAILABLE, BrokerLink
-from ._metrics import refused
+from ._metrics import Refusals
 from ._queues import resumable_arguments, resumable_queue, wait_queue, wait_queue_arguments
 
 __all__ = ["BUCKET_SECONDS", "RetainedWatch", "Waits"]
@@ -111,7 +111,7 @@ class _WaitQueue:
         try:
             event = decode(message, self.waits.policy).event
         except BadMessage as exc:
-            refused("wait", self.name, exc)
+            self.waits.refused("wait", self.name, exc)
             return
         for sub in self.subscriptions.matching(key, event):
             sub.deliver(event)
@@ -374,7 +374,7 @@ class _ResumableSubscription(Subscription):
         try:
             event = decode(message, self.waits.policy).event
         except BadMessage as exc:
-            refused("resumable", self.queue_name, exc)
+            self.waits.refused("resumable", self.queue_name, exc)
             await _settle_message(message.ack())
             return
         if self.offer(event):
@@ -438,8 +438,10 @@ class Waits:
         limits: LimitsSettings,
         retained: RetainedWatch,
         check_open: Callable[[], None],
+        refused: Refusals,
     ) -> None:
         self.link = link
+        self.refused = refused
         self.policy = policy
         self.limits = limits
         self.retained = retained
