@@ -133,8 +133,17 @@ class _WaitQueue:
         if bound is None:
             return
         try:
-            # Shielded: one wait's deadline or cancellation must not call off the others' bind.
-            await asyncio.shield(bound)
+            while True:
+                try:
+                    await bound  # not shielded: that would cost a future for every wait
+                    return
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is None or task.cancelling():
+                        raise  # this wait's own cancellation
+                # Another wait on the key was called off while their bind was under way and
+                # took the shared future with it. The bind still goes out; wait on another.
+                bound = self.binding[key] = self._lane(key).push(key, bind=True)
         except BaseException:
             failed = bound.done() and not bound.cancelled() and bound.exception() is not None
             self.release(key, at_broker=not failed)
@@ -210,6 +219,20 @@ class _Lane:
         wq = self.wq
         link = wq.waits.link
         exchange = link.exchange
+        if not wq.ready.done():
+            try:
+                await asyncio.shield(wq.ready)
+            except BaseException as exc:
+                task = asyncio.current_task()
+                if isinstance(exc, asyncio.CancelledError) and task and task.cancelling():
+                    _settle(batch, BusUnavailable("the bus closed; the wait was not bound"))
+                    raise
+        if wq.ready.cancelled() or wq.ready.exception() is not None:
+            # The wait that was opening the queue failed (and heard why) or gave up.
+            _settle(
+                batch, BusUnavailable("the wait queue could not be set up; the wait was not bound")
+            )
+            return
         try:
             async with link.call("the wait was not bound"):
                 channel = await self.channel.get_underlay_channel()
@@ -483,29 +506,20 @@ class Waits:
         return len(self._wait_queues)
 
     async def join(self, deadline: datetime) -> _WaitQueue:
-        """The wait queue for the deadline, joined. Only the wait that opens it makes a broker
-        call, bounded; the others of a burst (a hundred thousand, say) wait for it to be ready
-        with no timer each, since the opener's bound answers them all."""
+        """The wait queue for the deadline, joined, perhaps still being opened. Only the wait
+        that opens it makes a broker call of its own; the others of a burst (a hundred
+        thousand, say) queue their binds in its lanes at once, which send them once it is
+        ready, so no wait but the opener holds a timer or a future for it."""
         wq = self._wait_queues.get(_bucket(deadline))
         if wq is None:
+            # Let the rest of a burst take its first step first: the bound then counts the
+            # broker's answer, not the time this process takes to start the burst's waits.
+            await asyncio.sleep(0)
             async with self.link.call("the wait was not bound"):
                 return await self._wait_queue_for(deadline)
         if not self.link.connected:
             raise BusUnavailable("RabbitMQ is not connected; the wait was not bound")
         wq.members += 1
-        if wq.ready.done() and not wq.ready.cancelled() and wq.ready.exception() is None:
-            return wq
-        try:
-            await asyncio.shield(wq.ready)
-        except BaseException as exc:
-            wq.members -= 1
-            task = asyncio.current_task()
-            if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
-                raise  # this wait's own cancellation
-            # The wait that was opening the queue failed or gave up.
-            raise BusUnavailable(
-                "the wait queue could not be set up; the wait was not bound"
-            ) from None
         return wq
 
     async def _wait_queue_for(self, deadline: datetime) -> _WaitQueue:
