@@ -199,6 +199,14 @@ def test_secrets_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) 
     assert len(calls) == 2  # every comparison goes through hmac.compare_digest
 
 
+def test_a_hash_records_its_cost_and_verifies_at_it() -> None:
+    cheap = hash_secret("pw", log2_n=8)
+    assert cheap.startswith("scrypt$8$8$1$")
+    assert verify_secret("pw", cheap) and not verify_secret("px", cheap)
+    # The cost is part of what is checked: the same digest claimed at another cost fails.
+    assert not verify_secret("pw", cheap.replace("scrypt$8$", "scrypt$9$", 1))
+
+
 @pytest.fixture(scope="module")
 def ca() -> trustme.CA:
     return trustme.CA()
