@@ -36,9 +36,15 @@ serve: install-runtime
 test: install-dev
 	$(PY) -m pytest
 
-# The tests that need no broker, browser, Helm or image tooling (markers: tests/conftest.py).
+# The tests that need no broker, browser, Helm or image tooling (markers: tests/conftest.py), in
+# FAST_WORKERS processes (pytest-xdist): most of their time is waiting on deadlines, daemons and
+# subprocesses, so more workers than cores pay. Bytecode is written even where the environment
+# says not to (PYTHONDONTWRITEBYTECODE): each worker would otherwise compile the package and
+# rewrite every test module again, half of its start. Only here: the full suite (`make test`)
+# stops and starts RabbitMQ in its fault tests and runs in one process.
+FAST_WORKERS ?= 4
 test-fast: install-dev
-	$(PY) -m pytest -q -m "not rabbitmq and not mosquitto and not cluster and not slow and not chromium and not docs and not helm and not image"
+	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -q -n $(FAST_WORKERS) -m "not rabbitmq and not mosquitto and not cluster and not slow and not chromium and not docs and not helm and not image"
 
 lint: install-dev
 	$(VENV)/bin/ruff check .

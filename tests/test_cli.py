@@ -53,6 +53,8 @@ def test_hash_secret_prints_a_verifiable_hash() -> None:
     assert "s3cret" not in hashed
     assert verify_secret("s3cret", hashed)
     assert not verify_secret("s3cret\n", hashed)
+    # The CLI's cost is scrypt's 2**14, whatever lower one the tests' principals use.
+    assert hashed.startswith("scrypt$14$8$1$")
 
 
 def test_hash_secret_refuses_nothing() -> None:

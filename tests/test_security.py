@@ -162,13 +162,21 @@ tricky = st.one_of(
 )
 
 
+@pytest.fixture
+def settings_once() -> Settings:
+    return make_settings()
+
+
 @settings(
     max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None
 )
 @given(name=tricky)
-async def test_the_allow_list_cannot_be_escaped(memory_client: Client, name: str) -> None:
+async def test_the_allow_list_cannot_be_escaped(
+    memory_client: Client, settings_once: Settings, name: str
+) -> None:
     """A principal allowed ``t.limited.#`` gets 2xx only for names that pattern covers."""
-    async with asgi_client(memory_client, make_settings()) as http:
+    # A fresh app for each example (no rate or failure count carried over), on settings read once.
+    async with asgi_client(memory_client, settings_once) as http:
         path = "t.limited." + name if name.startswith("vm") else name
         response = await http.post(
             "/api/v1/events/" + urllib.parse.quote(path, safe=""),
@@ -197,6 +205,14 @@ def test_secrets_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) 
     hashed = hash_secret("pw")
     assert verify_secret("pw", hashed) and not verify_secret("px", hashed)
     assert len(calls) == 2  # every comparison goes through hmac.compare_digest
+
+
+def test_a_hash_records_its_cost_and_verifies_at_it() -> None:
+    cheap = hash_secret("pw", log2_n=8)
+    assert cheap.startswith("scrypt$8$8$1$")
+    assert verify_secret("pw", cheap) and not verify_secret("px", cheap)
+    # The cost is part of what is checked: the same digest claimed at another cost fails.
+    assert not verify_secret("pw", cheap.replace("scrypt$8$", "scrypt$9$", 1))
 
 
 @pytest.fixture(scope="module")
