@@ -195,6 +195,40 @@ async def raw_publish(url: str, exchange: str, name: str, count: int, concurrenc
 
 # -- holding many waits (subprocess) ---------------------------------------------------------
 
+# RabbitMQ 3.x keeps a topic exchange's bindings in these tables (its routes, and the trie the
+# topic exchange matches keys with); their memory is what bindings cost the broker.
+_BINDING_TABLES = (
+    "rabbit_route",
+    "rabbit_reverse_route",
+    "rabbit_topic_trie_node",
+    "rabbit_topic_trie_edge",
+    "rabbit_topic_trie_binding",
+)
+
+
+async def broker_binding_bytes() -> int | None:
+    """The memory of the local RabbitMQ's binding tables (``rabbitmqctl eval``), or None where
+    rabbitmqctl cannot reach it (a remote broker)."""
+    tables = ", ".join(_BINDING_TABLES)
+    expression = (
+        f"lists:sum([mnesia:table_info(T, memory) || T <- [{tables}]])"
+        " * erlang:system_info(wordsize)."
+    )
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "rabbitmqctl",
+            "-q",
+            "eval",
+            expression,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        out, _ = await proc.communicate()
+    except OSError:
+        return None
+    text = out.decode().strip()
+    return int(text) if proc.returncode == 0 and text.isdigit() else None
+
 
 async def hold(url: str, exchange: str, count: int, *, match: bool = False) -> list[Figure]:
     """Set up ``count`` waits at once in this process, check that they are all held, and report
@@ -207,6 +241,7 @@ async def hold(url: str, exchange: str, count: int, *, match: bool = False) -> l
     until = timedelta(seconds=HOLD_SECONDS)
     async with _client(url, exchange) as client:
         baseline = peak_rss_mib()
+        broker_before = await broker_binding_bytes()
         waits = [
             client.expect("internal", n, until=until, match={"i": str(i)} if match else None)
             for i, n in enumerate(names)
@@ -216,9 +251,21 @@ async def hold(url: str, exchange: str, count: int, *, match: bool = False) -> l
         active = client.active_waits
         held = await _check_held(client, waits, names, 100)
         peak = peak_rss_mib()
+        broker_held = await broker_binding_bytes()
         with Stopwatch() as release:
             await asyncio.gather(*(w.__aexit__(None, None, None) for w in waits))
     label = f"{count:,} match waits on one name" if match else f"{count:,} waits"
+    broker: list[Figure] = []
+    if broker_before is not None and broker_held is not None:
+        broker = [
+            Figure(
+                f"RabbitMQ memory for the bindings of {label}",
+                (broker_held - broker_before) / 2**20,
+                "MiB",
+                note=f"{(broker_held - broker_before) / count:,.0f} bytes a wait; binding "
+                "tables, by rabbitmqctl eval (other clients' bindings come and go meanwhile)",
+            )
+        ]
     return [
         Figure(f"time to set up {label}", setup.seconds, "s"),
         Figure("waits held at once (client.active_waits)", active, "", at_least=count),
@@ -234,6 +281,18 @@ async def hold(url: str, exchange: str, count: int, *, match: bool = False) -> l
             "MiB",
             note=f"RSS after import and connect was {baseline:.1f} MiB",
         ),
+        Figure(
+            f"set-up rate, {label}",
+            count / setup.seconds,
+            "waits/s",
+        ),
+        Figure(
+            f"RSS a wait, holding {label}",
+            (peak - baseline) * 1024 / count,
+            "KiB",
+            note="peak RSS less the RSS after import and connect, over the waits",
+        ),
+        *broker,
         Figure(f"time to release {label}", release.seconds, "s"),
     ]
 

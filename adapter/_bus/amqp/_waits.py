@@ -119,35 +119,24 @@ class _WaitQueue:
     def _lane(self, key: str) -> _Lane:
         return self.lanes[hash(key) % len(self.lanes)]
 
-    async def bind(self, key: str) -> None:
-        """Hold the key for one more wait; bound at the broker when this returns."""
+    def hold(self, key: str) -> asyncio.Future[None] | None:
+        """Hold the key for one more wait: the bind to await (the first wait's, which the
+        key's later waits share until it is answered), or None if the key is bound already.
+        Not a coroutine, so that a wait being set up costs one frame less."""
         held = self.keys.get(key, 0)
         self.keys[key] = held + 1
-        bound: asyncio.Future[None] | None
         if held == 0:
             bound = self.binding[key] = self._lane(key).push(key, bind=True)
-        else:
-            # None: bound already. A failed bind stays here until its waits have all left, so
-            # one that comes meanwhile hears of the failure too instead of taking it for bound.
-            bound = self.binding.get(key)
-        if bound is None:
-            return
-        try:
-            while True:
-                try:
-                    await bound  # not shielded: that would cost a future for every wait
-                    return
-                except asyncio.CancelledError:
-                    task = asyncio.current_task()
-                    if task is None or task.cancelling():
-                        raise  # this wait's own cancellation
-                # Another wait on the key was called off while their bind was under way and
-                # took the shared future with it. The bind still goes out; wait on another.
-                bound = self.binding[key] = self._lane(key).push(key, bind=True)
-        except BaseException:
-            failed = bound.done() and not bound.cancelled() and bound.exception() is not None
-            self.release(key, at_broker=not failed)
-            raise
+            return bound
+        # A failed bind stays in ``binding`` until its waits have all left, so one that comes
+        # meanwhile hears of the failure too instead of taking the key for bound.
+        return self.binding.get(key)
+
+    def rehold(self, key: str) -> asyncio.Future[None]:
+        """Another bind of a held key, when the wait whose bind it shared was called off and
+        took the shared future with it (the bind itself still goes out)."""
+        bound = self.binding[key] = self._lane(key).push(key, bind=True)
+        return bound
 
     def release(self, key: str, *, at_broker: bool) -> asyncio.Future[None] | None:
         """One wait less on the key; the last one unbinds it: the unbind's future (the lane
@@ -298,9 +287,26 @@ class _AmqpSubscription(Subscription):
         waits.check_open()
         wq = await waits.join(self.deadline)
         wq.subscriptions.add(self)
+        key = self.binding_key
+        bound = wq.hold(key)
         try:
-            await wq.bind(self.binding_key)
+            while bound is not None:
+                try:
+                    await bound  # not shielded: that would cost a future for every wait
+                    bound = None
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is None or task.cancelling():
+                        raise  # this wait's own cancellation
+                    bound = wq.rehold(key)  # another wait's cancellation took the future
         except BaseException:
+            failed = (
+                bound is not None
+                and bound.done()
+                and not bound.cancelled()
+                and bound.exception() is not None
+            )
+            wq.release(key, at_broker=not failed)
             wq.subscriptions.remove(self)
             await waits._leave(wq)
             raise
