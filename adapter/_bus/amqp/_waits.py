@@ -23,6 +23,7 @@ import math
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Protocol, Self
@@ -157,8 +158,12 @@ class _WaitQueue:
         """Bind every key again after a reconnect. A queue that outlived the outage kept its
         bindings (binding again changes nothing); one the broker lost (a restart, or an outage
         longer than its expiry) came back empty from aio-pika's re-declare."""
-        again = [self._lane(key).push(key, bind=True) for key in list(self.keys)]
-        await asyncio.gather(*again)
+        again = {self._lane(key).push(key, bind=True) for key in list(self.keys)}
+        # A batch's future is shared with waits being set up; one that was called off cancels
+        # it, which is no failure of the binds.
+        for outcome in await asyncio.gather(*again, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                raise outcome
 
 
 # Binds in flight at once over all the lanes of a wait queue: a batch must be answered within
@@ -180,31 +185,35 @@ class _Lane:
     def __init__(self, wq: _WaitQueue, channel: AbstractRobustChannel) -> None:
         self.wq = wq
         self.channel = channel
-        self.todo: deque[_Op] = deque()
+        self.todo: deque[_Batch] = deque()
         self.pump: asyncio.Task[None] | None = None
-        self.batch = max(8, _BINDS_IN_FLIGHT // len(wq.waits.channels))
+        self.size = max(8, _BINDS_IN_FLIGHT // len(wq.waits.channels))
 
     def push(self, key: str, *, bind: bool) -> asyncio.Future[None]:
         """Queue a bind (its future fails if the bind did) or an unbind (a clean-up: its future
-        is answered when it is done or failed, and a failure is only logged)."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.todo.append((key, done, bind))
+        is answered when it is done or failed, and a failure is only logged). The keys of one
+        batch share its future: a burst of waits costs one future a batch, not one a wait."""
+        last = self.todo[-1] if self.todo else None
+        if last is None or last.bind is not bind or len(last.keys) >= self.size:
+            last = _Batch(asyncio.get_running_loop().create_future(), [], bind)
+            self.todo.append(last)
+        last.keys.append(key)
         if self.pump is None:
             self.pump = asyncio.create_task(self._run())
-        return done
+        return last.done
 
     async def _run(self) -> None:
         try:
             while self.todo:
-                batch = [self.todo.popleft() for _ in range(min(len(self.todo), self.batch))]
-                await self._send(batch)
+                # Taken whole: a key pushed from now on goes into a batch of its own.
+                await self._send(self.todo.popleft())
         finally:
             self.pump = None
-            if self.todo:  # cancelled with work left (the bus closing)
-                _settle(list(self.todo), BusUnavailable("the bus closed; the wait was not bound"))
-                self.todo.clear()
+            closed = BusUnavailable("the bus closed; the wait was not bound")
+            while self.todo:  # cancelled with work left (the bus closing)
+                self.todo.popleft().settle(closed)
 
-    async def _send(self, batch: list[_Op]) -> None:
+    async def _send(self, batch: _Batch) -> None:
         wq = self.wq
         link = wq.waits.link
         exchange = link.exchange
@@ -214,46 +223,53 @@ class _Lane:
             except BaseException as exc:
                 task = asyncio.current_task()
                 if isinstance(exc, asyncio.CancelledError) and task and task.cancelling():
-                    _settle(batch, BusUnavailable("the bus closed; the wait was not bound"))
+                    batch.settle(BusUnavailable("the bus closed; the wait was not bound"))
                     raise
         if wq.ready.cancelled() or wq.ready.exception() is not None:
             # The wait that was opening the queue failed (and heard why) or gave up.
-            _settle(
-                batch, BusUnavailable("the wait queue could not be set up; the wait was not bound")
+            batch.settle(
+                BusUnavailable("the wait queue could not be set up; the wait was not bound")
             )
             return
         try:
             async with link.call("the wait was not bound"):
                 channel = await self.channel.get_underlay_channel()
-                for key, _, bind in batch:
-                    if bind:
+                if batch.bind:
+                    for key in batch.keys:
                         await channel.queue_bind(wq.name, exchange, key, nowait=True)
-                    else:
-                        await channel.queue_unbind(wq.name, exchange, key)
-                if batch[-1][2]:
-                    # The call that says the binds took effect (an unbind's answer says so too).
+                    # The call that says the binds took effect.
                     await channel.queue_declare(wq.name, passive=True)
+                else:
+                    for key in batch.keys:
+                        await channel.queue_unbind(wq.name, exchange, key)
         except BaseException as exc:
             error = exc if isinstance(exc, BusError) else BusUnavailable("the wait was not bound")
-            _settle(batch, error)
+            batch.settle(error)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             log.debug("binds and unbinds of %s failed: %s", wq.name, exc)
             return
-        _settle(batch, None)
-        for key, done, bind in batch:
-            if bind and wq.binding.get(key) is done:
-                del wq.binding[key]  # bound: the key's later waits need not wait
+        batch.settle(None)
+        if batch.bind:
+            binding = wq.binding
+            for key in batch.keys:
+                if binding.get(key) is batch.done:
+                    del binding[key]  # bound: the key's later waits need not wait
 
 
-_Op = tuple[str, asyncio.Future[None], bool]  # a key, its future, and bind (True) or unbind
+@dataclass(eq=False, slots=True)
+class _Batch:
+    """Keys a lane binds (or unbinds) together, and the future their waits share."""
 
+    done: asyncio.Future[None]
+    keys: list[str]
+    bind: bool
 
-def _settle(ops: list[_Op], error: BaseException | None) -> None:
-    for _, done, bind in ops:
+    def settle(self, error: BaseException | None) -> None:
+        done = self.done
         if done.done():
-            continue
-        if error is None or not bind:
+            return  # cancelled by a wait that awaited it (the others bind again)
+        if error is None or not self.bind:
             done.set_result(None)
         else:
             done.set_exception(error)
