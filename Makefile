@@ -42,7 +42,7 @@ test: install-dev
 # says not to (PYTHONDONTWRITEBYTECODE): each worker would otherwise compile the package and
 # rewrite every test module again, half of its start. Only here: the full suite (`make test`)
 # stops and starts RabbitMQ in its fault tests and runs in one process.
-FAST_WORKERS ?= 4
+FAST_WORKERS ?= 3
 test-fast: install-dev
 	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -q -n $(FAST_WORKERS) -m "not rabbitmq and not mosquitto and not cluster and not slow and not chromium and not docs and not helm and not image"
 
