@@ -141,7 +141,7 @@ async def _run(settings: Settings) -> None:
 
 async def _serve(settings: Settings, sockets: list[socket.socket]) -> None:
     # The daemon's own registry: /metrics shows this daemon's counts, not the process's.
-    metrics = Metrics.own()
+    metrics = Metrics.own(mqtt=bool(settings.mqtt.url), triggers=bool(settings.triggers))
     async with Client(settings, metrics=metrics) as client, contextlib.AsyncExitStack() as stack:
         if settings.mqtt.url:
             from ._mqtt import MqttBridge
