@@ -222,15 +222,16 @@ async def test_resumable_waits_leave_no_channel_behind(amqp_url: str, unique_nam
         before = await connection_channels(name)
         for i in range(20):
             wait_id = f"{unique_name}-{i}"
-            # A new id (the probe finds no queue), then the same id again (it finds one).
+            # A new id (the probe finds no queue), then the same id again (it finds one). The
+            # times leave a loaded machine (CI) room to set a resumable wait up: six broker calls.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.3):
+                async with asyncio.timeout(1.0):
                     await client.wait_custom_event_until(
                         "internal", unique_name, timedelta(seconds=10), wait_id=wait_id
                     )
             assert (
                 await client.wait_custom_event_until(
-                    "internal", unique_name, timedelta(seconds=0.1), wait_id=wait_id
+                    "internal", unique_name, timedelta(seconds=0.5), wait_id=wait_id
                 )
                 is None
             )
