@@ -40,6 +40,8 @@ __all__ = [
     "POLICIES",
     "TRIGGER_JOIN",
     "TRIGGER_RESTART",
+    "WAIT_REBIND",
+    "WAIT_REBIND_ATTEMPTS",
     "Backoff",
     "RetryPolicy",
     "RetryRow",
@@ -53,6 +55,7 @@ __all__ = [
     "retry_after_first_failure",
     "trigger_join_retrying",
     "trigger_restart_retrying",
+    "wait_rebind_retrying",
 ]
 
 BeforeSleep = Callable[[RetryCallState], None]
@@ -112,6 +115,12 @@ EGRESS_RESTART = Backoff(0.5, 30.0, jitter=0.5)
 TRIGGER_JOIN = Backoff(0.5, 30.0)
 # A trigger stopped by an unexpected error: restarted after 5 s each time.
 TRIGGER_RESTART = Backoff(5.0, 5.0)
+# A wait queue bound again after a reconnect, or after the broker cancelled its consumer (its
+# node lost in a cluster: the queue is removed a moment after aio-pika restored it): again after
+# 0.2 s, doubling up to 2 s, 6 attempts in all (about 5 s). A link that is down ends it at once:
+# the next reconnect binds the queue again.
+WAIT_REBIND = Backoff(0.2, 2.0)
+WAIT_REBIND_ATTEMPTS = 6
 # RabbitMQ's first connection: 0.5 s, doubling up to ``amqp.connect_backoff_max``, with jitter,
 # for ``amqp.connect_attempts`` attempts.
 BROKER_CONNECT_FIRST = 0.5
@@ -180,6 +189,18 @@ def trigger_restart_retrying(before_sleep: BeforeSleep) -> AsyncRetrying:
     others."""
     return AsyncRetrying(
         wait=TRIGGER_RESTART, retry=retry_if_exception_type(Exception), before_sleep=before_sleep
+    )
+
+
+def wait_rebind_retrying(connected: Callable[[], bool], before_sleep: BeforeSleep) -> AsyncRetrying:
+    """Declaring and binding a wait queue again: a bus error is retried while the link is
+    ``connected``, ``WAIT_REBIND_ATTEMPTS`` attempts at most; the last error is raised."""
+    return AsyncRetrying(
+        stop=lambda state: state.attempt_number >= WAIT_REBIND_ATTEMPTS or not connected(),
+        wait=WAIT_REBIND,
+        retry=retry_if_exception_type(BusError),
+        before_sleep=before_sleep,
+        reraise=True,
     )
 
 
@@ -260,6 +281,13 @@ POLICIES: tuple[RetryRow, ...] = (
         f"{_seconds(BROKER_CONNECT_FIRST)}, doubling up to `amqp.connect_backoff_max`, "
         f"plus up to {_seconds(BROKER_CONNECT_JITTER)} at random",
         "after `amqp.connect_attempts`; at once on refused credentials or virtual host",
+    ),
+    RetryRow(
+        "RabbitMQ, a wait queue bound again",
+        "a bus error after a reconnect, or after the broker cancelled the queue's consumer",
+        WAIT_REBIND.describe(),
+        f"after {WAIT_REBIND_ATTEMPTS} attempts, or at once while disconnected "
+        "(the next reconnect binds it again)",
     ),
     RetryRow(
         "group redelivery (`retry`)",

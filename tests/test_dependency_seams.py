@@ -75,6 +75,18 @@ def test_aio_pika_still_reports_a_lost_connection_through_its_hook() -> None:
     )
 
 
+def test_aio_pika_still_reopens_a_channel_with_callbacks_and_aiormq_reports_cancels() -> None:
+    # adapter/_bus/amqp/_waits.py watches each wait channel for a consumer the broker cancelled
+    # (its queue deleted) through these two, re-added on every reopen.
+    from aio_pika import RobustChannel
+    from aiormq import Channel
+
+    assert "reopen_callbacks" in inspect.getsource(RobustChannel.__init__)
+    assert "self.reopen_callbacks()" in inspect.getsource(RobustChannel.reopen)
+    assert "on_consumer_cancel_callbacks" in inspect.getsource(Channel.__init__)
+    assert "on_consumer_cancel_callbacks" in inspect.getsource(Channel._on_cancel_frame)
+
+
 def test_uvicorn_still_has_the_httptools_hooks_the_bounded_protocol_overrides() -> None:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import subprocess
 import sys
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import aio_pika
 import httpx
@@ -43,6 +44,7 @@ from adapter import (
     WaitConflict,
     load_settings,
 )
+from adapter._bus._base import Subscription
 from adapter._bus.amqp._queues import dead_queue, group_queue, retained_stream
 from adapter._cli import shown_text
 from adapter._listen import command_environment
@@ -334,6 +336,78 @@ async def test_a_burst_of_resumable_waits_closes_nothing(amqp_url: str, unique_n
             while (after := await connection_channels(name)) != before:
                 print("channels", after, "before", before)
                 await asyncio.sleep(0.5)
+
+
+@pytest.mark.rabbitmq
+async def test_a_wait_queue_deleted_under_its_waits_is_declared_and_bound_again(
+    amqp_url: str, unique_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What a cluster does to the wait queue of a node it lost, a moment after aio-pika restored
+    # it (CI saw it: tests/test_cluster.py), and what anyone with configure permission can do.
+    # aio-pika re-declares the queue for the cancelled consumer, but not the waits' bindings.
+    settings = load_settings(amqp={"url": amqp_url, "reconnect_interval": 0.2})
+    async with Client(settings) as client:
+        bus = client.bus
+        deadline = datetime.now(UTC) + timedelta(seconds=60)
+        subscription = bus.subscribe("internal", unique_name, deadline)
+        async with subscription:
+            assert (await client.send_custom_event(unique_name, {"n": "0"})).routed
+            assert (await _next_event(subscription)).properties == {"n": "0"}
+            (queue,) = [wq.name for wq in bus.waits._wait_queues.values()]  # type: ignore[attr-defined]
+            connection = await aio_pika.connect(amqp_url)
+            async with connection:
+                channel = await connection.channel()
+                await channel.queue_delete(queue)
+            routed = None
+            async with asyncio.timeout(15):
+                for n in itertools.count(1):
+                    if (await client.send_custom_event(unique_name, {"n": str(n)})).routed:
+                        routed = str(n)
+                        break
+                    await asyncio.sleep(0.05)
+            assert (await _next_event(subscription)).properties == {"n": routed}
+            # A later wait of the same bucket shares the queue, bound again.
+            async with client.expect("internal", f"{unique_name}.later", until=deadline) as later:
+                assert (await client.send_custom_event(f"{unique_name}.later")).routed
+                assert await later is not None
+        assert bus.connected
+    assert "cancelled the consumer" in caplog.text
+
+
+@pytest.mark.rabbitmq
+async def test_a_wait_queue_moves_to_a_new_name_when_its_node_changed(
+    amqp_url: str, unique_name: str
+) -> None:
+    # A lost cluster node's clean-up deletes its transient queues by name, even one declared
+    # again on another node a moment before (rabbitmq-server#6271): after a failover, a wait
+    # queue goes on under a new name. The node change is simulated: this broker has one node.
+    settings = load_settings(amqp={"url": amqp_url, "reconnect_interval": 0.2})
+    async with Client(settings) as client:
+        bus = client.bus
+        subscription = bus.subscribe(
+            "internal", unique_name, datetime.now(UTC) + timedelta(seconds=60)
+        )
+        async with subscription:
+            (wq,) = bus.waits._wait_queues.values()  # type: ignore[attr-defined]
+            old = wq.name
+            wq.node = "amqp://guest:***@the-lost-node:5672/"
+            await bus.waits.rebind()  # type: ignore[attr-defined]
+            assert wq.name != old and wq.node == bus.node
+            assert await queues_named(old) == []
+            assert await queues_named(wq.name) == [wq.name]
+            assert (await client.send_custom_event(unique_name, {"n": "1"})).routed
+            assert (await _next_event(subscription)).properties == {"n": "1"}
+            with pytest.raises(TimeoutError):  # routed to one queue: dispatched once
+                async with asyncio.timeout(0.5):
+                    await subscription.get()
+        assert await queues_named(wq.name) == []
+
+
+async def _next_event(subscription: Subscription) -> Event:
+    async with asyncio.timeout(10):
+        event = await subscription.get()
+    assert event is not None
+    return event
 
 
 @pytest.mark.rabbitmq

@@ -232,6 +232,36 @@ async def test_the_trigger_policies_retry_their_errors_and_let_others_through() 
     assert pauses == [5.0, 5.0]
 
 
+async def test_a_wait_queue_is_bound_again_a_few_times_and_only_while_connected() -> None:
+    connected = [True]
+    rebind = _retry.wait_rebind_retrying(lambda: connected[0], lambda _: None)
+    pauses = _recording(rebind)
+    call, _ = _failing([BusUnavailable("node down"), BusError("404")])
+    assert await rebind(call) == "done"
+    assert pauses == [0.2, 0.4]
+
+    rebind = _retry.wait_rebind_retrying(lambda: True, lambda _: None)
+    pauses = _recording(rebind)
+    call, calls = _failing([BusUnavailable("down")] * 10)
+    with pytest.raises(BusUnavailable):
+        await rebind(call)
+    assert calls == [_retry.WAIT_REBIND_ATTEMPTS]
+    assert pauses == [0.2, 0.4, 0.8, 1.6, 2.0]
+
+    # The link went down: the next reconnect binds it again, so no retry meanwhile.
+    connected[0] = False
+    rebind = _retry.wait_rebind_retrying(lambda: connected[0], lambda _: None)
+    pauses = _recording(rebind)
+    call, calls = _failing([BusUnavailable("down")] * 3)
+    with pytest.raises(BusUnavailable):
+        await rebind(call)
+    assert (calls, pauses) == ([1], [])
+
+    call, _ = _failing([RuntimeError("a bug")])
+    with pytest.raises(RuntimeError):
+        await _retry.wait_rebind_retrying(lambda: True, lambda _: None)(call)
+
+
 @pytest.mark.parametrize(
     "make",
     [
@@ -239,6 +269,7 @@ async def test_the_trigger_policies_retry_their_errors_and_let_others_through() 
         lambda: egress_bind_retrying(lambda _: None),
         lambda: _retry.egress_restart_retrying(lambda _: None),
         lambda: _retry.mqtt_reconnect_retrying(lambda _: None),
+        lambda: _retry.wait_rebind_retrying(lambda: True, lambda _: None),
     ],
 )
 async def test_a_cancel_is_never_retried(make: Callable[[], AsyncRetrying]) -> None:
@@ -252,7 +283,7 @@ async def test_a_cancel_is_never_retried(make: Callable[[], AsyncRetrying]) -> N
 
 def test_the_docs_table_names_every_policy() -> None:
     uses = [row.use for row in _retry.POLICIES]
-    assert len(uses) == len(set(uses)) == 8
+    assert len(uses) == len(set(uses)) == 9
     pauses = " ".join(row.pauses for row in _retry.POLICIES)
     assert "0.1 s, doubling up to 2 s" in pauses
     assert "1 s, doubling up to 30 s, plus up to 1 s at random" in pauses

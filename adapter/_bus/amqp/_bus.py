@@ -82,7 +82,6 @@ class AmqpBus(Bus):
         self._groups = AmqpGroups(
             self.link, self.policy, check_open=self._check_open, refused=refused, clock=clock
         )
-        self._tasks: set[asyncio.Task[None]] = set()
         self.link.on_reconnect.append(self._reconnected)
 
     @property
@@ -116,18 +115,11 @@ class AmqpBus(Bus):
             raise
 
     def _reconnected(self) -> None:
-        if self.waits.active_wait_queues:
-            task = asyncio.get_running_loop().create_task(
-                self.waits.rebind(), name="customevent-amqp-rebind"
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        self.waits.rebind_soon()
 
     async def close(self) -> None:
         await self._retained.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.waits.close()
         await self.link.close()
 
     # -- publishing ------------------------------------------------------------------------

@@ -22,11 +22,11 @@ import logging
 import math
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
 import aiormq
 from aio_pika.abc import (
@@ -34,10 +34,12 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustChannel,
 )
+from tenacity import RetryCallState
 
 from ..._event import Event
 from ..._exceptions import BusError, BusUnavailable
 from ..._names import Kind
+from ..._retry import failure_of, wait_rebind_retrying
 from ..._settings import LimitsSettings
 from .._base import ResumableWaits, Subscription, SubscriptionIndex, seconds_until
 from ._codec import BadMessage, Policy, decode
@@ -78,6 +80,9 @@ class _WaitQueue:
         self.binding: dict[str, asyncio.Future[None]] = {}
         self.members = 0
         self.consumer_tag: str | None = None
+        # The channel the queue is declared and consumed on, and the node it lives on.
+        self.home: AbstractRobustChannel | None = None
+        self.node: str | None = None
         # A key's binds and unbinds go, in order, over the lane its key hashes to (one per wait
         # channel), so an unbind can never overtake a bind of the same key, with no lock per key.
         self.lanes = [_Lane(self, channel) for channel in waits.channels]
@@ -85,16 +90,11 @@ class _WaitQueue:
     async def open(
         self, channels: Sequence[AbstractRobustChannel], home: int, expires_ms: int
     ) -> None:
+        self.home = channels[home]
         try:
             # Declared and consumed on its home channel: aio-pika re-declares and re-consumes it
             # after a reconnect. Its bindings are this object's to restore (``rebind``).
-            self.queue = queue = await channels[home].declare_queue(
-                self.name,
-                durable=False,
-                auto_delete=False,
-                arguments=wait_queue_arguments(expires_ms),
-            )
-            self.consumer_tag = await queue.consume(self._on_message, no_ack=True)
+            await self._declare(self.home, expires_ms)
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
                 self.ready.cancel()  # the waits sharing this queue see it as unavailable
@@ -104,6 +104,16 @@ class _WaitQueue:
                 self.ready.exception()
             raise
         self.ready.set_result(None)
+
+    async def _declare(self, home: AbstractRobustChannel, expires_ms: int) -> None:
+        self.queue = queue = await home.declare_queue(
+            self.name,
+            durable=False,
+            auto_delete=False,
+            arguments=wait_queue_arguments(expires_ms),
+        )
+        self.consumer_tag = await queue.consume(self._on_message, no_ack=True)
+        self.node = self.waits.link.node
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         key = message.routing_key or ""
@@ -155,15 +165,65 @@ class _WaitQueue:
         return None
 
     async def rebind(self) -> None:
-        """Bind every key again after a reconnect. A queue that outlived the outage kept its
-        bindings (binding again changes nothing); one the broker lost (a restart, or an outage
-        longer than its expiry) came back empty from aio-pika's re-declare."""
-        again = {self._lane(key).push(key, bind=True) for key in list(self.keys)}
-        # A batch's future is shared with waits being set up; one that was called off cancels
-        # it, which is no failure of the binds.
-        for outcome in await asyncio.gather(*again, return_exceptions=True):
-            if isinstance(outcome, Exception):
-                raise outcome
+        """Declare the queue and bind every key again: after a reconnect, or after the broker
+        cancelled the queue's consumer. Retried a few times while the link is up
+        (``_retry.wait_rebind_retrying``).
+
+        On the node it lived on, the queue outlived a short outage with its bindings (declaring
+        and binding again change nothing), or came back empty from aio-pika's re-declare (a
+        restart, an outage longer than its expiry), or was deleted (by hand: aio-pika declares
+        it again for its cancelled consumer, but the bindings are ours, raw ``nowait`` binds it
+        never saw). On another node (the old one lost), it moves to a new name: RabbitMQ's
+        clean-up of a lost node deletes its transient queues *by name* a moment after they were
+        declared again elsewhere (rabbitmq-server#6271, #9798; CI saw it on 3.10), leaving the
+        consumer on a queue nothing is routed to, and with no cancel to tell."""
+        queue = self.queue
+        if queue is None:
+            return  # still being opened: its binds wait in the lanes for it
+        link = self.waits.link
+
+        def note(state: RetryCallState) -> None:
+            error = failure_of(state)
+            log.info("binding the waits of %s again failed, retrying: %s", self.name, error)
+
+        async for attempt in wait_rebind_retrying(lambda: link.connected, note):
+            with attempt:
+                if self.node != link.node:
+                    await self._move()
+                else:
+                    await self._declare_again(queue)
+                again = {self._lane(key).push(key, bind=True) for key in list(self.keys)}
+                # A batch's future is shared with waits being set up; one that was called off
+                # cancels it, which is no failure of the binds.
+                for outcome in await asyncio.gather(*again, return_exceptions=True):
+                    if isinstance(outcome, Exception):
+                        raise outcome
+
+    async def _move(self) -> None:
+        """Go on under a new name on the node the link is on now; the old queue goes first, so
+        that no event is routed to both and dispatched twice."""
+        old, tag, home = self.queue, self.consumer_tag, self.home
+        assert old is not None and home is not None
+        waits = self.waits
+        async with waits.link.call("the wait queue was not moved"):
+            await waits.link.tidy(f"delete {self.name}", lambda: _drop(old, tag))
+            previous = self.name
+            self.name = waits.new_name(self.bucket_end)
+            expires = self.bucket_end - datetime.now().timestamp() + waits.grace
+            await self._declare(home, max(int(expires * 1000), 1000))
+        log.info("wait queue %s moved to %s on %s", previous, self.name, self.node)
+
+    async def _declare_again(self, queue: AbstractQueue) -> None:
+        """Declare the queue as it was opened, on a probe channel: a node that is down answers
+        404, which must not close a wait channel."""
+        async with self.waits.link.call("the wait queue was not declared again"):
+            declared = await self.waits.link.probe(
+                lambda channel: channel.queue_declare(
+                    self.name, durable=False, auto_delete=False, arguments=queue.arguments
+                )
+            )
+        if not declared:
+            raise BusUnavailable(f"RabbitMQ could not declare {self.name} again (its node is down)")
 
 
 # Binds in flight at once over all the lanes of a wait queue: a batch must be answered within
@@ -499,10 +559,30 @@ class Waits:
         self._next_channel = itertools.count()
         self._wait_queues: dict[int, _WaitQueue] = {}
         self._generation = itertools.count()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
         for _ in range(self.link.settings.channels):
-            self.channels.append(await self.link.new_channel())
+            channel = await self.link.new_channel()
+            await self._watch_cancels(channel)
+            # Each reopen (a reconnect, or the broker closing the channel) is a new channel
+            # underneath, which needs the callback again.
+            channel.reopen_callbacks.add(self._watch_cancels)
+            self.channels.append(channel)
+
+    async def _watch_cancels(self, channel: AbstractRobustChannel | None, /) -> None:
+        if channel is None:  # aio-pika's callbacks allow for a sender that is gone
+            return
+        underlay = await channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(self._consumer_cancelled)
+
+    def _consumer_cancelled(self, frame: aiormq.spec.Basic.Cancel) -> None:
+        """The broker cancelled a consumer: when it is a wait queue's, the queue was deleted (its
+        node lost, or someone deleted it), so it is declared and bound again."""
+        for wq in list(self._wait_queues.values()):
+            if wq.consumer_tag == frame.consumer_tag:
+                log.warning("RabbitMQ cancelled the consumer of %s: binding it again", wq.name)
+                self._spawn(self._rebind_one(wq))
 
     def subscribe(
         self,
@@ -516,12 +596,30 @@ class Waits:
             return _ResumableSubscription(self, kind, pattern, deadline, wait_id, match)
         return _AmqpSubscription(self, kind, pattern, deadline, match)
 
+    def rebind_soon(self) -> None:
+        """Bind the waits again in the background (after a reconnect)."""
+        if self._wait_queues:
+            self._spawn(self.rebind())
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work, name="customevent-amqp-rebind")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
     async def rebind(self) -> None:
         for wq in list(self._wait_queues.values()):
-            try:
-                await wq.rebind()
-            except (*UNAVAILABLE, aiormq.exceptions.AMQPError) as exc:
-                log.warning("could not bind the waits of %s again: %s", wq.name, exc)
+            await self._rebind_one(wq)
+
+    async def _rebind_one(self, wq: _WaitQueue) -> None:
+        try:
+            await wq.rebind()
+        except (BusError, *UNAVAILABLE, aiormq.exceptions.AMQPError) as exc:
+            log.warning("could not bind the waits of %s again: %s", wq.name, exc)
 
     @property
     def active_wait_queues(self) -> int:
@@ -544,13 +642,15 @@ class Waits:
         wq.members += 1
         return wq
 
+    def new_name(self, bucket_end: float) -> str:
+        return wait_queue(self._client_id, int(bucket_end), next(self._generation))
+
     async def _wait_queue_for(self, deadline: datetime) -> _WaitQueue:
         bucket = _bucket(deadline)
         end_epoch = float(bucket)
         wq = self._wait_queues.get(bucket)
         if wq is None:
-            name = wait_queue(self._client_id, bucket, next(self._generation))
-            wq = _WaitQueue(self, name, end_epoch)
+            wq = _WaitQueue(self, self.new_name(end_epoch), end_epoch)
             self._wait_queues[bucket] = wq
             home = next(self._next_channel) % len(self.channels)
             expires = end_epoch - datetime.now().timestamp() + self.grace
