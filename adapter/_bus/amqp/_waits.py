@@ -83,6 +83,9 @@ class _WaitQueue:
         # The channel the queue is declared and consumed on, and the node it lives on.
         self.home: AbstractRobustChannel | None = None
         self.node: str | None = None
+        # A reconnect and a cancel may both rebind the queue: one at a time, or two moves could
+        # each declare a new queue, and one would be left consuming the same events.
+        self.rebinding = asyncio.Lock()
         # A key's binds and unbinds go, in order, over the lane its key hashes to (one per wait
         # channel), so an unbind can never overtake a bind of the same key, with no lock per key.
         self.lanes = [_Lane(self, channel) for channel in waits.channels]
@@ -177,8 +180,7 @@ class _WaitQueue:
         clean-up of a lost node deletes its transient queues *by name* a moment after they were
         declared again elsewhere (rabbitmq-server#6271, #9798; CI saw it on 3.10), leaving the
         consumer on a queue nothing is routed to, and with no cancel to tell."""
-        queue = self.queue
-        if queue is None:
+        if self.queue is None:
             return  # still being opened: its binds wait in the lanes for it
         link = self.waits.link
 
@@ -186,8 +188,26 @@ class _WaitQueue:
             error = failure_of(state)
             log.info("binding the waits of %s again failed, retrying: %s", self.name, error)
 
+        async with self.rebinding:
+            try:
+                await self._rebind(link, note)
+            finally:
+                if self.members <= 0:  # its last wait left meanwhile
+                    await self.drop()
+
+    async def drop(self) -> None:
+        """Delete the queue (a clean-up: bounded, failures logged)."""
+        queue = self.queue
+        if queue is not None:
+            await self.waits.link.tidy(
+                f"delete {self.name}", lambda: _drop(queue, self.consumer_tag)
+            )
+
+    async def _rebind(self, link: BrokerLink, note: Callable[[RetryCallState], None]) -> None:
         async for attempt in wait_rebind_retrying(lambda: link.connected, note):
             with attempt:
+                queue = self.queue
+                assert queue is not None
                 if self.node != link.node:
                     await self._move()
                 else:
@@ -672,6 +692,6 @@ class Waits:
         for bucket, current in list(self._wait_queues.items()):
             if current is wq:
                 del self._wait_queues[bucket]
-        queue = wq.queue
-        if queue is not None:
-            await self.link.tidy(f"delete {wq.name}", lambda: _drop(queue, wq.consumer_tag))
+        if wq.rebinding.locked():
+            return  # the rebind under way (it may move the queue) deletes it when done
+        await wq.drop()
