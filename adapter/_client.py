@@ -25,6 +25,7 @@ from ._metrics import Metrics, default_metrics
 from ._names import Kind, validate_kind, validate_name, validate_pattern
 from ._properties import check_limits, check_properties, parse_properties
 from ._settings import Settings, default_settings, load_settings
+from ._setup_bounds import SetUpBounds
 from ._times import check_retain, resolve_deadline
 from ._tracing import consuming, enabled, publishing, with_current_trace
 
@@ -105,15 +106,22 @@ class Expectation:
         # Bound by its deadline (plus a moment for the round trip) at the latest: a bus that
         # cannot bind it by then (a broker that stopped answering) is unavailable, and the
         # caller hears so in time. Inline, not a method: a burst of waits holds one frame each
-        # fewer.
+        # fewer; and one timer for the waits whose bounds are alike (``_setup_bounds``), not one
+        # each.
+        task: asyncio.Task[object] = asyncio.current_task()  # type: ignore[assignment]
+        cancelling = task.cancelling()
+        remaining = max(seconds_until(subscription.deadline), 0.0)
+        slot = client._setup_bounds.enter(task, remaining + _BIND_MARGIN)
         try:
-            remaining = max(seconds_until(subscription.deadline), 0.0)
-            async with asyncio.timeout(remaining + _BIND_MARGIN):
-                await subscription.__aenter__()
-        except TimeoutError:
-            raise BusUnavailable(
-                f"the {client.bus.name} bus could not bind the wait before its deadline"
-            ) from None
+            await subscription.__aenter__()
+        except asyncio.CancelledError:
+            if slot.cut(task, cancelling):
+                raise BusUnavailable(
+                    f"the {client.bus.name} bus could not bind the wait before its deadline"
+                ) from None
+            raise
+        finally:
+            slot.leave(task)
         client._active_waits += 1
         return self
 
@@ -187,6 +195,7 @@ class Client:
         )
         self._state = "unopened"
         self._active_waits = 0
+        self._setup_bounds = SetUpBounds()
 
     async def __aenter__(self) -> Self:
         if self._state != "unopened":
