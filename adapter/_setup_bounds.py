@@ -8,13 +8,20 @@ bounds fall in one 50 ms slot share one timer, and each costs an entry in its sl
 
 A set-up is cut as ``asyncio.timeout`` cuts its block: the timer cancels the task, and the
 cancellation that reaches the set-up is taken for the bound's (``cut``) only if no other
-cancellation of the task is pending; the caller then raises its own error.
+cancellation of the task is pending; the set-up then raises ``BusUnavailable``.
+
+A client's waits are entered through ``Subscription.enter`` (``_bus/_base.py``), given these
+bounds, so that a burst holds one coroutine a wait, not one for the client's entry and one for
+the bus's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+from datetime import UTC, datetime
+
+from ._exceptions import BusUnavailable
 
 __all__ = ["SetUpBounds"]
 
@@ -67,12 +74,30 @@ class _Slot:
 
 
 class SetUpBounds:
-    """The set-up bounds of one event loop's waits (a ``Client``'s)."""
+    """The set-ups of one client's waits: their bounds (the deadline plus ``margin``, on one
+    event loop) and how many waits are bound (``active``)."""
 
-    __slots__ = ("_slots",)
+    __slots__ = ("_slots", "active", "bus_name", "margin")
 
-    def __init__(self) -> None:
+    def __init__(self, bus_name: str, margin: float) -> None:
         self._slots: dict[int, _Slot] = {}
+        self.bus_name = bus_name
+        self.margin = margin
+        self.active = 0
+
+    def start(self, deadline: datetime) -> tuple[asyncio.Task[object], int, _Slot]:
+        """Bound the current task's set-up of a wait with ``deadline``: the task, its count of
+        cancellations (for ``cut``) and the slot to ``leave`` when the set-up ends."""
+        task: asyncio.Task[object] = asyncio.current_task()  # type: ignore[assignment]
+        remaining = max((deadline - datetime.now(UTC)).total_seconds(), 0.0)
+        return task, task.cancelling(), self.enter(task, remaining + self.margin)
+
+    def cut(self, slot: _Slot, task: asyncio.Task[object], cancelling: int) -> None:
+        """On ``CancelledError`` in a set-up: ``BusUnavailable`` if it was its bound's."""
+        if slot.cut(task, cancelling):
+            raise BusUnavailable(
+                f"the {self.bus_name} bus could not bind the wait before its deadline"
+            ) from None
 
     def enter(self, task: asyncio.Task[object], seconds: float) -> _Slot:
         """Bound ``task``'s set-up to ``seconds`` from now (rounded up to its slot's end); the

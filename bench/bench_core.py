@@ -471,7 +471,11 @@ def _cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     add_common_arguments(parser)
     parser.add_argument("--hold", type=int, metavar="N", help="hold N waits; print figures")
-    parser.add_argument("--exchange", help="with --hold: the run's exchange")
+    parser.add_argument(
+        "--exchange",
+        default="customevent",
+        help="with --hold: the run's exchange (default: the bridge's own, customevent)",
+    )
     parser.add_argument(
         "--match", action="store_true", help="with --hold: on one name, each matching its own key"
     )

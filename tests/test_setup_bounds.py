@@ -32,7 +32,7 @@ async def _set_up(bounds: SetUpBounds, seconds: float, work: asyncio.Future[None
 
 
 async def test_set_ups_with_alike_bounds_share_one_timer_and_leave_none() -> None:
-    bounds = SetUpBounds()
+    bounds = SetUpBounds("test", 1.0)
     work = asyncio.get_running_loop().create_future()
     tasks = [asyncio.create_task(_set_up(bounds, 5.0, work)) for _ in range(1000)]
     await asyncio.sleep(0)
@@ -43,7 +43,7 @@ async def test_set_ups_with_alike_bounds_share_one_timer_and_leave_none() -> Non
 
 
 async def test_a_set_up_past_its_bound_is_cut_by_it_and_the_others_go_on() -> None:
-    bounds = SetUpBounds()
+    bounds = SetUpBounds("test", 1.0)
     loop = asyncio.get_running_loop()
     slow, quick = loop.create_future(), loop.create_future()
     started = loop.time()
@@ -61,7 +61,7 @@ async def test_a_set_up_past_its_bound_is_cut_by_it_and_the_others_go_on() -> No
 
 
 async def test_a_cancellation_from_elsewhere_stays_a_cancellation() -> None:
-    bounds = SetUpBounds()
+    bounds = SetUpBounds("test", 1.0)
     work = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(_set_up(bounds, 5.0, work))
     await asyncio.sleep(0)
@@ -72,7 +72,7 @@ async def test_a_cancellation_from_elsewhere_stays_a_cancellation() -> None:
 
 
 async def test_a_cancellation_from_elsewhere_wins_over_the_bound_at_the_same_moment() -> None:
-    bounds = SetUpBounds()
+    bounds = SetUpBounds("test", 1.0)
     work = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(_set_up(bounds, 0.05, work))
     await asyncio.sleep(0)
@@ -87,7 +87,7 @@ async def test_a_cancellation_from_elsewhere_wins_over_the_bound_at_the_same_mom
 
 
 async def test_a_cut_that_the_set_up_swallowed_does_not_hit_the_caller_later() -> None:
-    bounds = SetUpBounds()
+    bounds = SetUpBounds("test", 1.0)
 
     async def swallowing() -> str:
         task: asyncio.Task[object] = asyncio.current_task()  # type: ignore[assignment]

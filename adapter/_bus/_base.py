@@ -11,12 +11,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self, TypeVar
 
 from .._event import Event
 from .._exceptions import ClientStateError, InvalidInput, LimitExceeded, WaitConflict
 from .._groups import DeadLetter, GroupInfo, GroupOptions, GroupSubscription
 from .._names import Kind, pattern_matches
+
+if TYPE_CHECKING:
+    from .._setup_bounds import SetUpBounds
+
+T = TypeVar("T")
 
 __all__ = [
     "BROKER_SCHEMES",
@@ -273,6 +278,22 @@ class Subscription(abc.ABC):
     def _take(self, event: Event) -> Event:
         """Hook for subscriptions that must acknowledge what they hand out."""
         return event
+
+    async def enter(self, setups: SetUpBounds, owner: T) -> T:
+        """``async with`` entry as a client makes it (``Expectation``): ``__aenter__`` bounded by
+        the deadline plus a margin, counted in ``setups.active``; gives ``owner``. A client's
+        entry is this one coroutine: a subscription whose set-up is its own may inline it here
+        and keep a burst of waits to one coroutine each (the AMQP waits do)."""
+        task, cancelling, slot = setups.start(self.deadline)
+        try:
+            await self.__aenter__()
+        except asyncio.CancelledError:
+            setups.cut(slot, task, cancelling)
+            raise
+        finally:
+            slot.leave(task)
+        setups.active += 1
+        return owner
 
     @abc.abstractmethod
     async def __aenter__(self) -> Self: ...
