@@ -391,7 +391,17 @@ async def test_a_wait_queue_moves_to_a_new_name_when_its_node_changed(
             (wq,) = bus.waits._wait_queues.values()  # type: ignore[attr-defined]
             old = wq.name
             wq.node = "amqp://guest:***@the-lost-node:5672/"
-            await bus.waits.rebind()  # type: ignore[attr-defined]
+            moving = asyncio.create_task(bus.waits.rebind())  # type: ignore[attr-defined]
+            await asyncio.sleep(0)
+            # A wait on the held key, set up during the move, is bound on the new queue when
+            # its entry returns: the event sent at once reaches it.
+            until = timedelta(seconds=30)
+            async with client.expect("internal", unique_name, until=until) as during:
+                assert (await client.send_custom_event(unique_name, {"n": "during"})).routed
+                answered = await during
+            assert answered is not None and answered.properties == {"n": "during"}
+            await moving
+            assert (await _next_event(subscription)).properties == {"n": "during"}
             assert wq.name != old and wq.node == bus.node
             assert await queues_named(old) == []
             assert await queues_named(wq.name) == [wq.name]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -181,7 +182,7 @@ class _WaitQueue:
         clean-up of a lost node deletes its transient queues *by name* a moment after they were
         declared again elsewhere (rabbitmq-server#6271, #9798; CI saw it on 3.10), leaving the
         consumer on a queue nothing is routed to, and with no cancel to tell."""
-        if self.queue is None:
+        if self.queue is None or not self.ready.done():
             return  # still being opened: its binds wait in the lanes for it
         link = self.waits.link
 
@@ -189,12 +190,34 @@ class _WaitQueue:
             error = failure_of(state)
             log.info("binding the waits of %s again failed, retrying: %s", self.name, error)
 
-        async with self.rebinding:
-            try:
-                await self._rebind(link, note)
-            finally:
-                if self.members <= 0:  # its last wait left meanwhile
-                    await self.drop()
+        # A wait that comes for a held key meanwhile waits for the keys to be bound again, not
+        # taking the key for bound while the broker may have no binding for it.
+        rebound = asyncio.get_running_loop().create_future()
+        binding = self.binding
+        for key in self.keys:
+            binding[key] = rebound
+        outcome: BaseException | None = BusUnavailable("the wait was not bound again")
+        try:
+            async with self.rebinding:
+                try:
+                    await self._rebind(link, note)
+                    outcome = None
+                finally:
+                    if self.members <= 0:  # its last wait left meanwhile
+                        await self.drop()
+        except BaseException as exc:
+            outcome = exc if isinstance(exc, BusError) else outcome
+            raise
+        finally:
+            for key, bound in list(binding.items()):
+                if bound is rebound:
+                    del binding[key]
+            if not rebound.done():
+                if outcome is None:
+                    rebound.set_result(None)
+                else:
+                    rebound.set_exception(outcome)
+                    rebound.exception()  # heard by the waits that awaited it, if any
 
     async def drop(self) -> None:
         """Delete the queue (a clean-up: bounded, failures logged)."""
@@ -205,34 +228,54 @@ class _WaitQueue:
             )
 
     async def _rebind(self, link: BrokerLink, note: Callable[[RetryCallState], None]) -> None:
-        async for attempt in wait_rebind_retrying(lambda: link.connected, note):
-            with attempt:
-                queue = self.queue
-                assert queue is not None
-                if self.node != link.node:
-                    await self._move()
-                else:
-                    await self._declare_again(queue)
-                again = {self._lane(key).push(key, bind=True) for key in list(self.keys)}
-                # A batch's future is shared with waits being set up; one that was called off
-                # cancels it, which is no failure of the binds.
-                for outcome in await asyncio.gather(*again, return_exceptions=True):
-                    if isinstance(outcome, Exception):
-                        raise outcome
+        # A queue moved away from: deleted once every key is bound on the new one.
+        moved_from: list[tuple[str, AbstractQueue]] = []
+        try:
+            async for attempt in wait_rebind_retrying(lambda: link.connected, note):
+                with attempt:
+                    queue = self.queue
+                    assert queue is not None
+                    if self.node != link.node:
+                        moved_from.append(await self._move())
+                    else:
+                        await self._declare_again(queue)
+                    again = {self._lane(key).push(key, bind=True) for key in list(self.keys)}
+                    # A batch's future is shared with waits being set up; one that was called
+                    # off cancels it, which is no failure of the binds.
+                    for outcome in await asyncio.gather(*again, return_exceptions=True):
+                        if isinstance(outcome, Exception):
+                            raise outcome
+        finally:
+            # After the binds, since a lane may still be confirming a batch sent to the old
+            # name; a queue left undeleted (the link down) expires with its bucket.
+            for name, old in moved_from:
+                await link.tidy(f"delete {name}", functools.partial(_drop, old, None))
 
-    async def _move(self) -> None:
-        """Go on under a new name on the node the link is on now; the old queue goes first, so
-        that no event is routed to both and dispatched twice."""
+    async def _move(self) -> tuple[str, AbstractQueue]:
+        """Go on under a new name on the node the link is on now: the new queue is declared and
+        consumed first, then the wait queue switches to it in one step (a lane reads the name
+        per batch), then the old queue's consumer is cancelled, so that no event is dispatched
+        from both. The old name and queue, to delete once the keys are bound on the new one."""
         old, tag, home = self.queue, self.consumer_tag, self.home
         assert old is not None and home is not None
         waits = self.waits
+        name = waits.new_name(self.bucket_end)
+        expires = self.bucket_end - datetime.now().timestamp() + waits.grace
         async with waits.link.call("the wait queue was not moved"):
-            await waits.link.tidy(f"delete {self.name}", lambda: _drop(old, tag))
-            previous = self.name
-            self.name = waits.new_name(self.bucket_end)
-            expires = self.bucket_end - datetime.now().timestamp() + waits.grace
-            await self._declare(home, max(int(expires * 1000), 1000))
-        log.info("wait queue %s moved to %s on %s", previous, self.name, self.node)
+            queue = await home.declare_queue(
+                name,
+                durable=False,
+                auto_delete=False,
+                arguments=wait_queue_arguments(max(int(expires * 1000), 1000)),
+            )
+            consumer_tag = await queue.consume(self._on_message, no_ack=True)
+        previous = self.name
+        self.name, self.queue, self.consumer_tag = name, queue, consumer_tag
+        self.node = waits.link.node
+        if tag is not None:
+            await waits.link.tidy(f"cancel the consumer of {previous}", lambda: old.cancel(tag))
+        log.info("wait queue %s moved to %s on %s", previous, name, self.node)
+        return previous, old
 
     async def _declare_again(self, queue: AbstractQueue) -> None:
         """Declare the queue as it was opened, on a probe channel: a node that is down answers
@@ -315,14 +358,15 @@ class _Lane:
         try:
             async with link.call("the wait was not bound"):
                 channel = await self.channel.get_underlay_channel()
+                name = wq.name  # once: a move renames the queue (and binds every key again)
                 if batch.bind:
                     for key in batch.keys:
-                        await channel.queue_bind(wq.name, exchange, key, nowait=True)
+                        await channel.queue_bind(name, exchange, key, nowait=True)
                     # The call that says the binds took effect.
-                    await channel.queue_declare(wq.name, passive=True)
+                    await channel.queue_declare(name, passive=True)
                 else:
                     for key in batch.keys:
-                        await channel.queue_unbind(wq.name, exchange, key)
+                        await channel.queue_unbind(name, exchange, key)
         except BaseException as exc:
             error = exc if isinstance(exc, BusError) else BusUnavailable("the wait was not bound")
             batch.settle(error)
@@ -597,6 +641,7 @@ class Waits:
         self._wait_queues: dict[int, _WaitQueue] = {}
         self._generation = itertools.count()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     async def open(self) -> None:
         for _ in range(self.link.settings.channels):
@@ -639,11 +684,15 @@ class Waits:
             self._spawn(self.rebind())
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        if self._closed:
+            work.close()  # a cancel reported while the bus closes
+            return
         task = asyncio.get_running_loop().create_task(work, name="customevent-amqp-rebind")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
+        self._closed = True
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
