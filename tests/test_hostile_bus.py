@@ -384,19 +384,25 @@ async def test_a_wait_queue_moves_to_a_new_name_when_its_node_changed(
     settings = load_settings(amqp={"url": amqp_url, "reconnect_interval": 0.2})
     async with Client(settings) as client:
         bus = client.bus
-        subscription = bus.subscribe(
-            "internal", unique_name, datetime.now(UTC) + timedelta(seconds=60)
-        )
+        deadline = datetime.now(UTC) + timedelta(seconds=60)
+        subscription = bus.subscribe("internal", unique_name, deadline)
         async with subscription:
             (wq,) = bus.waits._wait_queues.values()  # type: ignore[attr-defined]
             old = wq.name
+            # The broker has lost the binding (as with a queue re-created empty): a wait that
+            # took its key for bound before the move has bound it again would miss its event.
+            connection = await aio_pika.connect(amqp_url)
+            async with connection:
+                raw = await (await connection.channel()).get_underlay_channel()
+                await raw.queue_unbind(old, bus.destination, f"internal.{unique_name}")
             wq.node = "amqp://guest:***@the-lost-node:5672/"
             moving = asyncio.create_task(bus.waits.rebind())  # type: ignore[attr-defined]
             await asyncio.sleep(0)
-            # A wait on the held key, set up during the move, is bound on the new queue when
-            # its entry returns: the event sent at once reaches it.
-            until = timedelta(seconds=30)
-            async with client.expect("internal", unique_name, until=until) as during:
+            # A wait on the held key (the same deadline: the same wait queue), set up during
+            # the move, is bound on the new queue when its entry returns: the event sent at
+            # once reaches it, and the first wait too.
+            async with client.expect("internal", unique_name, until=deadline) as during:
+                assert bus.waits.active_wait_queues == 1  # type: ignore[attr-defined]
                 assert (await client.send_custom_event(unique_name, {"n": "during"})).routed
                 answered = await during
             assert answered is not None and answered.properties == {"n": "during"}
