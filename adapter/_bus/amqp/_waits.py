@@ -92,14 +92,14 @@ class _WaitQueue:
         # channel), so an unbind can never overtake a bind of the same key, with no lock per key.
         self.lanes = [_Lane(self, channel) for channel in waits.channels]
 
-    async def open(
-        self, channels: Sequence[AbstractRobustChannel], home: int, expires_ms: int
-    ) -> None:
+    async def open(self, channels: Sequence[AbstractRobustChannel], home: int) -> None:
         self.home = channels[home]
         try:
             # Declared and consumed on its home channel: aio-pika re-declares and re-consumes it
             # after a reconnect. Its bindings are this object's to restore (``rebind``).
-            await self._declare(self.home, expires_ms)
+            self.queue = queue = await self._declare(self.name)
+            self.consumer_tag = await queue.consume(self._on_message, no_ack=True)
+            self.node = self.waits.link.node
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
                 self.ready.cancel()  # the waits sharing this queue see it as unavailable
@@ -110,15 +110,17 @@ class _WaitQueue:
             raise
         self.ready.set_result(None)
 
-    async def _declare(self, home: AbstractRobustChannel, expires_ms: int) -> None:
-        self.queue = queue = await home.declare_queue(
-            self.name,
+    async def _declare(self, name: str) -> AbstractQueue:
+        """Declare the queue under ``name`` on its home channel, expiring at the bucket's end
+        plus the grace (1 s at least)."""
+        assert self.home is not None
+        expires = self.bucket_end - datetime.now().timestamp() + self.waits.grace
+        return await self.home.declare_queue(
+            name,
             durable=False,
             auto_delete=False,
-            arguments=wait_queue_arguments(expires_ms),
+            arguments=wait_queue_arguments(max(int(expires * 1000), 1000)),
         )
-        self.consumer_tag = await queue.consume(self._on_message, no_ack=True)
-        self.node = self.waits.link.node
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         key = message.routing_key or ""
@@ -196,28 +198,23 @@ class _WaitQueue:
         binding = self.binding
         for key in self.keys:
             binding[key] = rebound
-        outcome: BaseException | None = BusUnavailable("the wait was not bound again")
         try:
             async with self.rebinding:
                 try:
                     await self._rebind(link, note)
-                    outcome = None
                 finally:
                     if self.members <= 0:  # its last wait left meanwhile
                         await self.drop()
         except BaseException as exc:
-            outcome = exc if isinstance(exc, BusError) else outcome
+            error = exc if isinstance(exc, BusError) else None
+            _settle(rebound, error or BusUnavailable("the wait was not bound again"))
             raise
+        else:
+            _settle(rebound, None)
         finally:
             for key, bound in list(binding.items()):
                 if bound is rebound:
                     del binding[key]
-            if not rebound.done():
-                if outcome is None:
-                    rebound.set_result(None)
-                else:
-                    rebound.set_exception(outcome)
-                    rebound.exception()  # heard by the waits that awaited it, if any
 
     async def drop(self) -> None:
         """Delete the queue (a clean-up: bounded, failures logged)."""
@@ -256,18 +253,12 @@ class _WaitQueue:
         consumed first, then the wait queue switches to it in one step (a lane reads the name
         per batch), then the old queue's consumer is cancelled, so that no event is dispatched
         from both. The old name and queue, to delete once the keys are bound on the new one."""
-        old, tag, home = self.queue, self.consumer_tag, self.home
-        assert old is not None and home is not None
+        old, tag = self.queue, self.consumer_tag
+        assert old is not None
         waits = self.waits
         name = waits.new_name(self.bucket_end)
-        expires = self.bucket_end - datetime.now().timestamp() + waits.grace
         async with waits.link.call("the wait queue was not moved"):
-            queue = await home.declare_queue(
-                name,
-                durable=False,
-                auto_delete=False,
-                arguments=wait_queue_arguments(max(int(expires * 1000), 1000)),
-            )
+            queue = await self._declare(name)
             consumer_tag = await queue.consume(self._on_message, no_ack=True)
         previous = self.name
         self.name, self.queue, self.consumer_tag = name, queue, consumer_tag
@@ -391,14 +382,18 @@ class _Batch:
     bind: bool
 
     def settle(self, error: BaseException | None) -> None:
-        done = self.done
-        if done.done():
-            return  # cancelled by a wait that awaited it (the others bind again)
-        if error is None or not self.bind:
-            done.set_result(None)
-        else:
-            done.set_exception(error)
-            done.exception()  # a bind nobody awaits any more must not be logged as lost
+        _settle(self.done, error if self.bind else None)
+
+
+def _settle(bound: asyncio.Future[None], error: BaseException | None) -> None:
+    """Answer a bind that waits share: done, or failed with ``error``."""
+    if bound.done():
+        return  # cancelled by a wait that awaited it (the others bind again)
+    if error is None:
+        bound.set_result(None)
+    else:
+        bound.set_exception(error)
+        bound.exception()  # a bind nobody awaits any more must not be logged as lost
 
 
 async def _drop(queue: AbstractQueue, consumer_tag: str | None) -> None:
@@ -739,10 +734,9 @@ class Waits:
             wq = _WaitQueue(self, self.new_name(end_epoch), end_epoch)
             self._wait_queues[bucket] = wq
             home = next(self._next_channel) % len(self.channels)
-            expires = end_epoch - datetime.now().timestamp() + self.grace
             wq.members += 1
             try:
-                await wq.open(self.channels, home, max(int(expires * 1000), 1000))
+                await wq.open(self.channels, home)
             except BaseException:
                 wq.members -= 1
                 if self._wait_queues.get(bucket) is wq:
