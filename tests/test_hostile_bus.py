@@ -16,6 +16,9 @@ Classes of abuse and their bounds:
 - a wait id reused for another name or kind: 409 (``WaitConflict``), never the other's events;
 - a burst of resumable waits (600, 50 at once): no channel number reused while open, no connection
   closed, no channel left;
+- wait queues deleted under their waits (once, or again and again in bursts), or lost with a
+  cluster node (a move to a new name, simulated): declared and bound again, every event sent
+  afterwards heard, no channel or task left;
 - two deployments on one virtual host (``amqp.exchange`` a and b): no queue shared;
 - a virtual host that does not exist: refused at once, named, exit 77.
 """
@@ -372,6 +375,43 @@ async def test_a_wait_queue_deleted_under_its_waits_is_declared_and_bound_again(
                 assert await later is not None
         assert bus.connected
     assert "cancelled the consumer" in caplog.text
+
+
+@pytest.mark.rabbitmq
+async def test_a_wait_queue_deleted_again_and_again_costs_no_channel_and_keeps_its_waits(
+    amqp_url: str, unique_name: str
+) -> None:
+    # One peer with configure permission flooding deletions of a wait queue: each is one
+    # rebind, serialized per queue; the wait hears every event sent after its queue came back,
+    # no rebind task is left and the connection's channels stay as they were.
+    name = f"flood-{uuid.uuid4().hex[:8]}"
+    settings = load_settings(amqp={"url": amqp_url, "connection_name": name})
+    async with Client(settings) as client:
+        bus = client.bus
+        subscription = bus.subscribe(
+            "internal", unique_name, datetime.now(UTC) + timedelta(seconds=60)
+        )
+        async with subscription:
+            (wq,) = bus.waits._wait_queues.values()  # type: ignore[attr-defined]
+            before = await connection_channels(name)
+            connection = await aio_pika.connect(amqp_url)
+            async with connection:
+                channel = await connection.channel()
+                for round_ in range(5):
+                    for _ in range(3):  # in a burst: the later cancels find the rebind under way
+                        await channel.queue_delete(wq.name)
+                    async with asyncio.timeout(15):
+                        while not (
+                            await client.send_custom_event(unique_name, {"n": str(round_)})
+                        ).routed:
+                            await asyncio.sleep(0.05)
+                    assert (await _next_event(subscription)).properties == {"n": str(round_)}
+            async with asyncio.timeout(10):
+                while bus.waits._tasks:  # type: ignore[attr-defined]
+                    await asyncio.sleep(0.05)
+            async with asyncio.timeout(10):  # the broker's count lags a moment
+                while await connection_channels(name) != before:
+                    await asyncio.sleep(0.5)
 
 
 @pytest.mark.rabbitmq
