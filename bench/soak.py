@@ -163,6 +163,7 @@ class Receiver:
         self.tally = tally
         self.acked: set[str] = set()
         self.answers: dict[str, list[str]] = {}  # soak id -> the answers its deliveries got
+        self.ids: dict[str, str] = {}  # soak id -> its event's id, as delivered
         self.requests = 0
         self.server: asyncio.Server | None = None
 
@@ -195,9 +196,11 @@ class Receiver:
                 self.requests += 1
                 mode = "ok" if self.requests % 4 else self.MISCHIEF[self.requests // 4 % 4]
                 self.tally.hostile[f"receiver:{mode}"] += 1
-                soak = _soak_of(body)
+                event = _json_or_none(body)
+                soak = _soak_in(event.get("data") if isinstance(event, dict) else None)
                 if soak is not None:
                     self.answers.setdefault(soak, []).append(mode)
+                    self.ids[soak] = str(event.get("id"))
                     if mode in ("ok", "gzip-bomb", "huge"):  # a success, for the bridge
                         self.acked.add(soak)
                 if not await self._answer(writer, mode):
@@ -247,12 +250,6 @@ def _json_or_none(body: bytes) -> Any:
         return json.loads(body)
     except (ValueError, RecursionError):
         return None
-
-
-def _soak_of(body: bytes) -> str | None:
-    """The ``soak`` property of a structured CloudEvent delivery, if it has one."""
-    event = _json_or_none(body)
-    return _soak_in(event.get("data") if isinstance(event, dict) else None)
 
 
 def _soak_in(properties: Any) -> str | None:
@@ -638,8 +635,30 @@ class Soak:
         print(f"soak: webhooks never delivered, e.g. {sorted(missing)[:10]}", flush=True)
         for soak in sorted(missing)[:10]:
             print(f"soak: {soak}: answers {receiver.answers.get(soak, [])}", flush=True)
+            self._daemon_said(receiver.ids.get(soak))
+        columns = ("name", "messages_ready", "messages_unacknowledged", "consumers")
+        listing = await asyncio.to_thread(
+            subprocess.run,
+            ["rabbitmqctl", "-q", "list_queues", *columns],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        for line in listing.stdout.splitlines():
+            if f"group/soak-{self.word}" in line:
+                print(f"soak: queue {line}", flush=True)
         await self._why_dead(receiver, missing)
         return len(missing)
+
+    def _daemon_said(self, event_id: str | None) -> None:
+        """The daemon's log lines about one event."""
+        assert self.daemon is not None
+        if event_id is None:
+            return
+        with contextlib.suppress(OSError):
+            lines = self.daemon.log_path.read_text(errors="replace").splitlines()
+            for line in [line for line in lines if event_id in line][:8]:
+                print(f"soak: daemon: {line[:400]}", flush=True)
 
     async def _why_dead(self, receiver: Receiver, missing: set[str]) -> None:
         """Prints the dead letters among ``missing``, with their reasons."""

@@ -8,6 +8,8 @@ Classes of abuse and their bounds:
   NUL in ``ce-id``, headers of the wrong type: one decoder (``adapter/_bus/amqp/_codec.py``)
   refuses each with a reason; a group dead-letters it and acknowledges it, a wait drops it (both
   count it, ``customevent_bus_refused_total``); the next message is handled;
+- a settle that fails on a live channel (the retry queue deleted under the group): the delivery
+  is given back after the backoff, never stranded unacknowledged;
 - forged headers: ``x-original-routing-key``, ``x-event-principal``, ``x-retry-count``,
   ``x-delivery-count`` from a publisher are not believed: the kind is the routing key's, a
   principal is taken only from a trusted AMQP user (RabbitMQ checks ``user_id``);
@@ -41,6 +43,7 @@ import pytest
 
 from adapter import (
     BrokerAuthenticationError,
+    BusError,
     Client,
     ConfigurationError,
     Event,
@@ -131,6 +134,44 @@ async def test_poison_messages_are_dead_lettered_and_the_group_goes_on(
             await _delete_queues(
                 group_queue("customevents", group), dead_queue("customevents", group)
             )
+
+
+@pytest.mark.rabbitmq
+async def test_a_retry_whose_copy_is_not_kept_is_given_back_not_stranded(
+    amqp_url: str, unique_name: str
+) -> None:
+    """The retry queue deleted under the group (another process's ``group delete``): the retry's
+    copy is returned, so ``retry`` raises; the delivery must come again (it would otherwise stay
+    unacknowledged on a live channel for as long as the consumer runs, and every copy of it be
+    dropped as a duplicate of one under way), and the next retry declares the queue again."""
+    group = f"strand-{uuid.uuid4().hex[:8]}"
+    settings = load_settings(
+        amqp={"url": amqp_url}, groups={**GROUPS, "retry_max": GROUPS["retry_initial"]}
+    )
+    retry = f"{group_queue('customevents', group)}/retry/200"
+    async with Client(settings) as client:
+        try:
+            async with client.subscribe(unique_name, group=group, prefetch=4) as deliveries:
+                await client.send_custom_event(unique_name, {"a": "1"}, event_id=f"{group}-e")
+                first = await _next(deliveries)
+                await first.retry("flaky")  # type: ignore[attr-defined]  # declares the retry queue
+                second = await _next(deliveries)
+                assert second.attempt == 2  # type: ignore[attr-defined]
+                await rabbitmqctl("delete_queue", retry)
+                with pytest.raises(BusError, match="no queue"):
+                    await second.retry("flaky again")  # type: ignore[attr-defined]
+                third = await _next(deliveries, within=5)  # given back after the backoff
+                assert third.event.event_id == f"{group}-e"  # type: ignore[attr-defined]
+                assert third.attempt == 3  # type: ignore[attr-defined]
+                await third.retry("once more")  # type: ignore[attr-defined]  # declared again
+                fourth = await _next(deliveries)
+                assert fourth.attempt == 4  # type: ignore[attr-defined]
+                await fourth.ack()  # type: ignore[attr-defined]
+                with pytest.raises(TimeoutError):
+                    await _next(deliveries, within=1)
+            assert await queues_named(retry)
+        finally:
+            await _delete_queues(group_queue("customevents", group), retry)
 
 
 @pytest.mark.rabbitmq

@@ -102,6 +102,11 @@ _RETRY_MS_MAX = 2**31 - 1
 Record = tuple[str, str, str]
 
 
+class _NotKept(BusError):
+    """A copy of ours that no queue took: its queue was deleted (by another process's
+    ``group delete``, or an operator)."""
+
+
 def _record_body(record: Record) -> bytes:
     what, group, value = record
     entry: dict[str, object] = {"group": group}
@@ -234,6 +239,8 @@ class _AmqpGroupSubscription(GroupSubscription):
         # The message of each delivery handed out and not settled yet, by its dedup key.
         self._in_flight: dict[str, AbstractIncomingMessage] = {}
         self._policy = RetryPolicy(options.retry_initial, options.retry_max)
+        # Deliveries whose settling failed, to be given back to the queue after a backoff.
+        self._giving_back: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> Self:
         self._groups.check_open()
@@ -259,6 +266,8 @@ class _AmqpGroupSubscription(GroupSubscription):
         await self._close()
 
     async def _close(self) -> None:
+        for task in list(self._giving_back):
+            task.cancel()  # the channel's close gives their messages back
         channel, self._channel = self._channel, None
         queue, tag, self._queue, self._tag = self._queue, self._tag, None, None
         if queue is not None and tag is not None:
@@ -353,14 +362,23 @@ class _AmqpGroupSubscription(GroupSubscription):
             event,
             carried,
             **{
-                H_RETRIES: str(_int(carried.get(H_RETRIES)) + 1),
+                # Every attempt so far, redeliveries too: the copy is the next one.
+                H_RETRIES: str(attempt),
                 H_LAST_FAILURE: now,
                 H_LAST_REASON: reason[:_REASON_MAX],
             },
         )
         headers.setdefault(H_FIRST_FAILURE, now)
-        queue = await self._groups.retry_queue(self.group, delay)
-        await self._publish_copy(queue, message, event, headers, f"the retry of {event.event_id!r}")
+        try:
+            queue = await self._groups.retry_queue(self.group, delay)
+            await self._publish_copy(
+                queue, message, event, headers, f"the retry of {event.event_id!r}"
+            )
+        except BaseException as exc:
+            if isinstance(exc, _NotKept):
+                self._groups.forget_retry_queue(self.group, delay)
+            self._give_back(message, event, delay / 1000)
+            raise
         await self._settle(message, event, acked=False)
 
     async def _bury(
@@ -382,9 +400,13 @@ class _AmqpGroupSubscription(GroupSubscription):
             },
         )
         headers.setdefault(H_FIRST_FAILURE, now)
-        await self._publish_copy(
-            self._dead_name, message, event, headers, f"the dead letter of {event.event_id!r}"
-        )
+        try:
+            await self._publish_copy(
+                self._dead_name, message, event, headers, f"the dead letter of {event.event_id!r}"
+            )
+        except BaseException:
+            self._give_back(message, event, self._policy.delay_ms(attempts) / 1000)
+            raise
         await self._settle(message, event, acked=False)
 
     async def _bury_raw(self, message: AbstractIncomingMessage, reason: str) -> None:
@@ -392,8 +414,42 @@ class _AmqpGroupSubscription(GroupSubscription):
         (nothing it claims is believed, now or on a replay), the reason; then acknowledge it."""
         now = datetime.now(UTC).isoformat()
         headers = {H_DEAD_REASON: reason[:_REASON_MAX], H_DEAD_ATTEMPTS: "1", H_LAST_FAILURE: now}
-        await self._publish_copy(self._dead_name, message, None, headers, "a dead letter")
+        try:
+            await self._publish_copy(self._dead_name, message, None, headers, "a dead letter")
+        except BaseException:
+            self._give_back(message, None, self._policy.delay_ms(1) / 1000)
+            raise
         await self._ack_quietly(message)
+
+    def _give_back(
+        self, message: AbstractIncomingMessage, event: Event | None, delay: float
+    ) -> None:
+        """A delivery whose settling failed (its copy was not kept): unless its channel goes,
+        which gives it back at once, the broker would hold it unacknowledged for as long as the
+        channel lives, and a copy of it that comes meanwhile would be dropped as a duplicate of
+        one under way. Handed back to the queue (a requeue, which RabbitMQ counts against the
+        delivery limit) after ``delay``, so that a broker that keeps refusing is not asked
+        again at once."""
+        if event is not None:
+            key = dedup_key(event)
+            if self._in_flight.get(key) is message:
+                del self._in_flight[key]
+        if self._channel is None:
+            return  # the subscription closed: its channel's close gave the message back
+        task = asyncio.create_task(self._requeue_later(message, delay))
+        self._giving_back.add(task)
+        task.add_done_callback(self._giving_back.discard)
+
+    async def _requeue_later(self, message: AbstractIncomingMessage, delay: float) -> None:
+        await asyncio.sleep(delay)
+        tag = message.delivery_tag
+        try:
+            if tag is not None:
+                await message.channel.basic_nack(tag, requeue=True)
+        except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError):
+            pass  # its channel is gone, which gave it back already
+        else:
+            log.info("group %r: a delivery that could not be settled was given back", self.group)
 
     async def _publish_copy(
         self,
@@ -414,7 +470,7 @@ class _AmqpGroupSubscription(GroupSubscription):
             exchange="",
         )
         if not routed:
-            raise BusError(f"RabbitMQ has no queue {queue!r}: {what} was not kept")
+            raise _NotKept(f"RabbitMQ has no queue {queue!r}: {what} was not kept")
 
 
 def _dead_original_key(message: AbstractIncomingMessage, exchange: str) -> str | None:
@@ -494,6 +550,10 @@ class AmqpGroups:
         await queue.bind(exchange, f"{kind}.{pattern}")
         await self._register(("binding", group, f"{kind}.{pattern}"))
         return queue
+
+    def forget_retry_queue(self, group: str, delay_ms: int) -> None:
+        """The retry queue is gone: the next retry to it declares it again."""
+        self._retry_queues.pop((group, delay_ms), None)
 
     async def retry_queue(self, group: str, delay_ms: int) -> str:
         key = (group, delay_ms)
