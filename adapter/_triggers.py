@@ -39,13 +39,14 @@ import hashlib
 import logging
 import ssl
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Protocol, Self
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
+from urllib.request import getproxies, proxy_bypass
 
-import httpx
+import aiohttp
 from standardwebhooks import Webhook
 
 from ._client import Client
@@ -126,9 +127,9 @@ def sign(
     }
 
 
-def _retry_after(response: httpx.Response) -> float:
+def _retry_after(headers: Mapping[str, str]) -> float:
     """The receiver's ``Retry-After`` in seconds (delta-seconds or an HTTP date), else 0."""
-    value = response.headers.get("retry-after", "").strip()
+    value = headers.get("retry-after", "").strip()
     if not value:
         return 0.0
     if value.isdigit():
@@ -142,24 +143,45 @@ def _retry_after(response: httpx.Response) -> float:
     return max((moment - datetime.now(UTC)).total_seconds(), 0.0)
 
 
-async def _reply_head(response: httpx.Response) -> bytes:
-    """At most ``REPLY_BYTES`` of the answer's body, as sent; the rest is never read (closing
-    the response closes the connection instead)."""
+async def _reply_head(response: aiohttp.ClientResponse) -> bytes:
+    """At most ``REPLY_BYTES`` of the answer's body, as sent (the session never inflates it);
+    the rest is never read (leaving the response with its body unread closes the connection
+    instead of pooling it)."""
     kept = bytearray()
-    async for chunk in response.aiter_raw():  # each at most one socket read (64 KiB)
-        kept += chunk[: REPLY_BYTES - len(kept)]
-        if len(kept) >= REPLY_BYTES:
+    while len(kept) < REPLY_BYTES:
+        chunk = await response.content.read(REPLY_BYTES - len(kept))
+        if not chunk:
             break
+        kept += chunk
     return bytes(kept)
 
 
-def _shown(response: httpx.Response, head: bytes) -> str:
+def _shown(headers: Mapping[str, str], head: bytes) -> str:
     """The start of an answer's body for a dead letter's reason: one line of printable text, or
     nothing for an encoded body (never decompressed)."""
-    if response.headers.get("content-encoding", "identity").strip().lower() != "identity":
+    if headers.get("content-encoding", "identity").strip().lower() != "identity":
         return ""
     text = head.decode("utf-8", "replace")
     return "".join(c if c.isprintable() else " " for c in text).strip()[:_BODY_SHOWN]
+
+
+def _proxy_for(url: str) -> tuple[str | None, aiohttp.BasicAuth | None]:
+    """The proxy ``HTTP_PROXY``/``HTTPS_PROXY`` name for ``url`` unless ``NO_PROXY`` spares its
+    host, and the proxy's credentials from its URL: read once per trigger (aiohttp would read
+    the environment again, in a thread, for every request)."""
+    parts = urlsplit(url)
+    if parts.hostname and proxy_bypass(parts.hostname):
+        return None, None
+    proxy = getproxies().get(parts.scheme)
+    if not proxy:
+        return None, None
+    proxy_parts = urlsplit(proxy)
+    if proxy_parts.username is None:
+        return proxy, None
+    bare = proxy_parts._replace(netloc=proxy_parts.netloc.rpartition("@")[2]).geturl()
+    return bare, aiohttp.BasicAuth(
+        unquote(proxy_parts.username), unquote(proxy_parts.password or "")
+    )
 
 
 class _Target(Protocol):
@@ -225,13 +247,12 @@ class _Runner:
         self.slots = asyncio.Semaphore(trigger.max_in_flight)
         self.tasks: set[asyncio.Task[None]] = set()
         self.joined = asyncio.Event()
-        # One HTTP client per delivery under way, each with one connection: httpcore's pool
-        # spends time quadratic in the requests it holds (encode/httpcore#1035), which made 16
-        # deliveries at once slower than one; a pool per lane never holds more than one. They
-        # share one TLS context (building one costs a quarter of a second).
+        # One aiohttp session, its pool as large as the deliveries under way: httpx spent
+        # about three quarters of a delivery's time (bench/run.py groups measures both), and
+        # its pool time quadratic in the requests it held (encode/httpcore#1035).
         self._tls = ssl.create_default_context()
-        self._idle: list[httpx.AsyncClient] = []
-        self._lanes: list[httpx.AsyncClient] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._proxy, self._proxy_auth = _proxy_for(self.target.url)
 
     async def run(self) -> None:
         """Deliver the group's events, joining it again after losing the broker."""
@@ -277,30 +298,32 @@ class _Runner:
             finally:
                 self.metrics.trigger_running.labels(trigger.name).set(0)
 
-    def _lane(self) -> httpx.AsyncClient:
-        if self._idle:
-            return self._idle.pop()
-        lane = httpx.AsyncClient(
-            timeout=httpx.Timeout(self.trigger.timeout),
-            follow_redirects=False,
-            verify=self._tls,
-            # The answer is read raw, never inflated (_reply_head): ask for it uncompressed, so
-            # that its start can be shown in a dead letter's reason.
-            headers={
-                "User-Agent": f"customevent-bridge/{__version__}",
-                "Accept-Encoding": "identity",
-            },
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-        )
-        self._lanes.append(lane)
-        return lane
+    def _http(self) -> aiohttp.ClientSession:
+        """The trigger's session, made in the running loop on first use."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                # The semaphore bounds the deliveries, hence the connections, to max_in_flight.
+                connector=aiohttp.TCPConnector(limit=self.trigger.max_in_flight, ssl=self._tls),
+                timeout=aiohttp.ClientTimeout(total=self.trigger.timeout),
+                # The answer is read raw, never inflated (_reply_head): ask for it
+                # uncompressed, so that its start can be shown in a dead letter's reason.
+                auto_decompress=False,
+                headers={
+                    "User-Agent": f"customevent-bridge/{__version__}",
+                    "Accept-Encoding": "identity",
+                },
+                # A receiver's cookies are not kept, nor sent to the next delivery.
+                cookie_jar=aiohttp.DummyCookieJar(),
+                # The proxy of the environment is read once (_proxy_for), netrc never.
+                trust_env=False,
+            )
+        return self._session
 
     async def _deliver(self, delivery: Delivery) -> None:
         name = self.trigger.name
         self.metrics.trigger_in_flight.labels(name).inc()
-        lane = self._lane()  # the semaphore bounds the lanes to max_in_flight
         try:
-            outcome, reason = await self._traced_post(lane, delivery)
+            outcome, reason = await self._traced_post(self._http(), delivery)
             self.metrics.trigger_deliveries.labels(name, outcome).inc()
             if outcome != "ok":
                 self._log_failure(delivery, outcome, reason)
@@ -308,7 +331,6 @@ class _Runner:
             # Settling needs the broker: the delivery comes again once it is back.
             log.warning("trigger %r: could not settle %s: %s", name, delivery.event.event_id, exc)
         finally:
-            self._idle.append(lane)
             self.metrics.trigger_in_flight.labels(name).dec()
             self.slots.release()
 
@@ -340,7 +362,9 @@ class _Runner:
         await delivery.retry(reason, at_least=at_least)
         return "dead_letter" if delivery.settled == "dead_letter" else "retry"
 
-    async def _traced_post(self, http: httpx.AsyncClient, delivery: Delivery) -> tuple[str, str]:
+    async def _traced_post(
+        self, http: aiohttp.ClientSession, delivery: Delivery
+    ) -> tuple[str, str]:
         """``_post`` in a process span and a CLIENT span, whose context the request's
         ``traceparent`` header carries; tracing off, both are the event's own trace."""
         event = delivery.event
@@ -363,7 +387,7 @@ class _Runner:
             return outcome, reason
 
     async def _post(
-        self, http: httpx.AsyncClient, delivery: Delivery, traced: dict[str, str]
+        self, http: aiohttp.ClientSession, delivery: Delivery, traced: dict[str, str]
     ) -> tuple[str, str]:
         """Deliver once and settle; the outcome and, unless ``ok``, why."""
         trigger = self.trigger
@@ -379,32 +403,38 @@ class _Runner:
         headers.update(traced)
         started = time.perf_counter()
         try:
-            # httpx's timeout bounds each read; a receiver that drips its answer a byte at a
-            # time would hold the slot for as long as it likes.
+            # The whole exchange, however the receiver paces it (a byte a second included).
             async with (
                 asyncio.timeout(trigger.timeout),
-                http.stream("POST", url, content=body, headers=headers) as response,
+                http.post(
+                    url,
+                    data=body,
+                    headers=headers,
+                    allow_redirects=False,
+                    proxy=self._proxy,
+                    proxy_auth=self._proxy_auth,
+                ) as response,
             ):
                 head = await _reply_head(response)
-        except TimeoutError:
+        except TimeoutError:  # aiohttp's own timeouts are TimeoutErrors too
             reason = f"{url} did not answer within {trigger.timeout:g} s"
             return await self._retry(delivery, reason), reason
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             reason = f"{url} could not be reached ({cause})"
             return await self._retry(delivery, reason), reason
         finally:
             self.metrics.trigger_seconds.labels(trigger.name).observe(time.perf_counter() - started)
-        status = response.status_code
+        status = response.status
         if 200 <= status < 300:
             await delivery.ack()
             return "ok", ""
         detail = f"{url} answered {status}"
-        text = _shown(response, head)
+        text = _shown(response.headers, head)
         if text:
             detail += f": {text}"
         if status in _RETRIED_STATUSES or status >= 500:
-            return await self._retry(delivery, detail, _retry_after(response)), detail
+            return await self._retry(delivery, detail, _retry_after(response.headers)), detail
         await delivery.dead_letter(detail)
         return "dead_letter", detail
 
@@ -412,10 +442,9 @@ class _Runner:
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        for lane in self._lanes:
-            await lane.aclose()
-        self._lanes.clear()
-        self._idle.clear()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
 
 class Triggers:

@@ -14,6 +14,10 @@ Each abuse and its bound:
 - **dripping reply**: a receiver that sends its answer one byte a second is cut at the trigger's
   ``timeout`` (the whole exchange) and the delivery retried, settled within timeout + 5 s;
   the other triggers deliver meanwhile.
+- **endless head**: ever more header lines, or one line that never ends: refused by the client's
+  bounds long before the timeout, retried, RSS flat.
+- **redirects and cookies**: a 307 is not followed (a dead letter at once), a cookie never sent
+  back; the environment's proxy carries the deliveries unless ``NO_PROXY`` spares the host.
 """
 
 from __future__ import annotations
@@ -380,3 +384,92 @@ async def test_a_receiver_that_drips_its_reply_is_cut_at_the_timeout(
     assert len(times) == 2  # the first one cut, and retried (after the ones sent meanwhile)
     assert times[1] - times[0] < timeout + 5
     assert dead == []
+
+
+# -- what the HTTP client makes of an answer -------------------------------------------------------
+
+
+@pytest.mark.parametrize("flood", ["header lines", "one header line"])
+async def test_an_endless_answer_head_is_cut_and_retried_with_the_daemon_flat(
+    amqp_url: str, group: str, unique_name: str, flood: str
+) -> None:
+    """A receiver whose answer's head never ends, with ever more header lines or one line that
+    never ends: the client refuses it past its bounds (128 lines, 8 KiB a line), long before the
+    timeout, and the delivery is retried."""
+
+    async def endless(n: int, writer: asyncio.StreamWriter) -> None:
+        if n > 1:
+            return await plain(writer)
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        line = 0
+        while line < 20_000:  # 20 MiB or so, unless the daemon hangs up first
+            line += 1
+            chunk = f"X-Flood-{line}: {'v' * 1000}\r\n" if flood == "header lines" else "v" * 1024
+            writer.write(chunk.encode())
+            await writer.drain()
+
+    async with raw_serving(endless) as receiver:
+        hook = trigger(group, unique_name, receiver.url, timeout=30)
+        async with running(amqp_url, hook) as client:
+            with PeakRss() as rss:
+                started = time.monotonic()
+                await client.send_custom_event(unique_name, event_id=f"{group}-1")
+                await until(lambda: len(receiver.requests) == 2, "the retry", 30)
+                cut_after = receiver.requests[1][0] - started
+            dead = await client.dead_letters(group)
+    assert rss.growth < RSS_BOUND, f"RSS grew {rss.growth / MiB:.0f} MiB"
+    assert cut_after < 10  # refused by its bounds, not by the 30 s timeout
+    assert dead == []
+
+
+async def test_a_redirect_is_not_followed_and_a_cookie_is_not_sent_back(
+    amqp_url: str, group: str, unique_name: str
+) -> None:
+    """A 3xx dead-letters the delivery at once (a trigger posts to its URL and nowhere else), and
+    the cookie a receiver set is never sent with a later delivery."""
+
+    async def answer(n: int, writer: asyncio.StreamWriter) -> None:
+        if n == 1:
+            writer.write(
+                head(307, Location=elsewhere.url, Set_Cookie="session=stolen", Content_Length=0)
+            )
+            await writer.drain()
+        else:
+            await plain(writer)
+
+    async def taken(n: int, writer: asyncio.StreamWriter) -> None:
+        await plain(writer)
+
+    async with raw_serving(taken) as elsewhere, raw_serving(answer) as receiver:
+        # By name: a cookie jar keeps no cookie of a bare IP address.
+        receiver.url = receiver.url.replace("127.0.0.1", "localhost")
+        async with running(amqp_url, trigger(group, unique_name, receiver.url)) as client:
+            await client.send_custom_event(unique_name, event_id=f"{group}-1")
+            await until(lambda: len(receiver.requests) == 1, "the delivery")
+            await client.send_custom_event(unique_name, event_id=f"{group}-2")
+            await until(lambda: len(receiver.requests) == 2, "the next delivery")
+            dead = await client.dead_letters(group)
+    assert elsewhere.requests == []
+    assert [(d.event.event_id, d.attempts) for d in dead] == [(f"{group}-1", 1)]
+    assert dead[0].reason.startswith(f"{receiver.url} answered 307")
+    assert "cookie" not in receiver.requests[1][1]
+
+
+@pytest.mark.parametrize("no_proxy", ["", "127.0.0.1"])
+async def test_the_proxy_of_the_environment_carries_the_deliveries_unless_no_proxy_spares_them(
+    amqp_url: str, group: str, unique_name: str, no_proxy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def ok(n: int, writer: asyncio.StreamWriter) -> None:
+        await plain(writer)
+
+    async with raw_serving(ok) as proxy, raw_serving(ok) as target:
+        for name in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy.url.removesuffix("/hook"))
+        monkeypatch.setenv("NO_PROXY", no_proxy)
+        async with running(amqp_url, trigger(group, unique_name, target.url)) as client:
+            await client.send_custom_event(unique_name, event_id=f"{group}-1")
+            await until(lambda: len(proxy.requests) + len(target.requests) == 1, "the delivery")
+    through = proxy if not no_proxy else target
+    assert len(through.requests) == 1
+    assert through.requests[0][1]["host"] == target.url.split("/")[2]

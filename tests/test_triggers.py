@@ -416,7 +416,7 @@ async def test_an_unreachable_receiver_is_logged_once_per_attempt_by_trigger_and
         "dead_letter",
         unique_name,
     )
-    assert "could not be reached (ConnectError" in record.reason  # type: ignore[attr-defined]
+    assert "could not be reached (ClientConnectorError" in record.reason  # type: ignore[attr-defined]
     assert record.levelno == logging.WARNING
     entry = json.loads(JsonFormatter().format(record))
     assert (entry["trigger"], entry["event_id"], entry["attempt"]) == (name, f"{name}-u", 1)
