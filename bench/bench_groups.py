@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -86,13 +85,19 @@ async def group_consume(url: str, count: int, *, dedup: bool) -> float:
 
 
 async def raw_consume(url: str, count: int) -> float:
-    """Seconds for raw aio-pika to consume ``count`` messages from a quorum queue, acking each."""
+    """Seconds for raw aio-pika to consume ``count`` messages from a quorum queue, acking each:
+    the same events a group gets (sent by the bridge, with their headers), through a quorum queue
+    bound to their name."""
     queue_name = f"bench.groups.raw.{run_id()}"
+    name = f"bench.groups.{queue_name}"
     connection = await aio_pika.connect(url)
     async with connection:
         channel = await connection.channel()
-        await channel.declare_queue(queue_name, durable=True, arguments={"x-queue-type": "quorum"})
-        await _publish_raw(channel, queue_name, count)
+        raw = await channel.declare_queue(
+            queue_name, durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await raw.bind("customevents", f"internal.{name}")
+        await _publish(url, name, count)
         consumer = await connection.channel()
         await consumer.set_qos(prefetch_count=PREFETCH)
         queue = await consumer.get_queue(queue_name)
@@ -111,19 +116,6 @@ async def raw_consume(url: str, count: int) -> float:
             await finished.wait()
         await channel.queue_delete(queue_name)
     return watch.seconds
-
-
-async def _publish_raw(channel: aio_pika.abc.AbstractChannel, queue: str, count: int) -> None:
-    body = b'{"n":"0"}'
-    for start in range(0, count, 500):
-        await asyncio.gather(
-            *(
-                channel.default_exchange.publish(
-                    aio_pika.Message(body, message_id=str(uuid.uuid4()), delivery_mode=2), queue
-                )
-                for _ in range(start, min(start + 500, count))
-            )
-        )
 
 
 async def _delete(url: str, *queues: str) -> None:
