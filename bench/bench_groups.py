@@ -7,9 +7,10 @@
   quorum queue with manual acks and the same prefetch. Goal >= 0.9x.
 - **de-duplication**: the same group consume with de-duplication (one active consumer that
   remembers ids) against without it (``dedup_window = 0``). Goal >= 0.8x.
-- **webhooks**: N events delivered by a trigger to a local no-op receiver, against the same N
-  events POSTed by a plain httpx loop (one at a time, as a script would). Goal >= 1.2x (the
-  trigger has deliveries under way at once).
+- **webhooks**: N events waiting in its group delivered by a trigger to a local no-op receiver,
+  timed once the trigger has joined the group, against the same N events POSTed by a plain httpx
+  loop (one at a time, as a script would). Goal >= 1.2x (the trigger has deliveries under way at
+  once).
 - **the webhook client**: the same plain loop with aiohttp (the triggers' client) against httpx
   (theirs until 2026-12): what the choice of client is worth, one POST at a time.
 
@@ -150,9 +151,12 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", l
 
 
 @contextlib.asynccontextmanager
-async def receiver(expected: int) -> AsyncIterator[tuple[str, Callable[[], Awaitable[None]]]]:
+async def receiver(
+    expected: int,
+) -> AsyncIterator[tuple[str, Callable[[], Awaitable[None]], Callable[[], Awaitable[int]]]]:
     """A no-op HTTP receiver in a process of its own (as a real one would be), answering 204;
-    yields its URL and a coroutine function that returns once it has had ``expected`` POSTs."""
+    yields its URL, a coroutine function that returns once it has had ``expected`` POSTs, and
+    one that returns how many it has had."""
     port = free_port()
     process = await asyncio.create_subprocess_exec(sys.executable, "-c", RECEIVER, str(port))
     url = f"http://127.0.0.1:{port}"
@@ -163,32 +167,39 @@ async def receiver(expected: int) -> AsyncIterator[tuple[str, Callable[[], Await
                 break
             await asyncio.sleep(0.05)
 
+        async def seen() -> int:
+            return int((await http.get(url)).text)
+
         async def received() -> None:
-            while int((await http.get(url)).text) < expected:
+            while await seen() < expected:
                 await asyncio.sleep(0.02)
 
         try:
-            yield f"{url}/hook", received
+            yield f"{url}/hook", received, seen
         finally:
             process.terminate()
             await process.wait()
 
 
 async def webhook_deliveries(url: str, count: int) -> float:
+    """Deliveries a second by a trigger of ``count`` events waiting in its group, in its steady
+    state: from the moment it has joined the group (the deliveries it made while joining are not
+    counted) to the last one received."""
     group = f"bench-hook-{run_id()}"
     name = f"bench.hooks.{group}"
-    async with receiver(count) as (hook, received):
+    async with receiver(count) as (hook, received, seen):
         trigger = {"name": group, "pattern": name, "url": hook, "secret": SECRET}
         settings = load_settings(amqp={"url": url}, triggers=[trigger])
         async with Client(settings) as client:
             async with client.subscribe(name, group=group):
                 pass
             await _publish(url, name, count)
-            with Stopwatch() as watch:
-                async with Triggers(settings, client):
+            async with Triggers(settings, client):
+                with Stopwatch() as watch:
+                    before = await seen()
                     await received()
     await _delete(url, group_queue("customevents", group), dead_queue("customevents", group))
-    return watch.seconds
+    return rate(count - before, watch.seconds)
 
 
 def _signed(count: int) -> list[tuple[dict[str, str], bytes]]:
@@ -209,7 +220,7 @@ async def plain_posts(count: int) -> float:
     events = [
         Event(name="bench.plain", kind="internal", properties={"n": str(i)}) for i in range(count)
     ]
-    async with receiver(count) as (hook, received), httpx.AsyncClient() as http:
+    async with receiver(count) as (hook, received, _), httpx.AsyncClient() as http:
         with Stopwatch() as watch:
             for event in events:
                 headers, body = to_http(event, "structured")  # as a trigger does by default
@@ -226,7 +237,7 @@ async def client_posts(count: int, client: str) -> float:
     """Seconds for a plain loop to POST ``count`` signed CloudEvents (made beforehand), one at a
     time, with ``client`` (``httpx`` or ``aiohttp``): the HTTP client alone."""
     requests = _signed(count)
-    async with receiver(count) as (hook, received):
+    async with receiver(count) as (hook, received, _):
         if client == "httpx":
             async with httpx.AsyncClient() as http:
                 with Stopwatch() as watch:
@@ -267,7 +278,7 @@ async def main(args: argparse.Namespace) -> list[Figure]:
             group_rates.append(rate(count, await group_consume(url, count, dedup=True)))
             raw_rates.append(rate(count, await raw_consume(url, count)))
         log(f"round {r + 1}/{rounds}: {hooks:,} webhook deliveries and plain posts")
-        hook_rates.append(rate(hooks, await webhook_deliveries(url, hooks)))
+        hook_rates.append(await webhook_deliveries(url, hooks))
         post_rates.append(rate(hooks, await plain_posts(hooks)))
         for client in ("httpx", "aiohttp") if r % 2 == 0 else ("aiohttp", "httpx"):
             client_rates[client].append(rate(hooks, await client_posts(hooks, client)))
