@@ -33,6 +33,7 @@ The depth and dead letters of each trigger's group are gauges, refreshed every
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import email.utils
 import hashlib
@@ -165,23 +166,27 @@ def _shown(headers: Mapping[str, str], head: bytes) -> str:
     return "".join(c if c.isprintable() else " " for c in text).strip()[:_BODY_SHOWN]
 
 
-def _proxy_for(url: str) -> tuple[str | None, aiohttp.BasicAuth | None]:
-    """The proxy ``HTTP_PROXY``/``HTTPS_PROXY`` name for ``url`` unless ``NO_PROXY`` spares its
-    host, and the proxy's credentials from its URL: read once per trigger (aiohttp would read
-    the environment again, in a thread, for every request)."""
+def _proxy_for(url: str) -> tuple[str | None, dict[str, str] | None]:
+    """The proxy for ``url`` from the environment, as HTTP clients read it (``HTTPS_PROXY`` or
+    ``HTTP_PROXY`` by the URL's scheme, else ``ALL_PROXY``; none when ``NO_PROXY`` names the
+    host, or the host and port), and the ``Proxy-Authorization`` header of the credentials in
+    its URL (UTF-8). Read once per trigger: aiohttp would read the environment again, in a
+    thread, for every request."""
     parts = urlsplit(url)
-    if parts.hostname and proxy_bypass(parts.hostname):
+    if parts.hostname and proxy_bypass(parts.netloc.rpartition("@")[2]):
         return None, None
-    proxy = getproxies().get(parts.scheme)
+    proxies = getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
     if not proxy:
         return None, None
+    if "://" not in proxy:
+        proxy = f"http://{proxy}"  # as curl and httpx read a proxy without a scheme
     proxy_parts = urlsplit(proxy)
     if proxy_parts.username is None:
         return proxy, None
     bare = proxy_parts._replace(netloc=proxy_parts.netloc.rpartition("@")[2]).geturl()
-    return bare, aiohttp.BasicAuth(
-        unquote(proxy_parts.username), unquote(proxy_parts.password or "")
-    )
+    pair = f"{unquote(proxy_parts.username)}:{unquote(proxy_parts.password or '')}"
+    return bare, {"Proxy-Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
 
 
 class _Target(Protocol):
@@ -252,7 +257,7 @@ class _Runner:
         # its pool time quadratic in the requests it held (encode/httpcore#1035).
         self._tls = ssl.create_default_context()
         self._session: aiohttp.ClientSession | None = None
-        self._proxy, self._proxy_auth = _proxy_for(self.target.url)
+        self._proxy, self._proxy_headers = _proxy_for(self.target.url)
 
     async def run(self) -> None:
         """Deliver the group's events, joining it again after losing the broker."""
@@ -330,6 +335,13 @@ class _Runner:
         except BusError as exc:
             # Settling needs the broker: the delivery comes again once it is back.
             log.warning("trigger %r: could not settle %s: %s", name, delivery.event.event_id, exc)
+        except Exception as exc:
+            # A failure of the bridge's own (an HTTP client's surprise): retried like a network
+            # error, never left unsettled, which would hold its message and a slot for good.
+            log.exception("trigger %r: delivering %s failed", name, delivery.event.event_id)
+            if delivery.settled is None:
+                with contextlib.suppress(BusError):
+                    await self._retry(delivery, f"the delivery failed: {type(exc).__name__}")
         finally:
             self.metrics.trigger_in_flight.labels(name).dec()
             self.slots.release()
@@ -412,7 +424,7 @@ class _Runner:
                     headers=headers,
                     allow_redirects=False,
                     proxy=self._proxy,
-                    proxy_auth=self._proxy_auth,
+                    proxy_headers=self._proxy_headers,
                 ) as response,
             ):
                 head = await _reply_head(response)

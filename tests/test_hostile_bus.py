@@ -175,6 +175,43 @@ async def test_a_retry_whose_copy_is_not_kept_is_given_back_not_stranded(
 
 
 @pytest.mark.rabbitmq
+async def test_a_poison_message_whose_dead_letters_queue_was_deleted_is_given_back_once(
+    amqp_url: str, unique_name: str
+) -> None:
+    """The dead letters' queue deleted under the group, then a poison message: its dead letter
+    is refused (no queue), so it is given back once, the queue declared again, and on its next
+    delivery it is dead-lettered. Settled once each time: a second settle of one delivery tag
+    would make RabbitMQ close the consumer's channel (and hand out its other messages again)."""
+    group = f"graves-{uuid.uuid4().hex[:8]}"
+    settings = load_settings(amqp={"url": amqp_url}, groups=GROUPS)
+    dead = dead_queue("customevents", group)
+    async with Client(settings, metrics=own_metrics()) as client:
+        try:
+            async with client.subscribe(
+                unique_name, group=group, kind="external", prefetch=4
+            ) as deliveries:
+                closed: list[object] = []
+                deliveries._channel.close_callbacks.add(  # type: ignore[attr-defined]
+                    lambda *args: closed.append(args)
+                )
+                await rabbitmqctl("delete_queue", dead)
+                await _publish(amqp_url, "customevents", f"external.{unique_name}", b"not json")
+                for _ in range(100):
+                    if await queues_named(dead) and await _dead_count(amqp_url, dead) == 1:
+                        break
+                    await asyncio.sleep(0.1)
+                assert await _dead_count(amqp_url, dead) == 1
+                await client.send_custom_event(unique_name, {"good": "yes"}, kind="external")
+                delivery = await _next(deliveries)
+                assert delivery.event.properties == {"good": "yes"}  # type: ignore[attr-defined]
+                await delivery.ack()  # type: ignore[attr-defined]
+                # The channel was never closed by the broker for a double settle.
+                assert closed == []
+        finally:
+            await _delete_queues(group_queue("customevents", group), dead)
+
+
+@pytest.mark.rabbitmq
 async def test_headers_from_the_bus_are_not_credentials(amqp_url: str, unique_name: str) -> None:
     group = f"forged-{uuid.uuid4().hex[:8]}"
     forged = {

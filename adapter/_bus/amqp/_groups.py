@@ -71,7 +71,7 @@ from ..._names import Kind, routing_key, validate_kind, validate_pattern
 from ..._retry import RetryPolicy
 from ..._times import parse_rfc3339
 from ._codec import H_ORIGINAL_ROUTING_KEY, BadMessage, Decoded, Policy, decode, message_headers
-from ._link import BrokerLink
+from ._link import UNAVAILABLE, BrokerLink
 from ._metrics import Refusals
 from ._queues import (
     dead_arguments,
@@ -239,8 +239,10 @@ class _AmqpGroupSubscription(GroupSubscription):
         # The message of each delivery handed out and not settled yet, by its dedup key.
         self._in_flight: dict[str, AbstractIncomingMessage] = {}
         self._policy = RetryPolicy(options.retry_initial, options.retry_max)
-        # Deliveries whose settling failed, to be given back to the queue after a backoff.
-        self._giving_back: set[asyncio.Task[None]] = set()
+        # Deliveries whose settling failed, to be given back to the queue after a backoff: at
+        # most one give-back a message (a second would settle its delivery tag twice, and the
+        # broker close the channel for it).
+        self._giving_back: dict[AbstractIncomingMessage, asyncio.Task[None]] = {}
 
     async def __aenter__(self) -> Self:
         self._groups.check_open()
@@ -266,7 +268,7 @@ class _AmqpGroupSubscription(GroupSubscription):
         await self._close()
 
     async def _close(self) -> None:
-        for task in list(self._giving_back):
+        for task in list(self._giving_back.values()):
             task.cancel()  # the channel's close gives their messages back
         channel, self._channel = self._channel, None
         queue, tag, self._queue, self._tag = self._queue, self._tag, None, None
@@ -288,6 +290,10 @@ class _AmqpGroupSubscription(GroupSubscription):
         try:
             await self._take(message)
         except Exception as exc:
+            if message in self._giving_back:
+                # Its dead letter could not be kept: it comes back after the backoff.
+                log.warning("group %r: a message could not be dead-lettered: %s", self.group, exc)
+                return
             log.exception("group %r: could not handle a message; dead-lettering it", self.group)
             with contextlib.suppress(Exception):
                 await self._bury_raw(message, f"could not be handled: {type(exc).__name__}")
@@ -404,8 +410,10 @@ class _AmqpGroupSubscription(GroupSubscription):
             await self._publish_copy(
                 self._dead_name, message, event, headers, f"the dead letter of {event.event_id!r}"
             )
-        except BaseException:
-            self._give_back(message, event, self._policy.delay_ms(attempts) / 1000)
+        except BaseException as exc:
+            self._give_back(
+                message, event, self._policy.delay_ms(attempts) / 1000, isinstance(exc, _NotKept)
+            )
             raise
         await self._settle(message, event, acked=False)
 
@@ -416,37 +424,49 @@ class _AmqpGroupSubscription(GroupSubscription):
         headers = {H_DEAD_REASON: reason[:_REASON_MAX], H_DEAD_ATTEMPTS: "1", H_LAST_FAILURE: now}
         try:
             await self._publish_copy(self._dead_name, message, None, headers, "a dead letter")
-        except BaseException:
-            self._give_back(message, None, self._policy.delay_ms(1) / 1000)
+        except BaseException as exc:
+            self._give_back(
+                message, None, self._policy.delay_ms(1) / 1000, isinstance(exc, _NotKept)
+            )
             raise
         await self._ack_quietly(message)
 
     def _give_back(
-        self, message: AbstractIncomingMessage, event: Event | None, delay: float
+        self,
+        message: AbstractIncomingMessage,
+        event: Event | None,
+        delay: float,
+        dead_queue_gone: bool = False,
     ) -> None:
         """A delivery whose settling failed (its copy was not kept): unless its channel goes,
         which gives it back at once, the broker would hold it unacknowledged for as long as the
         channel lives, and a copy of it that comes meanwhile would be dropped as a duplicate of
-        one under way. Handed back to the queue (a requeue, which RabbitMQ counts against the
-        delivery limit) after ``delay``, so that a broker that keeps refusing is not asked
-        again at once."""
+        one under way. Handed back to the queue after ``delay``, so that a broker that keeps
+        refusing is not asked again at once, with a reject (RabbitMQ counts it against the
+        delivery limit, as it no longer counts a nack from 4.3 on: max_attempts bounds the
+        give-backs too). ``dead_queue_gone``: the dead letters' queue is declared again first."""
         if event is not None:
             key = dedup_key(event)
             if self._in_flight.get(key) is message:
                 del self._in_flight[key]
-        if self._channel is None:
-            return  # the subscription closed: its channel's close gave the message back
-        task = asyncio.create_task(self._requeue_later(message, delay))
-        self._giving_back.add(task)
-        task.add_done_callback(self._giving_back.discard)
+        if self._channel is None or message in self._giving_back:
+            return  # the subscription closed (its channel's close gave it back), or under way
+        task = asyncio.create_task(self._requeue_later(message, delay, dead_queue_gone))
+        self._giving_back[message] = task
+        task.add_done_callback(lambda _: self._giving_back.pop(message, None))
 
-    async def _requeue_later(self, message: AbstractIncomingMessage, delay: float) -> None:
+    async def _requeue_later(
+        self, message: AbstractIncomingMessage, delay: float, dead_queue_gone: bool
+    ) -> None:
         await asyncio.sleep(delay)
+        if dead_queue_gone:
+            with contextlib.suppress(AdapterError):
+                await self._groups.declare_dead(self.group)
         tag = message.delivery_tag
         try:
             if tag is not None:
-                await message.channel.basic_nack(tag, requeue=True)
-        except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError):
+                await message.channel.basic_reject(tag, requeue=True)
+        except (*UNAVAILABLE, aiormq.exceptions.AMQPError):
             pass  # its channel is gone, which gave it back already
         else:
             log.info("group %r: a delivery that could not be settled was given back", self.group)
@@ -550,6 +570,16 @@ class AmqpGroups:
         await queue.bind(exchange, f"{kind}.{pattern}")
         await self._register(("binding", group, f"{kind}.{pattern}"))
         return queue
+
+    async def declare_dead(self, group: str) -> None:
+        """Declare the group's dead letters' queue again (deleted under the group)."""
+        name = dead_queue(self.link.exchange, group)
+        async with self.link.call(f"the queue {name!r} was not declared"):
+            channel = await self.link.new_channel()
+            try:
+                await channel.declare_queue(name, durable=True, arguments=dead_arguments())
+            finally:
+                await self.link.release(channel)
 
     def forget_retry_queue(self, group: str, delay_ms: int) -> None:
         """The retry queue is gone: the next retry to it declares it again."""
