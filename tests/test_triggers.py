@@ -451,3 +451,94 @@ async def test_the_gauges_follow_the_depth_of_a_trigger_group(
                 "depth 0",
             )
             await _until(lambda: len(receiver.received) == 4, "all four delivered")
+
+
+@pytest.mark.rabbitmq
+async def test_a_delivery_the_bridge_itself_fails_is_retried_not_left_unsettled(
+    amqp_url: str, group: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception no path expects (here from the HTTP client, on the first attempt): the
+    delivery is logged and retried after the backoff. Left unsettled, its message would hold
+    a prefetch slot for as long as the trigger ran, and its copies be dropped as duplicates."""
+    import aiohttp
+
+    real_post = aiohttp.ClientSession.post
+    calls = 0
+
+    def post(self: aiohttp.ClientSession, *args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a surprise of the HTTP client")
+        return real_post(self, *args, **kwargs)
+
+    monkeypatch.setattr(aiohttp.ClientSession, "post", post)
+    receiver = Receiver(answer=lambda n: (204, {}))
+    async with serving(receiver):
+        hook = _trigger(group, unique_name, receiver.url, max_in_flight=1)
+        async with running(amqp_url, hook) as client:
+            await client.send_custom_event(unique_name, {"a": "1"}, event_id=f"{group}-s")
+            await _until(lambda: len(receiver.received) == 1, "the retry")
+            await client.send_custom_event(unique_name, {"a": "2"}, event_id=f"{group}-t")
+            await _until(lambda: len(receiver.received) == 2, "the next event, in the one slot")
+            assert await client.dead_letters(group) == []
+    assert [e.get_id() for e in receiver.events()] == [f"{group}-s", f"{group}-t"]
+    assert calls == 3
+
+
+@pytest.mark.parametrize(
+    ("environment", "url", "proxy", "authorization"),
+    [
+        ({"HTTPS_PROXY": "proxy:3128"}, "https://hooks.example/h", "http://proxy:3128", None),
+        ({"HTTP_PROXY": "http://p:1"}, "https://hooks.example/h", None, None),
+        ({"ALL_PROXY": "http://all:1"}, "https://hooks.example/h", "http://all:1", None),
+        (
+            {"HTTP_PROXY": "http://u%40x:p%C3%A9ss@p:1"},
+            "http://hooks.example/h",
+            "http://p:1",
+            "Basic " + base64.b64encode("u@x:péss".encode()).decode(),
+        ),
+        (
+            {"HTTP_PROXY": "http://p:1", "NO_PROXY": "hooks.example"},
+            "http://hooks.example/h",
+            None,
+            None,
+        ),
+        (
+            {"HTTP_PROXY": "http://p:1", "NO_PROXY": ".example"},
+            "http://hooks.example/h",
+            None,
+            None,
+        ),
+        (
+            {"HTTP_PROXY": "http://p:1", "NO_PROXY": "hooks.example:8080"},
+            "http://hooks.example:8080/h",
+            None,
+            None,
+        ),
+        (
+            {"HTTP_PROXY": "http://p:1", "NO_PROXY": "hooks.example:8080"},
+            "http://hooks.example/h",
+            "http://p:1",
+            None,
+        ),
+        ({"HTTP_PROXY": "http://p:1", "NO_PROXY": "*"}, "http://hooks.example/h", None, None),
+    ],
+)
+def test_the_proxy_is_read_from_the_environment_as_http_clients_read_it(
+    monkeypatch: pytest.MonkeyPatch,
+    environment: dict[str, str],
+    url: str,
+    proxy: str | None,
+    authorization: str | None,
+) -> None:
+    from adapter._triggers import _proxy_for
+
+    for name in ("http", "https", "all", "no"):
+        monkeypatch.delenv(f"{name}_proxy", raising=False)
+        monkeypatch.delenv(f"{name.upper()}_PROXY", raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    found, headers = _proxy_for(url)
+    assert found == proxy
+    assert (headers or {}).get("Proxy-Authorization") == authorization
