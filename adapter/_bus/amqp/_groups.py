@@ -102,11 +102,6 @@ _RETRY_MS_MAX = 2**31 - 1
 Record = tuple[str, str, str]
 
 
-class _NotKept(BusError):
-    """A copy of ours that no queue took: its queue was deleted (by another process's
-    ``group delete``, or an operator)."""
-
-
 def _record_body(record: Record) -> bytes:
     what, group, value = record
     entry: dict[str, object] = {"group": group}
@@ -377,14 +372,11 @@ class _AmqpGroupSubscription(GroupSubscription):
         headers.setdefault(H_FIRST_FAILURE, now)
         try:
             queue = await self._groups.retry_queue(self.group, delay)
-            await self._publish_copy(
-                queue, message, event, headers, f"the retry of {event.event_id!r}"
-            )
-        except BaseException as exc:
-            if isinstance(exc, _NotKept):
-                self._groups.forget_retry_queue(self.group, delay)
+        except BaseException:
             self._give_back(message, event, delay / 1000)
             raise
+        what = f"the retry of {event.event_id!r}"
+        await self._publish_copy(queue, message, event, headers, what, delay / 1000)
         await self._settle(message, event, acked=False)
 
     async def _bury(
@@ -406,15 +398,9 @@ class _AmqpGroupSubscription(GroupSubscription):
             },
         )
         headers.setdefault(H_FIRST_FAILURE, now)
-        try:
-            await self._publish_copy(
-                self._dead_name, message, event, headers, f"the dead letter of {event.event_id!r}"
-            )
-        except BaseException as exc:
-            self._give_back(
-                message, event, self._policy.delay_ms(attempts) / 1000, isinstance(exc, _NotKept)
-            )
-            raise
+        what = f"the dead letter of {event.event_id!r}"
+        delay = self._policy.delay_ms(attempts) / 1000
+        await self._publish_copy(self._dead_name, message, event, headers, what, delay)
         await self._settle(message, event, acked=False)
 
     async def _bury_raw(self, message: AbstractIncomingMessage, reason: str) -> None:
@@ -422,13 +408,8 @@ class _AmqpGroupSubscription(GroupSubscription):
         (nothing it claims is believed, now or on a replay), the reason; then acknowledge it."""
         now = datetime.now(UTC).isoformat()
         headers = {H_DEAD_REASON: reason[:_REASON_MAX], H_DEAD_ATTEMPTS: "1", H_LAST_FAILURE: now}
-        try:
-            await self._publish_copy(self._dead_name, message, None, headers, "a dead letter")
-        except BaseException as exc:
-            self._give_back(
-                message, None, self._policy.delay_ms(1) / 1000, isinstance(exc, _NotKept)
-            )
-            raise
+        delay = self._policy.delay_ms(1) / 1000
+        await self._publish_copy(self._dead_name, message, None, headers, "a dead letter", delay)
         await self._ack_quietly(message)
 
     def _give_back(
@@ -478,19 +459,32 @@ class _AmqpGroupSubscription(GroupSubscription):
         event: Event | None,
         headers: dict[str, Any],
         what: str,
+        give_back_after: float,
     ) -> None:
-        routed = await self._link.publish_raw(
-            queue,
-            message.body,
-            content_type="application/json" if event is not None else "application/octet-stream",
-            message_id=event.event_id if event is not None else str(uuid.uuid4()),
-            timestamp=event.sent_at if event is not None else datetime.now(UTC),
-            headers=headers,
-            what=what,
-            exchange="",
-        )
+        """Publish a copy of ``message`` to ``queue``; when it is not kept, the message is given
+        back after ``give_back_after`` seconds (``_give_back``) and ``BusError`` raised. A queue
+        that is gone (deleted by another process's ``group delete``, or an operator) is declared
+        again: a retry queue on the next retry to it, the dead letters' before the give-back."""
+        try:
+            routed = await self._link.publish_raw(
+                queue,
+                message.body,
+                content_type="application/json"
+                if event is not None
+                else "application/octet-stream",
+                message_id=event.event_id if event is not None else str(uuid.uuid4()),
+                timestamp=event.sent_at if event is not None else datetime.now(UTC),
+                headers=headers,
+                what=what,
+                exchange="",
+            )
+        except BaseException:
+            self._give_back(message, event, give_back_after)
+            raise
         if not routed:
-            raise _NotKept(f"RabbitMQ has no queue {queue!r}: {what} was not kept")
+            self._groups.forget_retry_queue(queue)
+            self._give_back(message, event, give_back_after, queue == self._dead_name)
+            raise BusError(f"RabbitMQ has no queue {queue!r}: {what} was not kept")
 
 
 def _dead_original_key(message: AbstractIncomingMessage, exchange: str) -> str | None:
@@ -581,9 +575,11 @@ class AmqpGroups:
             finally:
                 await self.link.release(channel)
 
-    def forget_retry_queue(self, group: str, delay_ms: int) -> None:
-        """The retry queue is gone: the next retry to it declares it again."""
-        self._retry_queues.pop((group, delay_ms), None)
+    def forget_retry_queue(self, name: str) -> None:
+        """The queue ``name`` is gone: if it was a retry queue, the next retry to it declares it
+        again."""
+        for key in [key for key, known in self._retry_queues.items() if known == name]:
+            del self._retry_queues[key]
 
     async def retry_queue(self, group: str, delay_ms: int) -> str:
         key = (group, delay_ms)
