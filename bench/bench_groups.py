@@ -202,31 +202,27 @@ async def webhook_deliveries(url: str, count: int) -> float:
     return rate(count - before, watch.seconds)
 
 
-def _signed(count: int) -> list[tuple[dict[str, str], bytes]]:
-    """``count`` CloudEvents as a trigger sends them by default (structured, signed)."""
-    webhooks = [Webhook(SECRET)]
-    requests = []
-    for i in range(count):
-        event = Event(name="bench.plain", kind="internal", properties={"n": str(i)})
-        headers, body = to_http(event, "structured")
-        headers.update(sign(webhooks, webhook_id(event.event_id, headers), int(time.time()), body))
-        requests.append((headers, body))
-    return requests
+def _events(count: int) -> list[Event]:
+    return [
+        Event(name="bench.plain", kind="internal", properties={"n": str(i)}) for i in range(count)
+    ]
+
+
+def _signed(event: Event, webhooks: list[Webhook]) -> tuple[dict[str, str], bytes]:
+    """The headers and body of ``event`` as a trigger sends it by default (structured, signed)."""
+    headers, body = to_http(event, "structured")
+    headers.update(sign(webhooks, webhook_id(event.event_id, headers), int(time.time()), body))
+    return headers, body
 
 
 async def plain_posts(count: int) -> float:
     """Seconds for a plain httpx loop to sign and POST ``count`` CloudEvents, one at a time."""
     webhooks = [Webhook(SECRET)]
-    events = [
-        Event(name="bench.plain", kind="internal", properties={"n": str(i)}) for i in range(count)
-    ]
+    events = _events(count)
     async with receiver(count) as (hook, received, _), httpx.AsyncClient() as http:
         with Stopwatch() as watch:
             for event in events:
-                headers, body = to_http(event, "structured")  # as a trigger does by default
-                headers.update(
-                    sign(webhooks, webhook_id(event.event_id, headers), int(time.time()), body)
-                )
+                headers, body = _signed(event, webhooks)
                 response = await http.post(hook, content=body, headers=headers)
                 response.raise_for_status()
             await received()
@@ -236,7 +232,8 @@ async def plain_posts(count: int) -> float:
 async def client_posts(count: int, client: str) -> float:
     """Seconds for a plain loop to POST ``count`` signed CloudEvents (made beforehand), one at a
     time, with ``client`` (``httpx`` or ``aiohttp``): the HTTP client alone."""
-    requests = _signed(count)
+    webhooks = [Webhook(SECRET)]
+    requests = [_signed(event, webhooks) for event in _events(count)]
     async with receiver(count) as (hook, received, _):
         if client == "httpx":
             async with httpx.AsyncClient() as http:
