@@ -175,13 +175,15 @@ async def test_a_retry_whose_copy_is_not_kept_is_given_back_not_stranded(
 
 
 @pytest.mark.rabbitmq
+@pytest.mark.parametrize("poisons", [1, 30])
 async def test_a_poison_message_whose_dead_letters_queue_was_deleted_is_given_back_once(
-    amqp_url: str, unique_name: str
+    amqp_url: str, unique_name: str, poisons: int
 ) -> None:
-    """The dead letters' queue deleted under the group, then a poison message: its dead letter
-    is refused (no queue), so it is given back once, the queue declared again, and on its next
-    delivery it is dead-lettered. Settled once each time: a second settle of one delivery tag
-    would make RabbitMQ close the consumer's channel (and hand out its other messages again)."""
+    """The dead letters' queue deleted under the group, then poison messages (one, or a flood of
+    30 past the prefetch of 4): each dead letter is refused (no queue), so each message is given
+    back once, the queue declared again, and on its next delivery it is dead-lettered. Settled
+    once each time: a second settle of one delivery tag would make RabbitMQ close the consumer's
+    channel (and hand out its other messages again)."""
     group = f"graves-{uuid.uuid4().hex[:8]}"
     settings = load_settings(amqp={"url": amqp_url}, groups=GROUPS)
     dead = dead_queue("customevents", group)
@@ -195,12 +197,13 @@ async def test_a_poison_message_whose_dead_letters_queue_was_deleted_is_given_ba
                     lambda *args: closed.append(args)
                 )
                 await rabbitmqctl("delete_queue", dead)
-                await _publish(amqp_url, "customevents", f"external.{unique_name}", b"not json")
+                for _ in range(poisons):
+                    await _publish(amqp_url, "customevents", f"external.{unique_name}", b"not json")
                 for _ in range(100):
-                    if await queues_named(dead) and await _dead_count(amqp_url, dead) == 1:
+                    if await queues_named(dead) and await _dead_count(amqp_url, dead) == poisons:
                         break
                     await asyncio.sleep(0.1)
-                assert await _dead_count(amqp_url, dead) == 1
+                assert await _dead_count(amqp_url, dead) == poisons
                 await client.send_custom_event(unique_name, {"good": "yes"}, kind="external")
                 delivery = await _next(deliveries)
                 assert delivery.event.properties == {"good": "yes"}  # type: ignore[attr-defined]
