@@ -390,10 +390,15 @@ class Client:
         self._check_open()
         return await self.bus.groups(trigger.name for trigger in self.settings.triggers)
 
-    async def group_info(self, group: str) -> GroupInfo:
-        """One group's bindings, depth, consumers and dead letters."""
+    async def group_info(self, group: str, *, bindings: bool = True) -> GroupInfo:
+        """One group's bindings, depth, consumers and dead letters. ``bindings=False``: the
+        counts alone, which on RabbitMQ are two passive declarations (the bindings come from
+        the registry of groups, every record of it read); for gauges read again and again."""
         self._check_open()
-        return await self.bus.group_info(check_group_name(group))
+        name = check_group_name(group)
+        if bindings:
+            return await self.bus.group_info(name)
+        return await self.bus.group_counts(name)
 
     async def purge_group(self, group: str) -> int:
         """Drop the events waiting in ``group`` (and those waiting for a retry); the number

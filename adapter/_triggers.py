@@ -504,7 +504,7 @@ class Triggers:
             for runner in self._runners:
                 name = runner.trigger.name
                 try:
-                    info = await self._client.group_info(name)
+                    info = await self._client.group_info(name, bindings=False)
                 except AdapterError as exc:
                     log.debug("group %r: gauges not read: %s", name, exc)
                     continue

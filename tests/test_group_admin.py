@@ -25,7 +25,13 @@ from adapter import (
     load_settings,
 )
 from adapter._bus._http import HttpBus
-from adapter._bus.amqp._queues import dead_queue, group_queue, registry_queue, retry_queue
+from adapter._bus.amqp._queues import (
+    dead_queue,
+    group_queue,
+    registry_arguments,
+    registry_queue,
+    retry_queue,
+)
 from adapter._exceptions import edge_of
 from adapter.testing import memory_client
 
@@ -236,6 +242,113 @@ async def test_forged_and_malformed_registry_records_are_dropped(
         channel = await connection.channel()
         queue = await channel.declare_queue(registry_queue(exchange), passive=True)
         assert queue.declaration_result.message_count == 1  # the rest were removed
+
+
+async def _fill(url: str, queue: str, bodies: list[bytes], arguments: dict[str, object]) -> None:
+    """Put ``bodies`` in ``queue`` (declared with ``arguments``), confirmed, 500 at a time."""
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_queue(queue, durable=True, arguments=arguments)
+        for start in range(0, len(bodies), 500):
+            await asyncio.gather(
+                *(
+                    channel.default_exchange.publish(aio_pika.Message(body), routing_key=queue)
+                    for body in bodies[start : start + 500]
+                )
+            )
+
+
+async def _ready(url: str, queue: str, expected: int) -> int:
+    """The messages ready in ``queue``, once it holds ``expected`` (a reader's channel closing
+    gives its messages back a moment later) or after 5 s."""
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        for _ in range(50):
+            declared = await channel.declare_queue(queue, passive=True)
+            count = int(declared.declaration_result.message_count or 0)
+            if count == expected:
+                break
+            await asyncio.sleep(0.1)
+    return count
+
+
+@pytest.mark.parametrize("bus_kind", ["rabbitmq"], indirect=True)
+async def test_a_registry_of_thousands_of_records_holds_up_no_join_and_is_read_at_once(
+    admin_client: Client, exchange: str, amqp_url: str, unique_name: str
+) -> None:
+    """The registry of a busy vhost: 8,000 records (another process's retry queues of a group).
+    A join does not wait for it, and a listing reads it within a 3 s bound for each call to the
+    broker. Both failed while each record was a ``basic.get`` of its own (8 s for 8,000), and
+    a group's triggers could not join (the CI's shared registry made a webhook test flaky)."""
+    records = 8000
+    async with admin_client.subscribe(unique_name, group="busy"):
+        pass
+    bodies = [json.dumps({"group": "busy", "retry": 1000 + n}).encode() for n in range(records)]
+    await _fill(amqp_url, registry_queue(exchange), bodies, registry_arguments())
+    settings = load_settings(
+        amqp={"url": amqp_url, "exchange": exchange, "publish_timeout": 3}, groups=GROUPS
+    )
+    async with Client(settings) as client:
+        async with client.subscribe(unique_name, group="new") as sub:
+            await client.send_custom_event(unique_name, event_id="after")
+            delivery = await _take(sub)
+            await delivery.ack()
+        infos = await client.groups()
+        assert [(i.name, i.bindings) for i in infos] == [
+            ("busy", (f"internal.{unique_name}",)),
+            ("new", (f"internal.{unique_name}",)),
+        ]
+    # Every record was given back, and the new group's written once.
+    assert await _ready(amqp_url, registry_queue(exchange), records + 2) == records + 2
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:  # the clean-up deletes the groups, not 8,000 retry queues
+        channel = await connection.channel()
+        await (await channel.declare_queue(registry_queue(exchange), passive=True)).purge()
+
+
+@pytest.mark.parametrize("bus_kind", ["rabbitmq"], indirect=True)
+async def test_ten_thousand_dead_letters_are_listed_in_order_and_given_back(
+    admin_client: Client, exchange: str, amqp_url: str, unique_name: str
+) -> None:
+    """A listing reads at most 10,000 dead letters, in their order, and leaves them all there."""
+    client = admin_client
+    async with client.subscribe(unique_name, group="dl") as sub:
+        await client.send_custom_event(unique_name, event_id="first")
+        await (await _take(sub)).dead_letter("the receiver refused it")
+    letters = await client.dead_letters("dl")
+    assert [letter.event.event_id for letter in letters] == ["first"]
+    # The same dead letter 10,049 times more: what a receiver refusing everything leaves.
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(dead_queue(exchange, "dl"), passive=True)
+        message = await queue.get(no_ack=False)
+        assert message is not None
+        copy = aio_pika.Message(
+            message.body,
+            headers=dict(message.headers or {}),
+            message_id=message.message_id,
+            content_type=message.content_type,
+            timestamp=message.timestamp,
+        )
+        await message.nack(requeue=True)
+    extra = 10_049
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for start in range(0, extra, 500):
+            await asyncio.gather(
+                *(
+                    channel.default_exchange.publish(copy, routing_key=dead_queue(exchange, "dl"))
+                    for _ in range(min(500, extra - start))
+                )
+            )
+    letters = await client.dead_letters("dl")
+    assert len(letters) == 10_000
+    assert all(letter.reason == "the receiver refused it" for letter in letters)
+    assert await _ready(amqp_url, dead_queue(exchange, "dl"), 1 + extra) == 1 + extra
 
 
 @pytest.mark.parametrize("bus_kind", ["rabbitmq"], indirect=True)

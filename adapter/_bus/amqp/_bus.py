@@ -118,6 +118,7 @@ class AmqpBus(Bus):
         self.waits.rebind_soon()
 
     async def close(self) -> None:
+        await self._groups.close()
         await self._retained.close()
         await self.waits.close()
         await self.link.close()
@@ -200,6 +201,10 @@ class AmqpBus(Bus):
     async def group_info(self, group: str) -> GroupInfo:
         self._check_open()
         return await self._groups.info(group)
+
+    async def group_counts(self, group: str) -> GroupInfo:
+        self._check_open()
+        return await self._groups.counts(group)
 
     async def purge_group(self, group: str) -> int:
         self._check_open()

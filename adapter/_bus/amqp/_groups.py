@@ -20,14 +20,16 @@ the consumer goes on: no message can stall a group.
 Managing groups. AMQP 0-9-1 cannot list queues (only the management plugin, optional on a
 user's broker, can), so the bridge keeps a registry: the quorum queue
 ``customevent/<exchange>/groups`` holds one small JSON record for each binding a consumer joined a
-group with and each retry queue it declared, written (confirmed) the first time a process meets
-one that is not there yet. Reading it takes every record unacknowledged on a channel of its own
-and gives them back by closing it; duplicates (two processes that joined at once) and records
-that are not ours are removed as they are met. A group's depth, consumers and dead letters come
-from passive declarations of its queues, which RabbitMQ answers exactly. Limits: a group joined
-before the registry existed is listed once a consumer joins it again (or when its name is given,
-as the daemon gives its triggers'); a listing taken while another process is reading the
-registry, a few milliseconds, may miss groups (list again).
+group with and each retry queue it declared, written (confirmed) in the background the first
+time a process meets one that is not there yet: no join or retry waits for it. Reading it takes
+every record unacknowledged on a channel of its own, by one consumer with them all in flight (not
+a ``basic.get`` each, a round trip each), and gives them back by closing it; duplicates (two
+processes that joined at once) and records that are not ours are removed as they are met. A
+group's depth, consumers and dead letters come from passive declarations of its queues, which
+RabbitMQ answers exactly. Limits: a group joined before the registry existed is listed once a
+consumer joins it again (or when its name is given, as the daemon gives its triggers'); a listing
+taken while another process is reading the registry, or just after another process joined, may
+miss groups (list again).
 """
 
 from __future__ import annotations
@@ -94,7 +96,9 @@ H_LAST_FAILURE = "x-last-failure"
 H_LAST_REASON = "x-last-failure-reason"
 H_DEAD_REASON = "x-deadletter-reason"
 H_DEAD_ATTEMPTS = "x-deadletter-attempts"
-_DEAD_LISTED = 10_000  # dead letters read at once by a listing or a replay
+_DEAD_LISTED = 10_000  # dead letters (or registry records) read at once
+_TAKE_IDLE = 0.5  # a reading of ready messages stops when none has come for this long
+_REGISTRY_CLOSE_SECONDS = 2.0  # the most a closing bus waits for its records to be written
 _REASON_MAX = 1000
 _RECORD_BYTES = 1024  # a registry record is far smaller; a bigger one is not ours
 _RETRY_MS_MAX = 2**31 - 1
@@ -526,6 +530,8 @@ class AmqpGroups:
         self._lock = asyncio.Lock()
         self._registry_lock = asyncio.Lock()
         self._registered: set[Record] = set()
+        self._unregistered: set[Record] = set()
+        self._registrar: asyncio.Task[None] | None = None
 
     def subscribe(
         self, group: str, kind: Kind, pattern: str, options: GroupOptions
@@ -562,7 +568,7 @@ class AmqpGroups:
                 f"consumer of a group): {exc}"
             ) from None
         await queue.bind(exchange, f"{kind}.{pattern}")
-        await self._register(("binding", group, f"{kind}.{pattern}"))
+        self._register(("binding", group, f"{kind}.{pattern}"))
         return queue
 
     async def declare_dead(self, group: str) -> None:
@@ -597,7 +603,7 @@ class AmqpGroups:
             finally:
                 await self.link.release(channel)
             self._retry_queues[key] = name
-        await self._register(("retry", group, str(delay_ms)))
+        self._register(("retry", group, str(delay_ms)))
         return name
 
     # -- the registry of groups ----------------------------------------------------------
@@ -624,12 +630,7 @@ class AmqpGroups:
                     )
                     found: list[tuple[Any, Record]] = []
                     seen: set[Record] = set()
-                    while len(found) < _DEAD_LISTED:
-                        message = await queue.get(
-                            no_ack=False, fail=False, timeout=self.link.settings.publish_timeout
-                        )
-                        if message is None:
-                            break
+                    for message in await _take_ready(channel, queue, _DEAD_LISTED):
                         record = _read_record(message.body)
                         if record is None or record in seen:
                             await message.ack()
@@ -641,34 +642,60 @@ class AmqpGroups:
             finally:
                 await self.link.release(channel)
 
-    async def _register(self, record: Record) -> None:
-        """Add a record to the registry unless it is there. Never fails a join: a group that
-        is not in the registry works, and is only missing from ``group list``."""
+    def _register(self, record: Record) -> None:
+        """Write a record into the registry, in the background, unless it is there. Neither a
+        join nor a retry waits for it (a registry of thousands of records takes a moment to
+        read), and neither fails for it: a group that is not in the registry works, and is only
+        missing from ``group list``. Whatever reads the registry here waits for it first."""
         if record in self._registered:
             return
-        try:
-            async with self._records(create=True) as records:
-                if any(known == record for _, known in records):
-                    return
-                routed = await self.link.publish_raw(
-                    registry_queue(self.link.exchange),
-                    _record_body(record),
-                    content_type="application/json",
-                    message_id=str(uuid.uuid4()),
-                    timestamp=datetime.now(UTC),
-                    headers={},
-                    what=f"the record of the group {record[1]!r}",
-                    exchange="",
-                )
-                if routed:
-                    self._registered.add(record)
-        except (BusError, aiormq.exceptions.AMQPError) as exc:
-            log.warning(
-                "group %r: not written in the registry of groups (%s); it works, but "
-                "customevent group list will not show it",
-                record[1],
-                exc,
+        self._unregistered.add(record)
+        if self._registrar is None or self._registrar.done():
+            self._registrar = asyncio.get_running_loop().create_task(
+                self._write_records(), name="customevent-group-registry"
             )
+
+    async def _write_records(self) -> None:
+        while self._unregistered:
+            batch, self._unregistered = self._unregistered, set()
+            try:
+                async with self._records(create=True) as records:
+                    known = {record for _, record in records}
+                    for record in sorted(batch - known):
+                        routed = await self.link.publish_raw(
+                            registry_queue(self.link.exchange),
+                            _record_body(record),
+                            content_type="application/json",
+                            message_id=str(uuid.uuid4()),
+                            timestamp=datetime.now(UTC),
+                            headers={},
+                            what=f"the record of the group {record[1]!r}",
+                            exchange="",
+                        )
+                        if routed:
+                            self._registered.add(record)
+            except (BusError, aiormq.exceptions.AMQPError) as exc:
+                log.warning(
+                    "groups %s: not written in the registry of groups (%s); they work, but "
+                    "customevent group list will not show them",
+                    ", ".join(sorted({repr(record[1]) for record in batch})),
+                    exc,
+                )
+
+    async def _registry_written(self) -> None:
+        """Wait for the records this process is writing (a listing sees its own joins)."""
+        registrar = self._registrar
+        if registrar is not None and not registrar.done():
+            await asyncio.wait([registrar])
+
+    async def close(self) -> None:
+        """Let the records being written land (briefly: they are bookkeeping), then stop."""
+        registrar, self._registrar = self._registrar, None
+        if registrar is None or registrar.done():
+            return
+        await asyncio.wait([registrar], timeout=_REGISTRY_CLOSE_SECONDS)
+        registrar.cancel()
+        await asyncio.gather(registrar, return_exceptions=True)
 
     async def _queue_counts(self, name: str) -> tuple[int, int] | None:
         """A queue's messages ready and consumers, from a passive declaration; None if there
@@ -703,6 +730,7 @@ class AmqpGroups:
             raise GroupNotFound(group)
 
     async def _recorded(self) -> dict[str, list[Record]]:
+        await self._registry_written()
         by_group: dict[str, list[Record]] = {}
         async with self._records(create=False) as records:
             for _, record in records:
@@ -712,6 +740,7 @@ class AmqpGroups:
     async def groups(self, known: Iterable[str]) -> list[GroupInfo]:
         names = {check_group_name(name) for name in known}
         found = []
+        await self._registry_written()
         async with self._records(create=False) as records:
             by_group: dict[str, list[tuple[Any, Record]]] = {}
             for message, record in records:
@@ -728,6 +757,14 @@ class AmqpGroups:
                     await message.ack()
                     self._registered.discard(record)
         return found
+
+    async def counts(self, group: str) -> GroupInfo:
+        """The group's depth, consumers and dead letters, without its bindings: two passive
+        declarations, not a read of the registry."""
+        info = await self._info(group, [])
+        if info is None:
+            raise GroupNotFound(group)
+        return info
 
     async def info(self, group: str) -> GroupInfo:
         records = (await self._recorded()).get(group, [])
@@ -769,6 +806,7 @@ class AmqpGroups:
         if info.consumers and not force:
             raise GroupInUse(group, info.consumers)
         exchange = self.link.exchange
+        await self._registry_written()
         async with self._records(create=False) as records:
             mine = [(message, record) for message, record in records if record[1] == group]
             # The retries first (they expire into the group's queue), then the group (its
@@ -799,16 +837,11 @@ class AmqpGroups:
             yield []
             return
         try:
-            queue = await channel.get_queue(name, ensure=False)
-            messages: list[AbstractIncomingMessage] = []
-            while len(messages) < _DEAD_LISTED:
-                message = await queue.get(
-                    no_ack=False, fail=False, timeout=self.link.settings.publish_timeout
-                )
-                if message is None:
-                    break
-                messages.append(message)
-            yield messages
+            async with self.link.call(f"the dead letters of {group!r} were not read"):
+                queue = await channel.declare_queue(name, passive=True)
+            # Not bounded as a whole: 10,000 big dead letters take a while to come; the reading
+            # stops when they stop coming.
+            yield await _take_ready(channel, queue, _DEAD_LISTED)
         finally:
             await self.link.release(channel)
 
@@ -871,6 +904,41 @@ class AmqpGroups:
         if event_id is not None and not replayed:
             raise DeadLetterNotFound(group, event_id)
         return replayed
+
+
+async def _take_ready(
+    channel: AbstractRobustChannel, queue: AbstractQueue, limit: int
+) -> list[AbstractIncomingMessage]:
+    """Up to ``limit`` of the messages ``queue`` had ready when it was declared, in order, taken
+    unacknowledged by one consumer with all of them in flight. Not a ``basic.get`` each: that is
+    a round trip a message, and a registry of 8,000 records took longer than a join may (10 s).
+    A message another reader took meanwhile is not waited for: the reading stops when nothing
+    has come for ``_TAKE_IDLE`` seconds."""
+    declared = queue.declaration_result
+    ready = int(declared.message_count or 0) if declared is not None else 0
+    want = min(ready, limit)
+    if want <= 0:
+        return []
+    taken: list[AbstractIncomingMessage] = []
+    arrived = asyncio.Event()
+
+    async def take(message: AbstractIncomingMessage) -> None:
+        taken.append(message)
+        arrived.set()
+
+    await channel.set_qos(prefetch_count=want)  # no more than wanted comes
+    tag = await queue.consume(take, no_ack=False)
+    try:
+        while len(taken) < want:
+            arrived.clear()
+            try:
+                async with asyncio.timeout(_TAKE_IDLE):
+                    await arrived.wait()
+            except TimeoutError:
+                break
+    finally:
+        await queue.cancel(tag)
+    return taken
 
 
 def _broker_reason(headers: dict[str, Any]) -> str:
