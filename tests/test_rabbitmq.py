@@ -181,10 +181,14 @@ async def test_sends_are_refused_while_the_broker_is_unreachable(
 
 
 async def _close_connection_from_the_broker(name: str) -> None:
+    """Close the connection named ``name`` exactly: not its probe connection, named
+    ``<name> (probes)``, which a match on the name alone took when the broker listed it first
+    (then the bus never lost its link, and the test waited for a reconnection in vain)."""
+    named = f'{{"connection_name","{name}"}}'
     for _ in range(50):
         listing = await rabbitmqctl("list_connections", "pid", "client_properties")
         for line in listing.splitlines():
-            if name in line:
+            if named in line:
                 await rabbitmqctl("close_connection", line.split("\t")[0], "test: simulated loss")
                 return
         await asyncio.sleep(0.1)
