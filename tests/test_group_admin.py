@@ -15,6 +15,7 @@ import aio_pika
 import pytest
 
 from adapter import (
+    BusUnavailable,
     Client,
     ConfigurationError,
     DeadLetterNotFound,
@@ -34,6 +35,7 @@ from adapter._bus.amqp._queues import (
 )
 from adapter._exceptions import edge_of
 from adapter.testing import memory_client
+from tests.support.proxy import Proxy
 
 GROUPS = {"retry_initial": 0.2, "retry_max": 5.0, "dedup_window": 0.0}
 
@@ -306,6 +308,78 @@ async def test_a_registry_of_thousands_of_records_holds_up_no_join_and_is_read_a
     async with connection:  # the clean-up deletes the groups, not 8,000 retry queues
         channel = await connection.channel()
         await (await channel.declare_queue(registry_queue(exchange), passive=True)).purge()
+
+
+async def test_a_link_lost_while_the_registry_is_read_loses_no_record(
+    exchange: str, amqp_url: str, unique_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The link cut while a listing and the background writer read 3,000 records: the listing
+    is ``BusUnavailable`` (aiormq's bare Exception was let through), the writer says so and goes
+    on (it died with "Task exception was never retrieved"), and every record is still there."""
+    records = 3000
+    bodies = [json.dumps({"group": "busy", "retry": 1000 + n}).encode() for n in range(records)]
+    await _fill(amqp_url, registry_queue(exchange), bodies, registry_arguments())
+    async with Proxy.in_front_of(amqp_url) as proxy:
+        settings = load_settings(
+            amqp={
+                "url": proxy.url(),
+                "exchange": exchange,
+                "publish_timeout": 3,
+                "reconnect_interval": 0.2,
+            },
+            groups=GROUPS,
+        )
+        async with Client(settings) as client:
+            async with client.subscribe(unique_name, group="busy"):
+                listing = asyncio.ensure_future(client.groups())
+                await asyncio.sleep(0.05)  # both readings under way
+                proxy.cut()
+                with pytest.raises(BusUnavailable):
+                    await listing
+            for _ in range(100):
+                if client.bus.connected:
+                    break
+                await asyncio.sleep(0.1)
+            infos = await client.groups()
+            assert [i.name for i in infos] == ["busy"]
+            # None of the 3,000 lost. (The join's own record, cut on its way, is written by the
+            # group's next join.)
+            assert await _ready(amqp_url, registry_queue(exchange), records) >= records
+            await client.delete_group("busy", force=True)
+    assert "Task exception was never retrieved" not in caplog.text
+    await _drop_broker_side(amqp_url, exchange)
+
+
+async def test_dead_letters_while_the_broker_is_away_answer_by_the_bound(
+    exchange: str, amqp_url: str, unique_name: str
+) -> None:
+    async with Proxy.in_front_of(amqp_url) as proxy:
+        settings = load_settings(
+            amqp={
+                "url": proxy.url(),
+                "exchange": exchange,
+                "publish_timeout": 2,
+                "reconnect_interval": 0.2,
+            },
+            groups=GROUPS,
+        )
+        async with Client(settings) as client:
+            async with client.subscribe(unique_name, group="away") as sub:
+                await client.send_custom_event(unique_name, event_id="one")
+                await (await _take(sub)).dead_letter("refused")
+            proxy.cut()
+            proxy.refuse()
+            async with asyncio.timeout(10):  # unbounded before: it waited for the broker
+                with pytest.raises(BusUnavailable):
+                    await client.dead_letters("away")
+            proxy.restore()
+            for _ in range(100):
+                if client.bus.connected:
+                    break
+                await asyncio.sleep(0.1)
+            assert [d.event.event_id for d in await client.dead_letters("away")] == ["one"]
+            await client.delete_group("away", force=True)
+    await _drop_broker_side(amqp_url, exchange)
 
 
 @pytest.mark.parametrize("bus_kind", ["rabbitmq"], indirect=True)

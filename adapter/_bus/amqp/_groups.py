@@ -53,6 +53,7 @@ from ..._event import Event
 from ..._exceptions import (
     AdapterError,
     BusError,
+    BusUnavailable,
     ClientStateError,
     ConfigurationError,
     DeadLetterNotFound,
@@ -532,6 +533,7 @@ class AmqpGroups:
         self._registered: set[Record] = set()
         self._unregistered: set[Record] = set()
         self._registrar: asyncio.Task[None] | None = None
+        self._closed = False
 
     def subscribe(
         self, group: str, kind: Kind, pattern: str, options: GroupOptions
@@ -630,7 +632,14 @@ class AmqpGroups:
                     )
                     found: list[tuple[Any, Record]] = []
                     seen: set[Record] = set()
-                    for message in await _take_ready(channel, queue, _DEAD_LISTED):
+                    taking = _take_ready(
+                        channel,
+                        queue,
+                        _DEAD_LISTED,
+                        seconds=self.link.settings.publish_timeout,
+                        what="the registry of groups was not read",
+                    )
+                    for message in await taking:
                         record = _read_record(message.body)
                         if record is None or record in seen:
                             await message.ack()
@@ -647,7 +656,7 @@ class AmqpGroups:
         join nor a retry waits for it (a registry of thousands of records takes a moment to
         read), and neither fails for it: a group that is not in the registry works, and is only
         missing from ``group list``. Whatever reads the registry here waits for it first."""
-        if record in self._registered:
+        if record in self._registered or self._closed:
             return
         self._unregistered.add(record)
         if self._registrar is None or self._registrar.done():
@@ -674,13 +683,25 @@ class AmqpGroups:
                         )
                         if routed:
                             self._registered.add(record)
-            except (BusError, aiormq.exceptions.AMQPError) as exc:
-                log.warning(
-                    "groups %s: not written in the registry of groups (%s); they work, but "
-                    "customevent group list will not show them",
-                    ", ".join(sorted({repr(record[1]) for record in batch})),
-                    exc,
-                )
+            except Exception as exc:  # bookkeeping in the background: said, never fatal
+                self._unwritten(batch, exc)
+
+    def _unwritten(self, batch: set[Record], exc: Exception) -> None:
+        """Say which groups are missing from the registry (with the traceback when it is no
+        broker failure but a bug), and let a later join or retry of this process write their
+        records again."""
+        self._retry_queues = {
+            key: name
+            for key, name in self._retry_queues.items()
+            if ("retry", key[0], str(key[1])) not in batch
+        }
+        log.warning(
+            "groups %s: not written in the registry of groups (%s); they work, but "
+            "customevent group list will not show them",
+            ", ".join(sorted({repr(record[1]) for record in batch})),
+            exc or type(exc).__name__,
+            exc_info=not isinstance(exc, (BusError, aiormq.exceptions.AMQPError)),
+        )
 
     async def _registry_written(self) -> None:
         """Wait for the records this process is writing (a listing sees its own joins)."""
@@ -690,6 +711,7 @@ class AmqpGroups:
 
     async def close(self) -> None:
         """Let the records being written land (briefly: they are bookkeeping), then stop."""
+        self._closed = True
         registrar, self._registrar = self._registrar, None
         if registrar is None or registrar.done():
             return
@@ -836,12 +858,23 @@ class AmqpGroups:
         if channel is None:
             yield []
             return
+        what = f"the dead letters of {group!r} were not read"
         try:
-            async with self.link.call(f"the dead letters of {group!r} were not read"):
-                queue = await channel.declare_queue(name, passive=True)
-            # Not bounded as a whole: 10,000 big dead letters take a while to come; the reading
-            # stops when they stop coming.
-            yield await _take_ready(channel, queue, _DEAD_LISTED)
+            try:
+                async with self.link.call(what):
+                    queue = await channel.declare_queue(name, passive=True)
+            except BusError:
+                if await self.link.probe(lambda probe: probe.queue_declare(name, passive=True)):
+                    raise
+                queue = None  # deleted since it was looked up: no dead letters
+            # Not bounded as a whole: 10,000 big dead letters take a while to come; each call
+            # to the broker is, and the reading stops when they stop coming.
+            seconds = self.link.settings.publish_timeout
+            yield (
+                []
+                if queue is None
+                else await _take_ready(channel, queue, _DEAD_LISTED, seconds=seconds, what=what)
+            )
         finally:
             await self.link.release(channel)
 
@@ -907,13 +940,21 @@ class AmqpGroups:
 
 
 async def _take_ready(
-    channel: AbstractRobustChannel, queue: AbstractQueue, limit: int
+    channel: AbstractRobustChannel,
+    queue: AbstractQueue,
+    limit: int,
+    *,
+    seconds: float,
+    what: str,
 ) -> list[AbstractIncomingMessage]:
     """Up to ``limit`` of the messages ``queue`` had ready when it was declared, in order, taken
     unacknowledged by one consumer with all of them in flight. Not a ``basic.get`` each: that is
     a round trip a message, and a registry of 8,000 records took longer than a join may (10 s).
     A message another reader took meanwhile is not waited for: the reading stops when nothing
-    has come for ``_TAKE_IDLE`` seconds."""
+    has come for ``_TAKE_IDLE`` seconds. Each call to the broker is bounded by ``seconds`` (a
+    robust channel would wait for a reconnection, however long); a link lost meanwhile is
+    ``BusUnavailable`` (``what`` says what was not done), never a partial reading, and messages
+    of a channel reopened meanwhile (aio-pika consumes again there) are not taken."""
     declared = queue.declaration_result
     ready = int(declared.message_count or 0) if declared is not None else 0
     want = min(ready, limit)
@@ -921,23 +962,44 @@ async def _take_ready(
         return []
     taken: list[AbstractIncomingMessage] = []
     arrived = asyncio.Event()
-
-    async def take(message: AbstractIncomingMessage) -> None:
-        taken.append(message)
-        arrived.set()
-
-    await channel.set_qos(prefetch_count=want)  # no more than wanted comes
-    tag = await queue.consume(take, no_ack=False)
+    underlay: aiormq.abc.AbstractChannel | None = None
     try:
-        while len(taken) < want:
-            arrived.clear()
-            try:
-                async with asyncio.timeout(_TAKE_IDLE):
-                    await arrived.wait()
-            except TimeoutError:
-                break
-    finally:
-        await queue.cancel(tag)
+        async with asyncio.timeout(seconds):
+            underlay = await channel.get_underlay_channel()
+
+            async def take(message: AbstractIncomingMessage) -> None:
+                try:
+                    mine = message.channel is underlay
+                except aiormq.exceptions.ChannelInvalidStateError:
+                    return  # its channel is gone: the message is back in the queue
+                if mine and len(taken) < want:
+                    taken.append(message)
+                    arrived.set()
+
+            await channel.set_qos(prefetch_count=want)  # no more than wanted comes
+            tag = await queue.consume(take, no_ack=False)
+        try:
+            while len(taken) < want and not underlay.is_closed:
+                arrived.clear()
+                try:
+                    async with asyncio.timeout(_TAKE_IDLE):
+                        await arrived.wait()
+                except TimeoutError:
+                    break
+        finally:
+            if not underlay.is_closed:
+                async with asyncio.timeout(seconds):
+                    await queue.cancel(tag)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return []  # the queue was deleted meanwhile: nothing in it any more
+    except TimeoutError:
+        raise BusUnavailable(f"RabbitMQ did not answer within {seconds:g}s; {what}") from None
+    except Exception as exc:  # aiormq rejects calls on a lost link with a bare Exception too
+        if underlay is not None and not underlay.is_closed:
+            raise
+        raise BusUnavailable(f"the link to RabbitMQ was lost; {what}") from exc
+    if underlay.is_closed:
+        raise BusUnavailable(f"the link to RabbitMQ was lost; {what}")
     return taken
 
 
