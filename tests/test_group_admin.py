@@ -4,12 +4,14 @@ an exchange of the test's own, so its registry of groups holds only the test's r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aio_pika
 import pytest
@@ -26,6 +28,7 @@ from adapter import (
     load_settings,
 )
 from adapter._bus._http import HttpBus
+from adapter._bus.amqp import _groups as groups_module
 from adapter._bus.amqp._queues import (
     dead_queue,
     group_queue,
@@ -350,9 +353,12 @@ async def test_a_link_lost_while_the_registry_is_read_loses_no_record(
     await _drop_broker_side(amqp_url, exchange)
 
 
-async def test_dead_letters_while_the_broker_is_away_answer_by_the_bound(
-    exchange: str, amqp_url: str, unique_name: str
+async def test_dead_letters_read_as_the_broker_goes_away_answer_by_the_bound(
+    exchange: str, amqp_url: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The link lost once the dead letters' queue is declared, as they are being taken: the
+    listing answers ``BusUnavailable`` within its bound (it waited for as long as the broker was
+    away: the robust channel waits for the reconnection), and lists them once it is back."""
     async with Proxy.in_front_of(amqp_url) as proxy:
         settings = load_settings(
             amqp={
@@ -367,17 +373,25 @@ async def test_dead_letters_while_the_broker_is_away_answer_by_the_bound(
             async with client.subscribe(unique_name, group="away") as sub:
                 await client.send_custom_event(unique_name, event_id="one")
                 await (await _take(sub)).dead_letter("refused")
-            proxy.cut()
-            proxy.refuse()
-            async with asyncio.timeout(10):  # unbounded before: it waited for the broker
+            taking = groups_module._take_ready
+
+            async def away_first(*args: Any, **kwargs: Any) -> Any:
+                proxy.refuse()
+                return await taking(*args, **kwargs)
+
+            monkeypatch.setattr(groups_module, "_take_ready", away_first)
+            async with asyncio.timeout(10):
                 with pytest.raises(BusUnavailable):
                     await client.dead_letters("away")
+            monkeypatch.setattr(groups_module, "_take_ready", taking)
             proxy.restore()
-            for _ in range(100):
-                if client.bus.connected:
+            listed: list[str] = []
+            for _ in range(100):  # until the link is back
+                with contextlib.suppress(BusUnavailable):
+                    listed = [d.event.event_id for d in await client.dead_letters("away")]
                     break
                 await asyncio.sleep(0.1)
-            assert [d.event.event_id for d in await client.dead_letters("away")] == ["one"]
+            assert listed == ["one"]
             await client.delete_group("away", force=True)
     await _drop_broker_side(amqp_url, exchange)
 

@@ -46,7 +46,12 @@ from typing import Any, Self
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
+from aio_pika.abc import (
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustChannel,
+    AbstractRobustQueue,
+)
 
 from ..._clock import SYSTEM_CLOCK, Clock
 from ..._event import Event
@@ -860,13 +865,11 @@ class AmqpGroups:
             return
         what = f"the dead letters of {group!r} were not read"
         try:
-            try:
-                async with self.link.call(what):
+            async with self.link.call(what):
+                try:
                     queue = await channel.declare_queue(name, passive=True)
-            except BusError:
-                if await self.link.probe(lambda probe: probe.queue_declare(name, passive=True)):
-                    raise
-                queue = None  # deleted since it was looked up: no dead letters
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    queue = None  # deleted since it was looked up: no dead letters
             # Not bounded as a whole: 10,000 big dead letters take a while to come; each call
             # to the broker is, and the reading stops when they stop coming.
             seconds = self.link.settings.publish_timeout
@@ -941,7 +944,7 @@ class AmqpGroups:
 
 async def _take_ready(
     channel: AbstractRobustChannel,
-    queue: AbstractQueue,
+    queue: AbstractRobustQueue,
     limit: int,
     *,
     seconds: float,
@@ -962,6 +965,7 @@ async def _take_ready(
         return []
     taken: list[AbstractIncomingMessage] = []
     arrived = asyncio.Event()
+    done = False  # a delivery's callback runs as a task of its own: none may come after
     underlay: aiormq.abc.AbstractChannel | None = None
     try:
         async with asyncio.timeout(seconds):
@@ -972,12 +976,14 @@ async def _take_ready(
                     mine = message.channel is underlay
                 except aiormq.exceptions.ChannelInvalidStateError:
                     return  # its channel is gone: the message is back in the queue
-                if mine and len(taken) < want:
+                if mine and not done and len(taken) < want:
                     taken.append(message)
                     arrived.set()
 
             await channel.set_qos(prefetch_count=want)  # no more than wanted comes
-            tag = await queue.consume(take, no_ack=False)
+            # Not restored by aio-pika after a reconnection: the messages would come again, and
+            # the copies of those read already be removed as duplicates.
+            tag = await queue.consume(take, no_ack=False, robust=False)
         try:
             while len(taken) < want and not underlay.is_closed:
                 arrived.clear()
@@ -987,6 +993,7 @@ async def _take_ready(
                 except TimeoutError:
                     break
         finally:
+            done = True
             if not underlay.is_closed:
                 async with asyncio.timeout(seconds):
                     await queue.cancel(tag)

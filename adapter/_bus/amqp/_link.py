@@ -314,10 +314,12 @@ class BrokerLink:
         channel = connection.channel(channel_number=number, publisher_confirms=publisher_confirms)
         try:
             await channel
-        except BaseException:
+        except BaseException as exc:
             # The robust connection took the channel before it opened: one that failed to open
             # (the link lost meanwhile, a timeout) would be opened on the next reconnection.
             await self.release(channel)
+            if isinstance(exc, RuntimeError) and transport.connection.is_closed:
+                raise BusUnavailable("the link to RabbitMQ was lost") from None  # aiormq's word
             raise
         return channel
 
@@ -340,7 +342,12 @@ class BrokerLink:
         """
         async with self._probe_lock:
             connection = await self._probe_connection()
-            channel = await connection.channel(publisher_confirms=False)
+            try:
+                channel = await connection.channel(publisher_confirms=False)
+            except RuntimeError:  # aiormq's word for a connection that closed meanwhile
+                if not connection.is_closed:
+                    raise
+                raise BusUnavailable("the link to RabbitMQ was lost") from None
             try:
                 await method(channel)
             except aiormq.exceptions.ChannelNotFoundEntity:
