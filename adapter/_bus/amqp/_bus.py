@@ -204,7 +204,7 @@ class AmqpBus(Bus):
 
     async def group_counts(self, group: str) -> GroupInfo:
         self._check_open()
-        return await self._groups.counts(group)
+        return await self._groups.info(group, bindings=False)
 
     async def purge_group(self, group: str) -> int:
         self._check_open()

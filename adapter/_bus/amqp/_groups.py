@@ -619,8 +619,12 @@ class AmqpGroups:
     async def _records(self, *, create: bool) -> AsyncIterator[list[tuple[Any, Record]]]:
         """The registry's records with their messages, taken unacknowledged on a channel of
         their own (what is not acknowledged goes back when it closes); duplicates and messages
-        that are no record are acknowledged (removed) on the way."""
+        that are no record are acknowledged (removed) on the way. A reader (``create`` false)
+        first waits for the records this process is writing, so it sees its own joins; the
+        writer reads with ``create`` and must not wait for itself."""
         name = registry_queue(self.link.exchange)
+        if not create:
+            await self._registry_written()
         async with self._registry_lock:
             async with self.link.call("the registry of groups was not read"):
                 exists = create or await self.link.probe(
@@ -757,7 +761,6 @@ class AmqpGroups:
             raise GroupNotFound(group)
 
     async def _recorded(self) -> dict[str, list[Record]]:
-        await self._registry_written()
         by_group: dict[str, list[Record]] = {}
         async with self._records(create=False) as records:
             for _, record in records:
@@ -767,7 +770,6 @@ class AmqpGroups:
     async def groups(self, known: Iterable[str]) -> list[GroupInfo]:
         names = {check_group_name(name) for name in known}
         found = []
-        await self._registry_written()
         async with self._records(create=False) as records:
             by_group: dict[str, list[tuple[Any, Record]]] = {}
             for message, record in records:
@@ -785,16 +787,10 @@ class AmqpGroups:
                     self._registered.discard(record)
         return found
 
-    async def counts(self, group: str) -> GroupInfo:
-        """The group's depth, consumers and dead letters, without its bindings: two passive
-        declarations, not a read of the registry."""
-        info = await self._info(group, [])
-        if info is None:
-            raise GroupNotFound(group)
-        return info
-
-    async def info(self, group: str) -> GroupInfo:
-        records = (await self._recorded()).get(group, [])
+    async def info(self, group: str, *, bindings: bool = True) -> GroupInfo:
+        """The group's bindings (read from the registry), depth, consumers and dead letters;
+        ``bindings=False``: the counts alone, two passive declarations."""
+        records = (await self._recorded()).get(group, []) if bindings else []
         info = await self._info(group, [r[2] for r in records if r[0] == "binding"])
         if info is None:
             raise GroupNotFound(group)
@@ -833,7 +829,6 @@ class AmqpGroups:
         if info.consumers and not force:
             raise GroupInUse(group, info.consumers)
         exchange = self.link.exchange
-        await self._registry_written()
         async with self._records(create=False) as records:
             mine = [(message, record) for message, record in records if record[1] == group]
             # The retries first (they expire into the group's queue), then the group (its
@@ -857,13 +852,13 @@ class AmqpGroups:
         """The group's dead letters, taken unacknowledged on a channel of their own: what the
         caller does not acknowledge goes back, in order, when the channel closes."""
         name = dead_queue(self.link.exchange, group)
-        async with self.link.call(f"the dead letters of {group!r} were not read"):
+        what = f"the dead letters of {group!r} were not read"
+        async with self.link.call(what):
             exists = await self.link.probe(lambda probe: probe.queue_declare(name, passive=True))
             channel = await self.link.new_channel() if exists else None
         if channel is None:
             yield []
             return
-        what = f"the dead letters of {group!r} were not read"
         try:
             async with self.link.call(what):
                 try:
