@@ -25,6 +25,7 @@ from adapter import (
     GroupInUse,
     GroupNotFound,
     GroupSubscription,
+    Settings,
     load_settings,
 )
 from adapter._bus._http import HttpBus
@@ -110,6 +111,10 @@ async def test_a_group_is_listed_with_its_bindings_depth_consumers_and_dead_lett
     await _depth_reaches(client, "orders", 3)
     info = await client.group_info("orders")
     assert (info.depth, info.consumers, info.dead_letters) == (3, 0, 1)
+    # The gauges' read: the same counts, the bindings left out where they cost a registry read.
+    counts = await client.group_info("orders", bindings=False)
+    assert (counts.name, counts.depth, counts.consumers, counts.dead_letters) == ("orders", 3, 0, 1)
+    assert counts.bindings in ((), info.bindings)
     assert info.to_json() == {
         "name": "orders",
         "bindings": [f"internal.{unique_name}"],
@@ -197,6 +202,9 @@ async def test_every_action_on_a_group_that_does_not_exist_is_a_clear_miss(
     with pytest.raises(GroupNotFound, match="no group 'nowhere'") as missed:
         await getattr(admin_client, call)("nowhere")
     assert missed.value.group == "nowhere"
+    if call == "group_info":
+        with pytest.raises(GroupNotFound, match="no group 'nowhere'"):
+            await admin_client.group_info("nowhere", bindings=False)
     assert (edge_of(missed.value).http, edge_of(missed.value).exit) == (404, 66)
 
 
@@ -249,19 +257,44 @@ async def test_forged_and_malformed_registry_records_are_dropped(
         assert queue.declaration_result.message_count == 1  # the rest were removed
 
 
-async def _fill(url: str, queue: str, bodies: list[bytes], arguments: dict[str, object]) -> None:
-    """Put ``bodies`` in ``queue`` (declared with ``arguments``), confirmed, 500 at a time."""
+async def _fill(
+    url: str, queue: str, messages: list[aio_pika.Message], arguments: dict[str, object] | None
+) -> None:
+    """Put ``messages`` in ``queue`` (declared with ``arguments``; None: it exists), confirmed,
+    500 at a time."""
     connection = await aio_pika.connect(url)
     async with connection:
         channel = await connection.channel()
-        await channel.declare_queue(queue, durable=True, arguments=arguments)
-        for start in range(0, len(bodies), 500):
+        if arguments is not None:
+            await channel.declare_queue(queue, durable=True, arguments=arguments)
+        for start in range(0, len(messages), 500):
             await asyncio.gather(
                 *(
-                    channel.default_exchange.publish(aio_pika.Message(body), routing_key=queue)
-                    for body in bodies[start : start + 500]
+                    channel.default_exchange.publish(message, routing_key=queue)
+                    for message in messages[start : start + 500]
                 )
             )
+
+
+def _retry_records(group: str, count: int) -> list[aio_pika.Message]:
+    """``count`` registry records of the group's retry queues (another process's, say)."""
+    return [
+        aio_pika.Message(json.dumps({"group": group, "retry": 1000 + n}).encode())
+        for n in range(count)
+    ]
+
+
+def _through(proxy: Proxy, exchange: str, publish_timeout: float) -> Settings:
+    """Settings on ``proxy`` in front of RabbitMQ, reconnecting at once when it lets through."""
+    return load_settings(
+        amqp={
+            "url": proxy.url(),
+            "exchange": exchange,
+            "publish_timeout": publish_timeout,
+            "reconnect_interval": 0.2,
+        },
+        groups=GROUPS,
+    )
 
 
 async def _ready(url: str, queue: str, expected: int) -> int:
@@ -290,8 +323,9 @@ async def test_a_registry_of_thousands_of_records_holds_up_no_join_and_is_read_a
     records = 8000
     async with admin_client.subscribe(unique_name, group="busy"):
         pass
-    bodies = [json.dumps({"group": "busy", "retry": 1000 + n}).encode() for n in range(records)]
-    await _fill(amqp_url, registry_queue(exchange), bodies, registry_arguments())
+    await _fill(
+        amqp_url, registry_queue(exchange), _retry_records("busy", records), registry_arguments()
+    )
     settings = load_settings(
         amqp={"url": amqp_url, "exchange": exchange, "publish_timeout": 3}, groups=GROUPS
     )
@@ -320,19 +354,11 @@ async def test_a_link_lost_while_the_registry_is_read_loses_no_record(
     is ``BusUnavailable`` (aiormq's bare Exception was let through), the writer says so and goes
     on (it died with "Task exception was never retrieved"), and every record is still there."""
     records = 3000
-    bodies = [json.dumps({"group": "busy", "retry": 1000 + n}).encode() for n in range(records)]
-    await _fill(amqp_url, registry_queue(exchange), bodies, registry_arguments())
+    await _fill(
+        amqp_url, registry_queue(exchange), _retry_records("busy", records), registry_arguments()
+    )
     async with Proxy.in_front_of(amqp_url) as proxy:
-        settings = load_settings(
-            amqp={
-                "url": proxy.url(),
-                "exchange": exchange,
-                "publish_timeout": 3,
-                "reconnect_interval": 0.2,
-            },
-            groups=GROUPS,
-        )
-        async with Client(settings) as client:
+        async with Client(_through(proxy, exchange, publish_timeout=3)) as client:
             async with client.subscribe(unique_name, group="busy"):
                 listing = asyncio.ensure_future(client.groups())
                 await asyncio.sleep(0.05)  # both readings under way
@@ -360,16 +386,7 @@ async def test_dead_letters_read_as_the_broker_goes_away_answer_by_the_bound(
     listing answers ``BusUnavailable`` within its bound (it waited for as long as the broker was
     away: the robust channel waits for the reconnection), and lists them once it is back."""
     async with Proxy.in_front_of(amqp_url) as proxy:
-        settings = load_settings(
-            amqp={
-                "url": proxy.url(),
-                "exchange": exchange,
-                "publish_timeout": 2,
-                "reconnect_interval": 0.2,
-            },
-            groups=GROUPS,
-        )
-        async with Client(settings) as client:
+        async with Client(_through(proxy, exchange, publish_timeout=2)) as client:
             async with client.subscribe(unique_name, group="away") as sub:
                 await client.send_custom_event(unique_name, event_id="one")
                 await (await _take(sub)).dead_letter("refused")
@@ -423,16 +440,7 @@ async def test_ten_thousand_dead_letters_are_listed_in_order_and_given_back(
         )
         await message.nack(requeue=True)
     extra = 10_049
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        for start in range(0, extra, 500):
-            await asyncio.gather(
-                *(
-                    channel.default_exchange.publish(copy, routing_key=dead_queue(exchange, "dl"))
-                    for _ in range(min(500, extra - start))
-                )
-            )
+    await _fill(amqp_url, dead_queue(exchange, "dl"), [copy] * extra, None)
     letters = await client.dead_letters("dl")
     assert len(letters) == 10_000
     assert all(letter.reason == "the receiver refused it" for letter in letters)
